@@ -1,0 +1,43 @@
+"""The one place that builds a SparkSession for a job."""
+from __future__ import annotations
+
+import logging
+import os
+
+from pyspark.sql import SparkSession
+
+from jobs.config import Profile
+
+logger = logging.getLogger(__name__)
+
+# Settings every session needs whatever the profile says: Parquet readable by delta-rs and other
+# readers (INT96 timestamps are not), and UTC so event times never shift with the machine's zone.
+REQUIRED_SETTINGS = {
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.session.timeZone": "UTC",
+}
+
+
+def under_spark_submit() -> bool:
+    """True when this Python process was started by spark-submit (which owns master and packages)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def build_session(profile: Profile, app_name: str) -> SparkSession:
+    """Get or create the session for ``app_name`` with the profile's settings.
+
+    Under spark-submit the master, packages and resources come from the command line: the profile's
+    ``spark.master`` and ``spark.driver.memory`` are then left alone.
+    """
+    builder = SparkSession.builder.appName(app_name)
+    launched_by_submit = under_spark_submit()
+    for key, value in {**profile.spark, **REQUIRED_SETTINGS}.items():
+        if launched_by_submit and key in ("spark.master", "spark.driver.memory"):
+            continue
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    for key, value in REQUIRED_SETTINGS.items():
+        spark.conf.set(key, value)
+    logger.info("Spark %s session %r (master %s)", spark.version, app_name,
+                spark.sparkContext.master)
+    return spark

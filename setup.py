@@ -1,0 +1,47 @@
+"""Open-source Customer Data Platform: a suite of PySpark jobs."""
+from __future__ import annotations
+
+from setuptools import find_packages, setup
+
+# Versions verified to resolve together (see README "Versions").
+CORE = [
+    "pyspark==4.2.0",
+    "delta-spark==4.4.1",
+    "deltalake==1.6.6",
+    "great-expectations==1.24.1",
+    "mlflow==3.17.2",
+    "graphframes-py==0.12.3",
+    "pyyaml>=6,<7",
+    "pandas>=2.2,<3",
+    "pyarrow>=15",
+    "numpy>=1.26",
+    "phonenumbers>=8.13",
+    "scikit-learn>=1.5",
+    "matplotlib>=3.8",
+]
+TEST = [
+    "pytest>=8",
+    "hypothesis>=6",
+    "chispa>=0.10",
+    "duckdb>=1.1",
+    "nbmake>=1.5",
+    "ipykernel>=6",
+    "lifetimes==0.11.3",
+]
+NOTEBOOKS = ["jupyterlab>=4", "papermill>=2.6", "ipykernel>=6"]
+
+setup(
+    name="cdp-spark",
+    version="0.1.0",
+    description="Customer Data Platform as PySpark jobs: land, identity, tags, audiences",
+    python_requires=">=3.10",
+    packages=find_packages(include=["jobs", "jobs.*", "identity", "identity.*", "features",
+                                    "features.*", "tagging", "tagging.*", "expectations",
+                                    "expectations.*"]) + ["jobs.conf"],
+    # conf/ ships inside the wheel as jobs.conf, the default when --conf is not given.
+    package_dir={"jobs.conf": "conf"},
+    package_data={"": ["py.typed"], "jobs.conf": ["*.yaml", "*/*.yaml"]},
+    install_requires=CORE,
+    extras_require={"test": TEST, "notebooks": NOTEBOOKS},
+    entry_points={"console_scripts": ["cdp=jobs.cli:main"]},
+)
