@@ -23,7 +23,8 @@ TEST = [
     "pytest>=8",
     "hypothesis>=6",
     "chispa>=0.10",
-    "duckdb>=1.1",
+    "duckdb==1.4.4",  # the delta extension below is built for exactly this DuckDB
+    "duckdb-ext-delta==1.4.4.20260205",  # DuckDB's delta reader, shipped offline
     "nbmake>=1.5",
     "ipykernel>=6",
     "lifetimes==0.11.3",

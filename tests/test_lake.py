@@ -1,0 +1,259 @@
+"""Lake contract: the same tests on every backend this machine has.
+
+The delta-spark leg needs the delta-spark JVM jars (Maven). Where they are absent it skips with that
+reason; the embedded leg (delta-rs commits, Spark reads and writes the files) always runs.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable, write_deltalake
+from pyspark.sql import Row
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.testing import assertDataFrameEqual
+
+from jobs.lake import Lake, LakeError, SchemaMismatch, TableNotFound, UnsupportedTable, delta_spark_available
+
+PEOPLE = T.StructType([
+    T.StructField("customer_id", T.StringType()),
+    T.StructField("city", T.StringType()),
+    T.StructField("spend", T.DoubleType()),
+    T.StructField("seen_at", T.TimestampType()),
+])
+
+
+def _people(spark, rows):
+    return spark.createDataFrame(rows, PEOPLE)
+
+
+T0 = datetime(2024, 3, 1, 8, 30, 15, 123456, tzinfo=UTC)
+ALICE = ("c1", "Shanghai", 10.0, T0)
+BOB = ("c2", "Beijing", 20.5, T0)
+CAROL = ("c3", "上海 / Pudong", None, None)
+
+
+@pytest.fixture(params=["embedded", "delta-spark"])
+def any_lake(request, spark, tmp_path):
+    if request.param == "delta-spark" and not delta_spark_available(spark):
+        pytest.skip("delta-spark JVM classes are not on this session's classpath (Maven unreachable); "
+                    "the embedded backend covers the contract here")
+    return Lake(spark, str(tmp_path / "lake"), backend=request.param)
+
+
+def test_append_then_read_returns_all_rows(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE]), "people")
+    any_lake.write(_people(spark, [BOB, CAROL]), "people")
+    assertDataFrameEqual(any_lake.read("people"), _people(spark, [ALICE, BOB, CAROL]))
+    assert any_lake.version("people") == 1
+
+
+def test_overwrite_replaces_content_and_keeps_history(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE, BOB]), "people")
+    any_lake.write(_people(spark, [CAROL]), "people", mode="overwrite")
+    assertDataFrameEqual(any_lake.read("people"), _people(spark, [CAROL]))
+    assertDataFrameEqual(any_lake.read("people", version=0), _people(spark, [ALICE, BOB]))
+
+
+def test_partition_replace_touches_only_named_partitions(any_lake, spark):
+    rows = [ALICE, BOB, ("c4", "Beijing", 1.0, T0)]
+    any_lake.write(_people(spark, rows), "people", partition_by=["city"])
+    any_lake.write(_people(spark, [("c9", "Beijing", 99.0, T0)]), "people", mode="overwrite",
+                   replace_where={"city": "Beijing"})
+    assertDataFrameEqual(any_lake.read("people"), _people(spark, [ALICE, ("c9", "Beijing", 99.0, T0)]))
+
+
+def test_partition_replace_refuses_rows_outside_the_partition(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE]), "people", partition_by=["city"])
+    with pytest.raises(LakeError, match="outside replace_where"):
+        any_lake.write(_people(spark, [BOB]), "people", mode="overwrite", replace_where={"city": "Shanghai"})
+    assertDataFrameEqual(any_lake.read("people"), _people(spark, [ALICE]))
+
+
+def test_partition_values_with_nulls_spaces_and_slashes_round_trip(any_lake, spark):
+    rows = [ALICE, CAROL, ("c5", None, 3.0, T0)]
+    any_lake.write(_people(spark, rows), "people", partition_by=["city"])
+    assertDataFrameEqual(any_lake.read("people"), _people(spark, rows))
+    assert any_lake.read("people").columns == PEOPLE.fieldNames()
+
+
+def test_merge_upserts_on_keys(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE, BOB]), "people")
+    result = any_lake.merge(_people(spark, [("c2", "Beijing", 30.0, T0), CAROL]), "people", ["customer_id"])
+    assert (result.inserted, result.updated, result.deleted) == (1, 1, 0)
+    assertDataFrameEqual(any_lake.read("people"),
+                         _people(spark, [ALICE, ("c2", "Beijing", 30.0, T0), CAROL]))
+
+
+def test_merge_with_delete_unmatched_makes_target_equal_source(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE, BOB]), "people")
+    result = any_lake.merge(_people(spark, [CAROL]), "people", ["customer_id"], delete_unmatched=True)
+    assert (result.inserted, result.deleted) == (1, 2)
+    assertDataFrameEqual(any_lake.read("people"), _people(spark, [CAROL]))
+
+
+def test_merge_into_missing_table_creates_it(any_lake, spark):
+    result = any_lake.merge(_people(spark, [ALICE]), "people", ["customer_id"])
+    assert result.inserted == 1
+    assertDataFrameEqual(any_lake.read("people"), _people(spark, [ALICE]))
+
+
+def test_delete_removes_matching_rows_and_counts_them(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE, BOB, CAROL]), "people")
+    assert any_lake.delete("people", "customer_id IN ('c1', 'c3')") == 2
+    assertDataFrameEqual(any_lake.read("people"), _people(spark, [BOB]))
+
+
+def test_time_travel_reads_every_version(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE]), "people")
+    any_lake.write(_people(spark, [BOB]), "people")
+    any_lake.delete("people", "customer_id = 'c1'")
+    assertDataFrameEqual(any_lake.read("people", version=0), _people(spark, [ALICE]))
+    assertDataFrameEqual(any_lake.read("people", version=1), _people(spark, [ALICE, BOB]))
+    assertDataFrameEqual(any_lake.read("people", version=2), _people(spark, [BOB]))
+
+
+def test_idempotent_rerun_with_same_app_version_writes_nothing(any_lake, spark):
+    first = any_lake.write(_people(spark, [ALICE]), "people", app_id="land:crm", app_version=1)
+    again = any_lake.write(_people(spark, [ALICE]), "people", app_id="land:crm", app_version=1)
+    later = any_lake.write(_people(spark, [BOB]), "people", app_id="land:crm", app_version=2)
+    assert (first, again, later) == (0, None, 1)
+    assert any_lake.app_version("people", "land:crm") == 2
+    assertDataFrameEqual(any_lake.read("people"), _people(spark, [ALICE, BOB]))
+
+
+def test_failed_write_commits_nothing_and_leaves_last_version(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE]), "people")
+    failing = _people(spark, [BOB]).withColumn(
+        "city", F.when(F.col("customer_id") == "c2", F.raise_error(F.lit("source broke"))).otherwise(F.col("city")))
+    with pytest.raises(Exception, match="source broke"):
+        any_lake.write(failing, "people", mode="overwrite")
+    assert any_lake.version("people") == 0
+    assertDataFrameEqual(any_lake.read("people"), _people(spark, [ALICE]))
+
+
+def test_append_with_new_column_is_refused_unless_evolving(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE]), "people")
+    wider = _people(spark, [BOB]).withColumn("tier", F.lit(2))
+    with pytest.raises(SchemaMismatch, match="tier"):
+        any_lake.write(wider, "people")
+    any_lake.write(wider, "people", evolve_schema=True)
+    wider_schema = T.StructType([*PEOPLE.fields, T.StructField("tier", T.IntegerType())])
+    expected = spark.createDataFrame([(*ALICE, None), (*BOB, 2)], wider_schema)
+    assertDataFrameEqual(any_lake.read("people"), expected)
+
+
+def test_append_with_changed_type_is_refused(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE]), "people")
+    with pytest.raises(SchemaMismatch, match="spend"):
+        any_lake.write(_people(spark, [BOB]).withColumn("spend", F.col("spend").cast("string")), "people")
+
+
+def test_empty_table_reads_with_its_schema(any_lake, spark):
+    any_lake.write(spark.createDataFrame([], PEOPLE), "people", partition_by=["city"])
+    empty = any_lake.read("people")
+    assert empty.count() == 0
+    assert [f.name for f in empty.schema] == PEOPLE.fieldNames()
+
+
+def test_missing_table_raises_table_not_found(any_lake):
+    with pytest.raises(TableNotFound, match="nope"):
+        any_lake.read("nope")
+    assert not any_lake.exists("nope")
+
+
+def test_history_keeps_commit_metadata(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE]), "people", metadata={"run_id": "r1", "job": "land"})
+    any_lake.write(_people(spark, [BOB]), "people", metadata={"run_id": "r2", "job": "land"})
+    history = any_lake.history("people")
+    assert [entry["version"] for entry in history] == [1, 0]
+    assert [entry["run_id"] for entry in history] == ["r2", "r1"]
+
+
+def test_vacuum_makes_old_versions_unreadable(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE]), "people")
+    any_lake.write(_people(spark, [BOB]), "people", mode="overwrite")
+    any_lake.vacuum("people", retention_hours=0)
+    assertDataFrameEqual(any_lake.read("people"), _people(spark, [BOB]))
+    with pytest.raises(Exception):  # noqa: B017 - the files of version 0 are gone
+        any_lake.read("people", version=0).collect()
+
+
+def test_tables_lists_what_was_written(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE]), "people")
+    any_lake.write(_people(spark, [BOB]), "orders")
+    assert any_lake.tables() == ["orders", "people"]
+
+
+def test_table_is_readable_by_deltalake_directly(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE, BOB, CAROL]), "people", partition_by=["city"])
+    arrow = DeltaTable(any_lake.uri("people")).to_pyarrow_table()
+    by_id = {row["customer_id"]: row for row in arrow.to_pylist()}
+    assert set(by_id) == {"c1", "c2", "c3"}
+    assert by_id["c3"]["city"] == "上海 / Pudong"
+    assert by_id["c1"]["seen_at"] == T0  # microseconds survive: TIMESTAMP_MICROS, not INT96
+
+
+def test_table_is_readable_by_duckdb_delta_reader(any_lake, spark):
+    duckdb = pytest.importorskip("duckdb")
+    pytest.importorskip("duckdb_ext", reason="duckdb-ext-delta ships DuckDB's delta extension offline")
+    import duckdb_ext
+
+    any_lake.write(_people(spark, [ALICE, BOB]), "people", partition_by=["city"])
+    extension = glob.glob(os.path.join(list(duckdb_ext.__path__)[0], "extensions", f"v{duckdb.__version__}",
+                                       "*", "delta.duckdb_extension"))
+    if not extension:
+        pytest.skip(f"no delta extension shipped for duckdb {duckdb.__version__}")
+    connection = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+    connection.execute(f"LOAD '{extension[0]}'")
+    rows = connection.execute(
+        f"SELECT customer_id, city, spend FROM delta_scan('{any_lake.uri('people')}') ORDER BY 1").fetchall()
+    assert rows == [("c1", "Shanghai", 10.0), ("c2", "Beijing", 20.5)]
+
+
+def test_table_written_by_deltalake_is_readable_by_the_lake(lake, spark, tmp_path):
+    import pyarrow as pa
+
+    data = pa.table({"customer_id": ["a", "b"], "n": pa.array([1, 2], pa.int64()),
+                     "day": [date(2024, 1, 1), date(2024, 1, 2)]})
+    write_deltalake(lake.uri("external"), data, partition_by=["day"])
+    expected = spark.createDataFrame([("a", 1, date(2024, 1, 1)), ("b", 2, date(2024, 1, 2))],
+                                     "customer_id string, n long, day date")
+    assertDataFrameEqual(lake.read("external"), expected)
+
+
+def test_embedded_writes_real_delta_with_file_statistics(lake, spark):
+    lake.write(_people(spark, [ALICE, BOB]), "people")
+    log_files = sorted(Path(lake.uri("people"), "_delta_log").glob("*.json"))
+    actions = [json.loads(line) for line in log_files[0].read_text().splitlines()]
+    adds = [action["add"] for action in actions if "add" in action]
+    assert any("protocol" in action for action in actions) and any("metaData" in action for action in actions)
+    stats = [json.loads(add["stats"]) for add in adds]
+    assert sum(s["numRecords"] for s in stats) == 2
+    with_rows = [s for s in stats if s["numRecords"]]
+    assert min(s["minValues"]["customer_id"] for s in with_rows) == "c1"
+    assert max(s["maxValues"]["spend"] for s in with_rows) == 20.5
+    assert min(s["minValues"]["seen_at"] for s in with_rows) == "2024-03-01T08:30:15.123Z"
+    assert max(s["maxValues"]["seen_at"] for s in with_rows) == "2024-03-01T08:30:15.124Z"
+
+
+def test_embedded_refuses_tables_with_deletion_vectors(lake, spark):
+    import pyarrow as pa
+
+    write_deltalake(lake.uri("dv"), pa.table({"a": [1]}),
+                    configuration={"delta.enableDeletionVectors": "true"})
+    table = DeltaTable(lake.uri("dv"))
+    if "deletionVectors" not in set(table.protocol().reader_features or []):
+        pytest.skip("this deltalake version does not enable deletion vectors on create")
+    with pytest.raises(UnsupportedTable, match="deletion"):
+        lake.read("dv")
+
+
+def test_invalid_table_name_is_refused(lake, spark):
+    with pytest.raises(LakeError, match="invalid table name"):
+        lake.write(spark.createDataFrame([Row(a=1)]), "../escape")
