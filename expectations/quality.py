@@ -305,12 +305,71 @@ def view_audience_compliance(df: DataFrame, params: Mapping[str, Any],
                         F.coalesce("is_forgotten", F.lit(False)).alias("is_forgotten"))
 
 
+def view_identifier_formats(df: DataFrame, params: Mapping[str, Any],
+                            inputs: Mapping[str, DataFrame]) -> DataFrame:
+    """silver_identifiers -> source, record_id, id_type, id_value, valid_format.
+
+    params: ``patterns`` {id_type: regex}; types without a pattern are valid when non-empty.
+    """
+    patterns = dict(params.get("patterns") or {})
+    valid = F.col("id_value").isNotNull() & (F.length(F.trim(F.col("id_value"))) > 0)
+    check = F.lit(True)
+    for id_type, pattern in patterns.items():
+        check = F.when(F.col("id_type") == id_type, F.col("id_value").rlike(str(pattern))).otherwise(check)
+    return df.select("source", "record_id", "id_type", "id_value",
+                     F.coalesce(valid & check, F.lit(False)).alias("valid_format"))
+
+
+def _tag_stats(df: DataFrame, skip: set[str]) -> DataFrame:
+    numeric = ("int", "bigint", "double", "float", "boolean", "smallint", "tinyint", "decimal")
+    tags = [(c, t) for c, t in df.dtypes if c not in skip]
+    if not tags:
+        return df.sparkSession.createDataFrame([], "tag string, coverage double, mean double")
+    total = F.count(F.lit(1))
+    aggs = []
+    for name, dtype in tags:
+        col = F.col(f"`{name}`")
+        aggs.append((F.count(col) / total).alias(f"{name}__coverage"))
+        mean = F.avg(col.cast("double")) if dtype.startswith(numeric) else F.lit(None).cast("double")
+        aggs.append(mean.alias(f"{name}__mean"))
+    row = df.agg(*aggs)
+    stacked = F.explode(F.array(*[F.struct(F.lit(n).alias("tag"), F.col(f"`{n}__coverage`").cast("double").alias("coverage"),
+                                           F.col(f"`{n}__mean`").cast("double").alias("mean")) for n, _ in tags]))
+    return row.select(stacked.alias("s")).select("s.tag", "s.coverage", "s.mean")
+
+
+def view_tag_drift(df: DataFrame, params: Mapping[str, Any], inputs: Mapping[str, DataFrame]) -> DataFrame:
+    """tags_wide -> per tag: coverage, mean (numeric/boolean), and their change vs the previous run.
+
+    Output: tag, coverage, previous_coverage, coverage_change (absolute, null on the first run),
+    mean, previous_mean, mean_change (|mean - previous| / max(|previous|, 1e-9), null when undefined).
+    ``inputs['previous']`` (the published version) is supplied by :func:`validate_suite`.
+    """
+    skip = {"customer_id", "as_of", "computed_at", "run_id", *(params.get("exclude") or [])}
+    now = _tag_stats(df, skip)
+    if "previous" in inputs:
+        before = _tag_stats(inputs["previous"], skip).select(
+            "tag", F.col("coverage").alias("previous_coverage"), F.col("mean").alias("previous_mean"))
+    else:
+        before = now.select("tag", F.lit(None).cast("double").alias("previous_coverage"),
+                            F.lit(None).cast("double").alias("previous_mean"))
+    joined = now.join(before, on="tag", how="left")
+    return joined.select(
+        "tag", "coverage", "previous_coverage",
+        F.abs(F.col("coverage") - F.col("previous_coverage")).alias("coverage_change"),
+        "mean", "previous_mean",
+        (F.abs(F.col("mean") - F.col("previous_mean"))
+         / F.greatest(F.abs(F.col("previous_mean")), F.lit(1e-9))).alias("mean_change"))
+
+
 VIEWS: dict[str, View] = {
     "table": view_table,
     "identity_type_counts": view_identity_type_counts,
     "member_ids_per_customer": view_member_ids_per_customer,
     "identity_summary": view_identity_summary,
     "tag_coverage": view_tag_coverage,
+    "tag_drift": view_tag_drift,
+    "identifier_formats": view_identifier_formats,
     "audience_compliance": view_audience_compliance,
 }
 
@@ -444,6 +503,8 @@ def validate_suite(suite: SuiteSpec, candidate: DataFrame, *, table: str,
     from great_expectations.expectations.registry import get_expectation_impl
 
     inputs = dict(inputs or {})
+    if previous is not None:
+        inputs.setdefault("previous", previous)
     params = dict(params or {})
     outcomes: list[ExpectationOutcome] = []
     context = _gx_context()

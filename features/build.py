@@ -115,7 +115,7 @@ def _aggregate_expr(feature: Feature, as_of: date) -> Column:
         # size(collect_set) is one hash aggregate; many count(DISTINCT) would expand the rows once each
         sql = f"cast(size(collect_set({value})) as bigint)"
     elif feature.agg == "collect_set":
-        sql = f"collect_set({value})"
+        sql = f"collect_set(cast({value} as string))"
     else:  # max_by / min_by: rows outside the window have a null ordering and are ignored
         sql = f"{feature.agg}({value}, {guarded(feature.by or '')})"
     return F.expr(sql).alias(feature.name)
@@ -142,6 +142,8 @@ def build_features(inputs: FeatureInputs, config: FeatureConfig, as_of: date) ->
         logger.debug("features: %d aggregates over %s in one pass", len(aggregates), source_name)
     zero_filled = {f.name: F.coalesce(F.col(f.name), F.lit(0).cast("bigint" if f.agg != "sum" else "double"))
                    for f in config.features if f.agg in ZERO_FILLED}
+    zero_filled.update({f.name: F.coalesce(F.col(f.name), F.array().cast("array<string>"))
+                        for f in config.features if f.agg == "collect_set"})
     snapshot = snapshot.withColumns(zero_filled)
     # Derived and profile columns, one projection per dependency level (a column may use columns
     # declared before it); Spark collapses the levels into one projection. One withColumn per

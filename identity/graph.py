@@ -53,16 +53,19 @@ def classify_identifiers(identifiers: DataFrame, config: IdentityConfig) -> Data
     value = F.col("id_value")
     # Blocked lists are compared with both the normalised and the raw text, trimmed and lower-cased,
     # so "N/A", " null " and a normalised "+8613800000000" are all caught by one list entry each.
+    # An empty raw value (a source that only sends the normalised form) is not itself junk.
+    raw = F.when(F.trim(F.col("raw_value")) != "", F.trim(F.col("raw_value")))
     value_text = F.lower(F.trim(value))
-    raw_text = F.lower(F.trim(F.coalesce(F.col("raw_value"), value)))
+    raw_text = F.lower(raw)
 
     def blocked_by(block_values: tuple[str, ...], block_patterns: tuple[str, ...]) -> Column:
         hit = F.lit(False)
         if block_values:
-            hit = hit | value_text.isin(list(block_values)) | raw_text.isin(list(block_values))
+            hit = hit | value_text.isin(list(block_values)) | F.coalesce(raw_text.isin(list(block_values)),
+                                                                          F.lit(False))
         if block_patterns:
-            hit = hit | _matches_any(value, block_patterns) | _matches_any(F.trim(F.col("raw_value")),
-                                                                            block_patterns)
+            hit = hit | _matches_any(value, block_patterns) | F.coalesce(_matches_any(raw, block_patterns),
+                                                                          F.lit(False))
         return F.coalesce(hit, F.lit(False))
 
     blocked = blocked_by(config.blocked.values, config.blocked.patterns)

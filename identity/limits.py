@@ -131,17 +131,20 @@ def enforce_limits(labelled_nodes: DataFrame, edges: DataFrame, config: Identity
     limits = {t.name: t.limit for t in config.types}
     violating = violating_components(labelled_nodes, config)
     to_split = labelled_nodes.join(violating.select("component"), on="component", how="left_semi")
-    split_edges = (edges.join(to_split.select(F.col("node").alias("a"), "component"), on="a", how="inner")
-                   .select("component", "a", "b", "priority", "n_records",
+    # The edge side gets its own grouping column name: both sides descend from labelled_nodes, and
+    # cogroup cannot tell two columns of one lineage apart.
+    split_edges = (edges.join(to_split.select(F.col("node").alias("a"), F.col("component").alias("edge_component")),
+                              on="a", how="inner")
+                   .select("edge_component", "a", "b", "priority", "n_records",
                            F.coalesce(F.unix_micros("last_seen"), F.lit(-(2 ** 62))).alias("last_seen_us")))
 
     def split(node_frame: pd.DataFrame, edge_frame: pd.DataFrame) -> pd.DataFrame:
         return _split_component(node_frame, edge_frame, limits)
 
     result = (to_split.select("component", "node", "id_type").groupBy("component")
-              .cogroup(split_edges.groupBy("component"))
+              .cogroup(split_edges.groupBy("edge_component"))
               .applyInPandas(split, schema=CLUSTER_SCHEMA))
-    result = result.persist()
+    result = result.localCheckpoint(eager=True)  # runs the split once; short plans downstream
     split_nodes = result.filter(F.col("kind") == "node").select("node", "cluster")
     dropped = result.filter(F.col("kind") == "dropped").select("a", "b", "reason")
     clusters = (labelled_nodes.join(split_nodes, on="node", how="left")

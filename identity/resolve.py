@@ -117,20 +117,20 @@ def resolve_identities(
         :data:`IDENTITY_MAP_COLUMNS`, identity_graph :data:`GRAPH_COLUMNS`).
     """
     spark = identifiers.sparkSession
-    observations = classify_identifiers(identifiers, config).persist()
+    observations = classify_identifiers(identifiers, config).localCheckpoint(eager=True)
     collisions = node_collisions(observations).limit(5).collect()
     if collisions:
         raise ValueError(f"identifier hash collision (rename or block one of them): {[r.identifiers for r in collisions]}")
 
-    edges = build_edges(observations).persist()
-    nodes = flag_shared_identifiers(build_nodes(observations), edges, config).persist()
-    candidates = candidate_edges(edges, nodes).persist()
+    edges = build_edges(observations).localCheckpoint(eager=True)
+    nodes = flag_shared_identifiers(build_nodes(observations), edges, config).localCheckpoint(eager=True)
+    candidates = candidate_edges(edges, nodes).localCheckpoint(eager=True)
     unshared = nodes.filter(~F.col("is_shared")).select("node", "id_type", "id_value", "priority")
 
     incremental = mode == "incremental" and previous is not None
     if incremental:
         assert previous is not None
-        touched = _touched_components(candidates, unshared, previous).persist()
+        touched = _touched_components(candidates, unshared, previous).localCheckpoint(eager=True)
         prev_unshared = previous.identity_map.filter(~F.col("is_shared"))
         prev_components = prev_unshared.select(node_id("id_type", "id_value").alias("node"), "component_id")
         region_nodes = (unshared.join(prev_components, on="node", how="left")
@@ -148,14 +148,14 @@ def resolve_identities(
                            else spark.createDataFrame([], "id_type string, id_value string, customer_id string, "
                                                           "is_shared boolean, created_run string"))
         kept_quarantine = None
-    region_nodes = region_nodes.persist()
+    region_nodes = region_nodes.localCheckpoint(eager=True)
     region_edges = candidates.join(region_nodes.select(F.col("node").alias("a")), on="a", how="left_semi")
 
     components = connected_components(region_nodes, region_edges, engine=config.engine,
                                       checkpoint_interval=config.checkpoint_interval,
                                       max_iterations=config.max_iterations)
-    labelled = region_nodes.join(components, on="node", how="inner").persist()
-    quarantine = quarantine_oversized(labelled, region_edges, config.max_component_size, run_id).persist()
+    labelled = region_nodes.join(components, on="node", how="inner").localCheckpoint(eager=True)
+    quarantine = quarantine_oversized(labelled, region_edges, config.max_component_size, run_id).localCheckpoint(eager=True)
     quarantined = quarantine.select("component")
     regular = labelled.join(quarantined, on="component", how="left_anti")
     split_clusters, dropped = enforce_limits(regular.select("node", "id_type", "component"), region_edges, config)
@@ -163,7 +163,7 @@ def resolve_identities(
                 .unionByName(labelled.join(quarantined, on="component", how="left_semi")
                              .select("node", "component", F.col("node").alias("cluster")))
                 .join(labelled.select("node", "id_type", "id_value", "priority"), on="node", how="inner")
-                .persist())
+                .localCheckpoint(eager=True))
 
     notes = (dropped.join(clusters.select(F.col("node").alias("a"), "cluster"), on="a", how="inner")
              .select("cluster", F.col("reason").alias("note"))
@@ -185,9 +185,9 @@ def resolve_identities(
                           "component_id"))
     region_map = _carry_updated_run(region_map, prev_rows, run_id, ["id_type", "id_value"])
     unshared_map = region_map if kept_map is None else kept_map.select(*IDENTITY_MAP_COLUMNS).unionByName(region_map)
-    unshared_map = unshared_map.persist()
+    unshared_map = unshared_map.localCheckpoint(eager=True)
 
-    customer_records = _customer_records(observations, unshared_map).persist()
+    customer_records = _customer_records(observations, unshared_map).localCheckpoint(eager=True)
     shared_map = _shared_rows(observations, nodes, customer_records, unshared_map, previous, run_id)
     identity_map = unshared_map.unionByName(shared_map).select(*IDENTITY_MAP_COLUMNS)
 

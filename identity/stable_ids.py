@@ -36,24 +36,27 @@ def new_customer_id(key: F.Column, salt: int) -> F.Column:
 
 
 def _issue_new_ids(pending: DataFrame, taken: DataFrame) -> DataFrame:
-    """cluster, key_text -> cluster, customer_id, unique and not in ``taken`` (customer_id)."""
-    spark = pending.sparkSession
-    issued = spark.createDataFrame([], "cluster long, customer_id string")
+    """cluster, key_text -> cluster, customer_id, unique and not in ``taken`` (customer_id).
+
+    One check job in the usual case (no collision); colliding clusters retry with the next salt.
+    """
+    issued: DataFrame | None = None
     taken_ids = taken.select("customer_id").distinct()
     for salt in range(MAX_SALT):
         candidates = pending.select("cluster", "key_text", new_customer_id(F.col("key_text"), salt).alias("customer_id"))
         # Of several new clusters hashing to one id, the smallest key keeps it; the others retry.
         first = Window.partitionBy("customer_id").orderBy("key_text")
-        ranked = candidates.withColumn("rank", F.row_number().over(first))
-        accepted = (ranked.filter(F.col("rank") == 1)
-                    .join(taken_ids, on="customer_id", how="left_anti")
-                    .select("cluster", "customer_id")
-                    .localCheckpoint(eager=True))
-        issued = issued.unionByName(accepted)
-        taken_ids = taken_ids.unionByName(accepted.select("customer_id"))
-        pending = pending.join(accepted.select("cluster"), on="cluster", how="left_anti").localCheckpoint(eager=True)
-        if pending.isEmpty():
+        ranked = (candidates.withColumn("rank", F.row_number().over(first))
+                  .join(taken_ids.withColumn("taken", F.lit(True)), on="customer_id", how="left")
+                  .withColumn("ok", (F.col("rank") == 1) & F.col("taken").isNull())
+                  .localCheckpoint(eager=True))
+        accepted = ranked.filter("ok").select("cluster", "customer_id")
+        issued = accepted if issued is None else issued.unionByName(accepted)
+        retry = ranked.filter(~F.col("ok")).select("cluster", "key_text")
+        if retry.isEmpty():
             return issued
+        taken_ids = taken_ids.unionByName(accepted.select("customer_id"))
+        pending = retry
     raise RuntimeError(f"could not issue collision-free customer ids after {MAX_SALT} salts")
 
 

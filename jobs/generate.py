@@ -286,8 +286,11 @@ class _Chunk:
                 names.append(SURNAMES[s] + gv[0])
         member = rng.random(n) < 0.8
         # Unique mobile per person: a bijection of the global index (no accidental sharing).
-        prefix = np.array(MOBILE_PREFIXES)[gidx % len(MOBILE_PREFIXES)]
-        suffix = (gidx // len(MOBILE_PREFIXES) * 48271 + 1234567) % 100_000_000
+        # (A * g + B) mod M is a bijection when gcd(A, M) = 1: no two persons share a mobile.
+        space = len(MOBILE_PREFIXES) * 100_000_000
+        mixed = (gidx.astype(np.int64) * 2_654_435_761 + 987_654_321) % space
+        prefix = np.array(MOBILE_PREFIXES)[mixed // 100_000_000]
+        suffix = mixed % 100_000_000
         phones = [f"{p}{s:08d}" for p, s in zip(prefix, suffix, strict=True)]
         has_email = rng.random(n) < 0.7
         qq = rng.random(n) < 0.4

@@ -374,7 +374,12 @@ class SourcesConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> SourcesConfig:
-        raw_sources = require(data, "sources", "", dict)
+        if not isinstance(data, dict):
+            raise ValueError("expected a mapping with a 'sources' key")
+        unknown = set(data) - {"sources", "defaults", "anchors"}
+        if unknown:
+            raise ValueError(f"unknown top-level keys {sorted(unknown)}; use sources, defaults, anchors")
+        raw_sources = require(data, "sources", "(top)", dict)
         defaults = data.get("defaults") or {}
         if not isinstance(defaults, dict):
             raise ValueError("defaults: expected a mapping")
@@ -504,6 +509,20 @@ def _leaf_reasons(spec: FieldSpec, raw: Column, path: str) -> list[Column]:
     return reasons
 
 
+def _missing_in(name: str):
+    # Spark inspects a lambda's arity, so element predicates are built by closures, not defaults.
+    def predicate(element: Column) -> Column:
+        return _blank(element.getField(name))
+    return predicate
+
+
+def _invalid_in(spec: FieldSpec):
+    def predicate(element: Column) -> Column:
+        value = element.getField(spec.name)
+        return ~_blank(value) & convert(value, spec).isNull()
+    return predicate
+
+
 def validation_reasons(source: SourceSpec, record: Column) -> list[Column]:
     """Columns that hold a reason (naming the field) when a record breaks its schema, else null."""
     reasons: list[Column] = []
@@ -525,13 +544,10 @@ def validation_reasons(source: SourceSpec, record: Column) -> list[Column]:
                         continue  # deeper nesting inside arrays is kept but not validated
                     child_path = f"{path}[].{child.name}"
                     if child.required:
-                        reasons.append(F.when(
-                            F.exists(column, lambda x, c=child: _blank(x.getField(c.name))),
-                            F.lit(f"{child_path}: required field is missing")))
+                        reasons.append(F.when(F.exists(column, _missing_in(child.name)),
+                                              F.lit(f"{child_path}: required field is missing")))
                     if child.type != "string" and child.on_invalid == "quarantine":
-                        def bad(x: Column, c: FieldSpec = child) -> Column:
-                            value = x.getField(c.name)
-                            return ~_blank(value) & convert(value, c).isNull()
+                        bad = _invalid_in(child)
                         first_bad = F.filter(column, bad).getItem(0).getField(child.name)
                         reasons.append(F.when(F.exists(column, bad), F.concat(
                             F.lit(f"{child_path}: invalid {child.type}: '"),

@@ -1,0 +1,142 @@
+"""Write-audit-publish: stage a candidate table, validate it with its quality suite, then publish.
+
+Any job that publishes a table behind a gate calls :func:`publish_with_gates`::
+
+    outcome = publish_with_gates(lake, customers_df, "identity_map", "identity_map", ctx,
+                                 params={"identity_type_counts": {"limits": limits}},
+                                 metadata={"run_id": ctx.run_id})
+
+1. the candidate is written to ``_staging_<table>`` (so what is validated is exactly what gets
+   published, even when the frame is not deterministic);
+2. the suite from ``conf/quality.yaml`` runs on the staged table, with relative bounds taken from
+   the currently published version;
+3. an HTML and a JSON report go to ``<lake>/_reports/quality/<run_id>/<table>.{html,json}``;
+4. on success the staged data is written to ``<table>`` (``mode="overwrite"`` unless told
+   otherwise); on a blocking failure nothing is published, the last good version stays current and
+   :class:`jobs.entry.JobFailed` is raised (the job exits non-zero).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame
+
+from expectations.quality import QualityConfig, SuiteResult, render_report_html, validate_suite
+from jobs.config import JobContext, parse_file
+from jobs.entry import JobFailed
+from jobs.lake import Lake
+
+logger = logging.getLogger(__name__)
+
+STAGING_PREFIX = "_staging_"
+REPORTS_DIR = "_reports/quality"
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    table: str
+    version: int | None  # None when the write was skipped as an idempotent re-run
+    result: SuiteResult
+    report_path: str
+
+
+@lru_cache(maxsize=8)
+def _load_config(path: str, profile: str, mtime: float) -> QualityConfig:
+    return parse_file(path, lambda data: QualityConfig.from_dict(data, profile))
+
+
+def load_quality_config(ctx: JobContext) -> QualityConfig:
+    """``conf/quality.yaml`` resolved for the context's profile (errors name file and key)."""
+    path = ctx.conf_path("quality.yaml")
+    mtime = path.stat().st_mtime if path.exists() else 0.0
+    return _load_config(str(path), ctx.profile.name, mtime)
+
+
+def staging_name(table: str) -> str:
+    return f"{STAGING_PREFIX}{table}"
+
+
+def write_text(root: str, relative: str, text: str) -> str:
+    """Write a text file under the lake root (local path or any URI pyarrow can open)."""
+    if "://" in root and not root.startswith("file://"):
+        from pyarrow import fs as pafs
+
+        filesystem, base = pafs.FileSystem.from_uri(root)
+        path = posixpath.join(base, relative)
+        filesystem.create_dir(posixpath.dirname(path), recursive=True)
+        with filesystem.open_output_stream(path) as out:
+            out.write(text.encode("utf-8"))
+        return f"{root.rstrip('/')}/{relative}"
+    base = root[len("file://"):] if root.startswith("file://") else root
+    path = Path(base) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def write_report(lake: Lake, run_id: str, result: SuiteResult) -> str:
+    """HTML (for people) and JSON (for tools) reports of one gate; returns the HTML path."""
+    folder = f"{REPORTS_DIR}/{run_id}"
+    write_text(lake.root, f"{folder}/{result.table}.json", json.dumps(result.to_dict(), indent=2, default=str))
+    return write_text(lake.root, f"{folder}/{result.table}.html", render_report_html(result))
+
+
+def audit(lake: Lake, candidate: DataFrame, table: str, suite_name: str, ctx: JobContext, *,
+          inputs: Mapping[str, DataFrame] | None = None,
+          params: Mapping[str, Mapping[str, Any]] | None = None,
+          config: QualityConfig | None = None) -> tuple[SuiteResult, str]:
+    """Validate ``candidate`` against the suite (previous = the published ``table``); write the report."""
+    config = config or load_quality_config(ctx)
+    suite = config.suite(suite_name)
+    previous = lake.read(table) if lake.exists(table) else None
+    result = validate_suite(suite, candidate, table=table, previous=previous, inputs=inputs, params=params,
+                            run_id=ctx.run_id)
+    report = write_report(lake, ctx.run_id, result)
+    for outcome in result.warnings:
+        logger.warning("%s: gate warning %s %s observed=%s unexpected=%s", table, outcome.view,
+                       outcome.expectation, outcome.observed_value, outcome.unexpected_count)
+    return result, report
+
+
+def publish_with_gates(lake: Lake, df: DataFrame, table: str, suite_name: str, ctx: JobContext, *,
+                       inputs: Mapping[str, DataFrame] | None = None,
+                       params: Mapping[str, Mapping[str, Any]] | None = None,
+                       config: QualityConfig | None = None, **write_kwargs: Any) -> GateOutcome:
+    """Stage, validate and (only when the gate passes) publish ``df`` as ``table``.
+
+    Args:
+        lake: the lake.
+        df: the candidate table.
+        table: the table to publish.
+        suite_name: a suite of ``conf/quality.yaml``.
+        ctx: job context (conf dir, profile for thresholds, run id for the report folder).
+        inputs: extra frames the suite's views need (e.g. ``consent_current``).
+        params: runtime view params, e.g. ``{"identity_type_counts": {"limits": {...}}}``.
+        write_kwargs: passed to ``lake.write`` for the publish (default ``mode="overwrite"``).
+
+    Raises:
+        JobFailed: a blocking expectation failed; the message names it and the report path.
+    """
+    staging = staging_name(table)
+    lake.write(df, staging, mode="overwrite", metadata={"run_id": ctx.run_id, "stage_of": table})
+    candidate = lake.read(staging)
+    result, report = audit(lake, candidate, table, suite_name, ctx, inputs=inputs, params=params, config=config)
+    if not result.success:
+        logger.error("%s: quality gate %s failed; %s is unchanged; report %s", table, suite_name, table, report)
+        raise JobFailed(f"quality gate failed, {table} not published: {result.summary()} (report: {report})")
+    write_kwargs.setdefault("mode", "overwrite")
+    metadata = {"run_id": ctx.run_id, "quality_suite": suite_name, **dict(write_kwargs.pop("metadata", None) or {})}
+    version = lake.write(candidate, table, metadata=metadata, **write_kwargs)
+    logger.info("%s: gate %s passed (%d expectations), published version %s", table, suite_name,
+                len(result.outcomes), version)
+    return GateOutcome(table=table, version=version, result=result, report_path=report)
+
+
+__all__ = ["GateOutcome", "audit", "load_quality_config", "publish_with_gates", "staging_name", "write_report"]

@@ -1,0 +1,10 @@
+"""Tag catalogue and tag computation (rule, algorithmic, predictive)."""
+from __future__ import annotations
+
+from tagging.catalogue import Algorithm, Catalogue, CatalogueError, ModelSpec, Tag, merge, parse_file
+from tagging.compute import TagRunInfo, compute_tags, tag_stats, tag_versions, to_long
+from tagging.validate import dependency_order, validate_catalogue
+
+__all__ = ["Algorithm", "Catalogue", "CatalogueError", "ModelSpec", "Tag", "TagRunInfo", "compute_tags",
+           "dependency_order", "merge", "parse_file", "tag_stats", "tag_versions", "to_long",
+           "validate_catalogue"]

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Standalone-cluster test: the whole pipeline spark-submitted to a real Spark standalone master and
+# worker on loopback, with the package shipped as a wheel. Code that only works in local mode (driver
+# and executors in one JVM) fails here.
+#
+#   tests/cluster/run_standalone.sh            # uses .venv/bin/python, else $PYTHON, else python3
+#   CDP_CLUSTER_CUSTOMERS=2000 CDP_CLUSTER_KEEP=1 CDP_CLUSTER_RUN_ARGS="--to land" tests/cluster/run_standalone.sh
+#
+# Starts master + one worker from the scripts inside the installed pyspark (pip's pyspark ships
+# sbin/spark-daemon.sh but not start-master.sh), always stops them (trap), exits non-zero when the
+# run fails or the published audiences are empty.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+
+PY=${PYTHON:-}
+if [[ -z "$PY" ]]; then
+  if [[ -x "$REPO/.venv/bin/python" ]]; then PY=$REPO/.venv/bin/python; else PY=$(command -v python3); fi
+fi
+CUSTOMERS=${CDP_CLUSTER_CUSTOMERS:-2000}
+SPARK_HOME=$("$PY" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
+WORK=$(mktemp -d /tmp/cdp-cluster.XXXXXX)  # absolute: driver and executors both see it
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
+MASTER_PORT=$(free_port); MASTER_UI=$(free_port); WORKER_UI=$(free_port)
+MASTER=spark://127.0.0.1:$MASTER_PORT
+
+export SPARK_HOME SPARK_LOCAL_IP=127.0.0.1 SPARK_MASTER_HOST=127.0.0.1
+export SPARK_LOG_DIR=$WORK/logs SPARK_PID_DIR=$WORK/pids SPARK_WORKER_DIR=$WORK/worker SPARK_IDENT_STRING=cdp-ci
+export PYSPARK_PYTHON=$PY PYSPARK_DRIVER_PYTHON=$PY
+export MLFLOW_DISABLE_TELEMETRY=true MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false GX_ANALYTICS_ENABLED=false
+unset MLFLOW_TRACKING_URI MLFLOW_REGISTRY_URI  # the run keeps its models in the lake's SQLite store
+DAEMON=$SPARK_HOME/sbin/spark-daemon.sh
+chmod +x "$SPARK_HOME"/sbin/*.sh "$SPARK_HOME"/bin/* 2>/dev/null || true
+
+stop_cluster() {
+  local status=$?
+  "$DAEMON" stop org.apache.spark.deploy.worker.Worker 1 >/dev/null 2>&1 || true
+  "$DAEMON" stop org.apache.spark.deploy.master.Master 1 >/dev/null 2>&1 || true
+  if [[ $status -ne 0 ]]; then
+    echo "cluster test FAILED (exit $status); daemon logs:" >&2
+    tail -n 30 "$SPARK_LOG_DIR"/*.out >&2 2>/dev/null || true
+  fi
+  if [[ -z "${CDP_CLUSTER_KEEP:-}" ]]; then rm -rf "$WORK"; else echo "kept $WORK" >&2; fi
+  exit $status
+}
+trap stop_cluster EXIT INT TERM
+
+wait_for_log() {  # wait_for_log FILE_GLOB PATTERN WHAT
+  for _ in $(seq 1 90); do
+    if grep -q "$2" $1 2>/dev/null; then return 0; fi
+    sleep 1
+  done
+  echo "timed out waiting for $3" >&2
+  return 1
+}
+
+echo "== building the wheel"
+rm -rf "$WORK/dist"
+"$PY" -m pip wheel -q --no-deps -w "$WORK/dist" . >/dev/null
+WHEEL=$(ls "$WORK"/dist/*.whl)
+echo "   $WHEEL"
+
+echo "== starting master $MASTER and one worker (2 cores, 2g)"
+"$DAEMON" start org.apache.spark.deploy.master.Master 1 --host 127.0.0.1 --port "$MASTER_PORT" \
+  --webui-port "$MASTER_UI" >/dev/null
+wait_for_log "$SPARK_LOG_DIR/*Master*.out" "I have been elected leader" "the master"
+"$DAEMON" start org.apache.spark.deploy.worker.Worker 1 --host 127.0.0.1 --cores 2 --memory 2g \
+  --webui-port "$WORKER_UI" "$MASTER" >/dev/null
+wait_for_log "$SPARK_LOG_DIR/*Worker*.out" "Successfully registered with master" "the worker to register"
+
+echo "== spark-submit jobs/run.py: $CUSTOMERS generated customers, lake $WORK/lake"
+# The wheel goes first on the driver's and executors' sys.path. --conf names the config folder the
+# driver reads (it must be a real folder; jobs.conf inside the wheel is a zip entry).
+"$SPARK_HOME/bin/spark-submit" --master "$MASTER" --deploy-mode client --name cdp-ci-cluster \
+  --py-files "$WHEEL" --driver-memory 2g \
+  --conf spark.executor.memory=1500m --conf spark.executor.cores=2 --conf spark.cores.max=2 \
+  --conf spark.pyspark.python="$PY" --conf spark.pyspark.driver.python="$PY" \
+  --conf spark.driver.host=127.0.0.1 --conf spark.ui.enabled=false \
+  jobs/run.py --conf "$REPO/conf" --profile standalone --lake "$WORK/lake" --raw "$WORK/raw" --customers "$CUSTOMERS" --seed 7 ${CDP_CLUSTER_RUN_ARGS:-}
+
+echo "== checking the published audiences through the lake"
+"$PY" tests/cluster/check_published.py "$WORK/lake"
+echo "cluster test passed"

@@ -1,0 +1,115 @@
+"""Quality gates: config parsing per profile, and write-audit-publish on the real lake."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pyspark.testing import assertDataFrameEqual
+
+from expectations.quality import QualityConfig
+from jobs.config import ConfigError, JobContext, Profile, load_yaml
+from jobs.entry import JobFailed
+from jobs.gates import load_quality_config, publish_with_gates
+
+SCHEMA = "customer_id string, in_control boolean"
+
+GATE_CONF = {
+    "thresholds": {"min_ratio": 0.5, "max_ratio": 2.0},
+    "profiles": {"strict": {}, "relaxed": {"thresholds": {"min_ratio": 0.0}, "warn_only": ["members"]}},
+    "suites": {"members": {"checks": [
+        {"view": "table", "id_columns": ["customer_id"], "expectations": [
+            {"expectation": "expect_column_values_to_not_be_null", "kwargs": {"column": "customer_id"}},
+            {"expectation": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 1},
+             "relative": {"min_ratio": "$min_ratio", "max_ratio": "$max_ratio"}},
+        ]},
+        {"view": "audience_compliance", "params": {"channel": "email"}, "id_columns": ["customer_id"],
+         "expectations": [
+             {"expectation": "expect_column_values_to_be_in_set",
+              "kwargs": {"column": "has_consent", "value_set": [True]}}]},
+    ]}},
+}
+
+
+def make_ctx(tmp_path: Path, profile: str, run_id: str) -> JobContext:
+    conf = tmp_path / "conf"
+    conf.mkdir(exist_ok=True)
+    (conf / "quality.yaml").write_text(yaml.safe_dump(GATE_CONF))
+    lake_root = str(tmp_path / "lake")
+    return JobContext(conf_dir=conf, profile=Profile(name=profile, lake=lake_root), lake_root=lake_root,
+                      run_id=run_id)
+
+
+def test_real_quality_yaml_parses_for_every_profile(conf_dir):
+    data = load_yaml(conf_dir / "quality.yaml")
+    local = QualityConfig.from_dict(data, "local")
+    cluster = QualityConfig.from_dict(data, "cluster")
+    assert local.thresholds["audience_min_ratio"] == 0.1
+    assert cluster.thresholds["audience_min_ratio"] == 0.5
+    assert local.suite("tags_drift").warn_only and not cluster.suite("tags_drift").warn_only
+    rel = cluster.suite("audience").checks[0].expectations[2].relative
+    assert rel == {"min_ratio": 0.5, "max_ratio": 2.0}
+    assert {"bronze", "silver_identifiers", "identity_map", "tags_wide", "audience"} <= set(cluster.suites)
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda d: d["suites"]["members"]["checks"][0]["expectations"][1]["relative"].update(min_ratio="$nope"),
+     "suites.members.checks[0].expectations[1].relative.min_ratio: unknown threshold '$nope'"),
+    (lambda d: d["suites"]["members"]["checks"][0]["expectations"][0].update(expectation="expect_magic"),
+     "suites.members.checks[0].expectations[0].expectation: unknown Great Expectations expectation"),
+    (lambda d: d["suites"]["members"]["checks"][0].update(view="nowhere"),
+     "suites.members.checks[0].view: unknown view 'nowhere'"),
+    (lambda d: d["profiles"]["strict"].update(thresholds={"undeclared": 1}),
+     "profiles.strict.thresholds.undeclared: not declared in thresholds"),
+])
+def test_config_errors_name_the_key(mutate, message):
+    data = yaml.safe_load(yaml.safe_dump(GATE_CONF))
+    mutate(data)
+    with pytest.raises(ValueError, match=__import__("re").escape(message)):
+        QualityConfig.from_dict(data, "strict")
+
+
+def test_config_errors_name_the_file(tmp_path):
+    ctx = make_ctx(tmp_path, "strict", "r0")
+    (ctx.conf_dir / "quality.yaml").write_text("suites: {members: {checks: []}}\n")
+    with pytest.raises(ConfigError, match=r"quality\.yaml: suites\.members\.checks: expected a non-empty list"):
+        load_quality_config(ctx)
+
+
+def test_failing_gate_keeps_previous_version_and_raises(spark, lake, tmp_path):
+    consent = spark.createDataFrame([(f"c{i}", "email", True) for i in range(1, 7)],
+                                    "customer_id string, channel string, granted boolean")
+    good = spark.createDataFrame([(f"c{i}", False) for i in range(1, 5)], SCHEMA)
+    ctx1 = make_ctx(tmp_path, "strict", "run1")
+    outcome = publish_with_gates(lake, good, "audience_vip", "members", ctx1, inputs={"consent_current": consent})
+    assert outcome.version == 0 and outcome.result.success
+    assert Path(outcome.report_path).is_file()
+
+    # shrinks to 1 row (< 0.5 x 4) and holds a member without consent (c9)
+    bad = spark.createDataFrame([("c9", False)], SCHEMA)
+    ctx2 = make_ctx(tmp_path, "strict", "run2")
+    with pytest.raises(JobFailed, match="audience_vip not published") as failure:
+        publish_with_gates(lake, bad, "audience_vip", "members", ctx2, inputs={"consent_current": consent})
+    assert "expect_table_row_count_to_be_between" in str(failure.value)
+    assert "expect_column_values_to_be_in_set" in str(failure.value)
+    assert lake.version("audience_vip") == 0
+    assertDataFrameEqual(lake.read("audience_vip"), good)
+
+    report = Path(ctx2.lake_root) / "_reports" / "quality" / "run2" / "audience_vip.html"
+    text = report.read_text()
+    assert "FAILED" in text and "expect_table_row_count_to_be_between" in text
+    assert "bounds from the previous version&#x27;s value 4" in text
+    assert "<td>c9</td>" in text  # the sample failing row, by customer_id
+    assertDataFrameEqual(lake.read("_staging_audience_vip"), bad)  # the rejected candidate stays for inspection
+
+
+def test_warn_only_profile_publishes_despite_failures(spark, lake, tmp_path):
+    consent = spark.createDataFrame([], "customer_id string, channel string, granted boolean")
+    members = spark.createDataFrame([("c1", False), (None, True)], SCHEMA)
+    ctx = make_ctx(tmp_path, "relaxed", "run1")
+    outcome = publish_with_gates(lake, members, "audience_x", "members", ctx, inputs={"consent_current": consent})
+    assert outcome.version == 0
+    assert outcome.result.success
+    failed = sorted(o.expectation for o in outcome.result.warnings)
+    assert failed == ["expect_column_values_to_be_in_set", "expect_column_values_to_not_be_null"]
+    assertDataFrameEqual(lake.read("audience_x"), members)

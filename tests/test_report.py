@@ -1,0 +1,137 @@
+"""The HTML run report, rendered from a tiny lake built by hand with the lake API."""
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from jobs import report
+from jobs.config import JobContext, Profile
+
+RUN = "20260101T000000Z-abc123"
+EARLIER = "20251231T000000Z-000000"
+T0 = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+
+
+def _ctx(lake) -> JobContext:
+    return JobContext(conf_dir=Path("conf"), profile=Profile("local", lake.root, {}), lake_root=lake.root,
+                      run_id="report-test")
+
+
+def _runs(spark, lake):
+    from jobs.run import _runs_schema
+
+    rows = [
+        (EARLIER, "run", "ok", "land", None, None, datetime(2025, 12, 31, tzinfo=UTC), 30.0, {}, None),
+        (RUN, "land", "ok", "raw -> bronze", 120, 118, T0, 4.5, {"bronze_crm": 0, "quarantine": 0}, None),
+        (RUN, "stitch", "ok", "identity", 40, 61, T0, 9.25, {"identity_map": 1}, None),
+        (RUN, "tag", "failed", "tags", 5, None, T0, 1.0, {}, "ValueError: bad tag\ntrace"),
+        (RUN, "export", "not_run", "an earlier step failed", None, None, T0, 0.0, {}, None),
+        (RUN, "run", "failed", "land -> export", None, None, T0, 14.75, {}, "ValueError: bad tag"),
+    ]
+    lake.write(spark.createDataFrame(rows, _runs_schema()), "runs")
+
+
+def _png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+
+
+def test_report_renders_every_section_from_a_hand_built_lake(spark, lake, monkeypatch, tmp_path):
+    _runs(spark, lake)
+    lake.write(spark.createDataFrame(
+        [("crm", "l1", RUN, 100, 98, 2), ("orders", "l2", RUN, 20, 20, 0)],
+        "source string, load_id string, run_id string, raw_records long, bronze_rows long, quarantined_rows long"),
+        "load_log")
+    lake.write(spark.createDataFrame(
+        [("crm", "l1", "bad timestamp: 2024-13-01"), ("crm", "l1", "bad timestamp: 2024-00-00")],
+        "source string, load_id string, reason string"), "quarantine")
+    lake.write(spark.createDataFrame([("e1",), ("e2",)], "event_id string"), "silver_events")
+    lake.write(spark.createDataFrame(
+        [("email", "a@x.cn", "c1", False), ("phone", "+861", "c1", False), ("device_id", "d1", "c1", True),
+         ("email", "b@x.cn", "c2", False)],
+        "id_type string, id_value string, customer_id string, is_shared boolean"), "identity_map")
+    lake.write(spark.createDataFrame(
+        [(RUN, "new", "c2", [], "first seen"), (RUN, "merge", "c1", ["c9"], "shared email"),
+         (EARLIER, "new", "c1", [], "first seen")],
+        "run_id string, event string, customer_id string, old_ids array<string>, reason string"),
+        "identity_history")
+    lake.write(spark.createDataFrame(
+        [(RUN, T0, date(2026, 1, 1), "vip", "rule", "def:abc", 2, 1, 0.5),
+         (RUN, T0, date(2026, 1, 1), "churn_risk", "predictive", "model:cdp_churn/1", 2, 2, 1.0)],
+        "run_id string, computed_at timestamp, as_of date, tag string, kind string, version string, "
+        "customers long, covered long, coverage double"), "tag_stats")
+    lake.write(spark.createDataFrame(
+        [(RUN, "vip_email", "email", 3, 20, 2, 1, 0, 17, 2, T0)],
+        "run_id string, audience string, channel string, publish_version long, matched long, no_consent long, "
+        "unreachable long, suppressed long, members long, in_control long, computed_at timestamp"),
+        "audience_stats")
+    lake.write(spark.createDataFrame(
+        [("vip_email", "c1", "entered", RUN), ("vip_email", "c3", "exited", RUN)],
+        "audience string, customer_id string, change string, run_id string"), "audience_changes")
+    gate_dir = Path(lake.root, "_reports", "quality", RUN)
+    gate_dir.mkdir(parents=True)
+    (gate_dir / "audience_vip_email.json").write_text(json.dumps({
+        "suite": "audience", "table": "audience_vip_email", "run_id": RUN, "success": False, "warn_only": False,
+        "outcomes": [{"view": "members", "expectation": "expect_column_values_to_not_be_null", "success": True,
+                      "blocking": False},
+                     {"view": "compliance", "expectation": "expect_table_row_count_to_equal", "success": False,
+                      "blocking": True}]}))
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", tracking)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    experiment = client.create_experiment("cdp_churn")
+    trained = client.create_run(experiment)
+    client.log_metric(trained.info.run_id, "test_auc", 0.81)
+    client.create_registered_model("cdp_churn")
+    client.create_model_version("cdp_churn", f"{tmp_path}/model", run_id=trained.info.run_id)
+    client.set_registered_model_alias("cdp_churn", "champion", "1")
+
+    index = Path(report.run(spark, _ctx(lake), lake=lake, run_id=RUN))
+
+    page = index.read_text(encoding="utf-8")
+    assert index == Path(lake.root, "_reports", "runs", RUN, "index.html")
+    assert "Not shown" not in page and "could not be rendered" not in page
+    charts = re.findall(r'<img src="([^"]+)"', page)
+    assert charts == ["step_timings.png", "run_history.png", "source_volumes.png", "quarantine_reasons.png",
+                      "silver_rows.png", "component_sizes.png", "identifiers_by_type.png", "identity_events.png",
+                      "tag_coverage.png", "model_metrics.png", "audience_sizes.png", "audience_exclusions.png",
+                      "audience_changes.png", "gates.png"]
+    assert all(_png(index.parent / chart) for chart in charts)
+    assert "<b>FAILED</b> in 14.8 s" in page
+    assert "<td>tag</td><td>failed</td>" in page and "ValueError: bad tag" in page and "trace" not in page
+    assert "2 quarantined records" in page  # both "bad timestamp: ..." reasons grouped as one kind
+    assert "2 customers; 2.00 identifiers per customer on average; the largest holds 3." in page
+    assert "<td>merge</td><td>shared email</td>" in page
+    assert "1 predictive, 1 rule; 2 customers" in page
+    assert "cdp_churn" in page and "test_auc=0.810" in page and "champion" in page
+    assert 'href="../../../_reports/quality/' + RUN + '/audience_vip_email.html"' in page
+    latest = Path(lake.root, "_reports", "runs", "latest")
+    assert (latest / "index.html").read_text(encoding="utf-8") == page
+    assert _png(latest / "gates.png")
+
+
+def test_sections_without_their_tables_say_so(spark, lake):
+    _runs(spark, lake)
+    index = Path(report.run(spark, _ctx(lake), lake=lake))  # no run id: the latest run in `runs`
+
+    page = index.read_text(encoding="utf-8")
+    assert RUN in index.parts
+    assert re.findall(r'<img src="([^"]+)"', page) == ["step_timings.png", "run_history.png"]
+    for missing in ("table load_log not in the lake", "table quarantine not in the lake",
+                    "no silver_* tables in the lake", "table identity_map not in the lake",
+                    "table tag_stats not in the lake", "table audience_stats not in the lake",
+                    "no gate reports under _reports/quality/ in the lake"):
+        assert f"Not shown: {missing}." in page
+
+
+def test_report_without_any_run_is_a_clear_failure(spark, lake):
+    from jobs.entry import JobFailed
+
+    with pytest.raises(JobFailed, match="no runs recorded"):
+        report.run(spark, _ctx(lake), lake=lake)

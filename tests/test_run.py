@@ -1,0 +1,267 @@
+"""`cdp run`: step selection, calling jobs through their signatures, the lake lock, failed runs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.testing import assertDataFrameEqual
+
+from jobs import run as runner
+from jobs.config import ConfigError, JobContext, Profile
+from jobs.entry import JobFailed, base_parser
+from jobs.lock import LakeLock, LakeLocked, pid_alive
+
+# -- selection (no Spark) -------------------------------------------------------------------------
+
+
+def names(plan):
+    return [(p.name, p.explicit) for p in plan]
+
+
+def test_default_plan_is_the_pipeline_in_dependency_order_without_generate():
+    assert [p.name for p in runner.select_steps()] == [
+        "land", "standardize", "stitch", "features", "train", "tag", "audiences", "export"]
+
+
+def test_generate_joins_the_plan_only_when_asked():
+    assert [p.name for p in runner.select_steps(generate=True, to_step="land")] == ["generate", "land"]
+    assert [p.name for p in runner.select_steps(to_step="land")] == ["land"]
+
+
+def test_from_to_is_an_inclusive_range_and_not_explicit():
+    assert names(runner.select_steps(from_step="stitch", to_step="train")) == [
+        ("stitch", False), ("features", False), ("train", False)]
+
+
+def test_only_runs_the_named_steps_in_pipeline_order_as_explicit():
+    assert names(runner.select_steps(only=["tag", "land", "features"])) == [
+        ("land", True), ("features", True), ("tag", True)]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"only": ["tag"], "from_step": "land"}, "--only cannot be combined"),
+    ({"only": ["tagging"]}, r"--only: unknown step\(s\) \['tagging'\]"),
+    ({"from_step": "nope"}, "--from: unknown step"),
+    ({"from_step": "tag", "to_step": "land"}, "--from tag comes after --to land"),
+    ({"only": None, "to_step": "generate"}, "nothing to run"),
+])
+def test_bad_selections_are_config_errors_naming_the_flag(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        runner.select_steps(**kwargs)
+
+
+def test_only_accepts_comma_lists_and_repeats():
+    parser = base_parser("run")
+    runner._add_arguments(parser)
+    args = parser.parse_args(["--only", "tag,land", "--only", "export"])
+    assert runner._split_steps(args.only) == ["tag", "land", "export"]
+
+
+# -- calling a job's run through its signature (no Spark) ----------------------------------------------
+
+
+def _module(name: str, run_function) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.run = run_function
+    return module
+
+
+def test_call_run_passes_only_what_the_signature_names_and_leaves_none_to_defaults():
+    seen = {}
+
+    def run(spark, ctx, *, raw, as_of="job-default", lake=None):
+        seen.update(raw=raw, as_of=as_of, lake=lake)
+        return "done"
+
+    result = runner.call_run(_module("m", run), "spark", "ctx",
+                             {"raw": "/r", "as_of": None, "lake": "L", "customers": 5})
+    assert result == "done"
+    assert seen == {"raw": "/r", "as_of": "job-default", "lake": "L"}
+
+
+def test_call_run_names_a_required_parameter_the_runner_cannot_supply():
+    def run(spark, ctx, *, audience_dir):
+        return None
+
+    with pytest.raises(runner.StepUnavailable, match="m.run needs 'audience_dir'"):
+        runner.call_run(_module("m", run), None, None, {"lake": "L"})
+
+
+def test_call_run_turns_iso_strings_into_dates_for_date_parameters():
+    from datetime import date
+
+    def run(spark, ctx, *, as_of: date | None = None):
+        return as_of
+
+    assert runner.call_run(_module("m", run), None, None, {"as_of": "2025-07-01"}) == date(2025, 7, 1)
+
+
+# -- the lock ------------------------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    assert not pid_alive(process.pid)
+    return process.pid
+
+
+def test_second_lock_on_the_same_lake_is_refused_naming_the_holder(tmp_path):
+    first = LakeLock(str(tmp_path), "run-A").acquire()
+    with pytest.raises(LakeLocked, match=r"locked by run run-A \(host .*, pid %d" % os.getpid()):
+        LakeLock(str(tmp_path), "run-B").acquire()
+    first.release()
+    second = LakeLock(str(tmp_path), "run-B").acquire()
+    assert second.holder().run_id == "run-B"
+    second.release()
+    assert not (tmp_path / "_lock").exists()
+
+
+def test_force_unlock_breaks_a_dead_runs_lock_but_never_a_live_one(tmp_path):
+    stale = LakeLock(str(tmp_path), "run-dead")
+    stale.info = stale.info.__class__(run_id="run-dead", host=stale.info.host, pid=_dead_pid(),
+                                      started_at="2026-01-01T00:00:00+00:00")
+    assert stale._try_create()
+    with pytest.raises(LakeLocked, match="rerun with --force-unlock"):
+        LakeLock(str(tmp_path), "run-new").acquire()
+    taken = LakeLock(str(tmp_path), "run-new").acquire(force=True)
+    assert taken.holder().run_id == "run-new"
+    with pytest.raises(LakeLocked, match="still alive"):
+        LakeLock(str(tmp_path), "run-other").acquire(force=True)
+    taken.release()
+
+
+def test_release_leaves_someone_elses_lock_alone(tmp_path):
+    mine = LakeLock(str(tmp_path), "run-A").acquire()
+    os.remove(tmp_path / "_lock")
+    theirs = LakeLock(str(tmp_path), "run-B").acquire()
+    mine.release()
+    assert theirs.holder().run_id == "run-B"
+    theirs.release()
+
+
+# -- whole runs with stand-in job modules -----------------------------------------------------------
+
+PEOPLE = T.StructType([T.StructField("id", T.LongType()), T.StructField("name", T.StringType())])
+
+
+@pytest.fixture()
+def ctx(tmp_path, conf_dir) -> JobContext:
+    lake_root = str(tmp_path / "lake")
+    return JobContext(conf_dir=conf_dir, profile=Profile("local", lake_root, {}), lake_root=lake_root,
+                      run_id="run-1")
+
+
+@pytest.fixture()
+def fake_jobs(monkeypatch):
+    """Register stand-in job modules and point the runner's step table at them."""
+    def install(**runs):
+        steps = []
+        for step in runner.STEPS:
+            module_name = f"tests_fake_jobs.{step.name}"
+            if step.name in runs and runs[step.name] is not None:
+                module = _module(module_name, runs[step.name])
+                monkeypatch.setitem(sys.modules, module_name, module)
+            elif step.name not in runs:
+                module_name = f"tests_fake_jobs.absent_{step.name}"  # not importable: a missing job
+            steps.append(runner.Step(step.name, module_name, step.does, step.inputs, step.offer,
+                                     step.rows_in_attr, step.rows_out_attr))
+        monkeypatch.setattr(runner, "STEPS", tuple(steps))
+
+    return install
+
+
+def _write_people(rows):
+    def run(spark, ctx, *, lake):
+        lake.write(spark.createDataFrame(rows, PEOPLE), "people", "overwrite", metadata={"run_id": ctx.run_id})
+    return run
+
+
+def test_crashed_step_fails_the_run_and_leaves_the_previous_version_readable(spark, ctx, fake_jobs):
+    from jobs.lake import Lake
+
+    lake = Lake(spark, ctx.lake_root)
+    good = [(1, "ann"), (2, "bo")]
+    fake_jobs(land=_write_people(good))
+    first = runner.run(spark, ctx, only=["land"], report=False, lake=lake)
+    assert first.status == "ok"
+    assert first.steps[0].versions == {"people": 0} and first.steps[0].rows_out == 2
+
+    def crash_mid_write(spark, ctx, *, lake):
+        broken = (spark.range(1, 4).withColumn("name", F.when(F.col("id") == 3, F.raise_error(F.lit("boom")))
+                                               .otherwise(F.lit("new")))
+                  .select("id", "name"))
+        lake.write(broken, "people", "overwrite")
+
+    fake_jobs(land=_write_people(good), standardize=crash_mid_write, stitch=_write_people([(9, "never")]))
+    second = runner.run(spark, ctx.__class__(**{**ctx.__dict__, "run_id": "run-2"}), from_step="standardize",
+                        to_step="stitch", report=False, lake=lake)
+
+    assert second.status == "failed" and second.failed_step == "standardize"
+    assert [(s.step, s.status) for s in second.steps] == [("standardize", "failed"), ("stitch", "not_run")]
+    assert "boom" in second.steps[0].error and second.steps[0].versions == {}
+    assert lake.version("people") == 0
+    assertDataFrameEqual(lake.read("people"), spark.createDataFrame(good, PEOPLE))
+    recorded = (lake.read("runs").filter(F.col("run_id") == "run-2")
+                .select("step", "status", F.col("error").contains("boom").alias("has_error")))
+    assertDataFrameEqual(recorded, spark.createDataFrame(
+        [("standardize", "failed", True), ("stitch", "not_run", None), ("run", "failed", True)],
+        "step string, status string, has_error boolean"))
+    assert not Path(ctx.lake_root, "_lock").exists()
+
+
+def test_a_run_refuses_to_start_while_another_holds_the_lock(spark, ctx, fake_jobs):
+    from jobs.lake import Lake
+
+    lake = Lake(spark, ctx.lake_root)
+    fake_jobs(land=_write_people([(1, "ann")]))
+    holder = LakeLock(lake.root, "run-elsewhere").acquire()
+    try:
+        with pytest.raises(LakeLocked, match="locked by run run-elsewhere"):
+            runner.run(spark, ctx, only=["land"], report=False, lake=lake)
+    finally:
+        holder.release()
+    assert lake.tables() == []  # nothing ran, not even the runs record
+    assert isinstance(LakeLocked("x"), JobFailed)  # so `cdp run` exits 1 with the message
+
+
+def test_missing_job_is_skipped_with_a_reason_unless_asked_for_with_only(spark, ctx, fake_jobs):
+    from jobs.lake import Lake
+
+    lake = Lake(spark, ctx.lake_root)
+    fake_jobs(land=_write_people([(1, "ann")]))  # every other step's module is absent
+    summary = runner.run(spark, ctx, to_step="stitch", report=False, lake=lake)
+    assert [(s.step, s.status) for s in summary.steps] == [
+        ("land", "ok"), ("standardize", "skipped"), ("stitch", "skipped")]
+    assert summary.status == "ok"
+    assert "module tests_fake_jobs.absent_standardize is not installed" in summary.steps[1].detail
+
+    explicit = runner.run(spark, ctx.__class__(**{**ctx.__dict__, "run_id": "run-3"}), only=["stitch"],
+                          report=False, lake=lake)
+    assert explicit.status == "failed"
+    assert explicit.steps[0].error == "step stitch: module tests_fake_jobs.absent_stitch is not installed"
+
+
+def test_train_runs_only_when_due_or_forced(spark, ctx, fake_jobs):
+    from jobs.lake import Lake
+
+    lake = Lake(spark, ctx.lake_root)
+    trained: list[str] = []
+
+    def train(spark, ctx, *, lake, as_of=None):
+        trained.append(ctx.run_id)
+
+    fake_jobs(train=train)
+    sys.modules["tests_fake_jobs.train"].training_due = lambda ctx: (False, "champions are fresh")
+    skipped = runner.run(spark, ctx, from_step="train", to_step="train", report=False, lake=lake)
+    assert [(s.step, s.status, s.detail) for s in skipped.steps] == [
+        ("train", "skipped", "training not due: champions are fresh")]
+    forced = runner.run(spark, ctx.__class__(**{**ctx.__dict__, "run_id": "run-4"}), from_step="train",
+                        to_step="train", train=True, report=False, lake=lake)
+    assert forced.steps[0].status == "ok" and trained == ["run-4"]
