@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import hashlib
 
-import pandas as pd
 import phonenumbers
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.functions import pandas_udf
 
 # Identifier columns a channel sends (others are not exported even if present).
 CHANNEL_FIELDS: dict[str, tuple[str, ...]] = {
@@ -57,14 +55,21 @@ def email_column(column: str | Column) -> Column:
 
 
 def phone_column(column: str | Column, default_region: str = "CN") -> Column:
-    """E.164 via phonenumbers in a vectorised UDF (identity already stores E.164; this re-checks)."""
+    """E.164 in plain Spark (no Python worker): identity already stores E.164, this re-checks.
+
+    ``+<digits>`` and ``00<digits>`` keep their country code; other numbers are national numbers of
+    ``default_region`` (a leading trunk ``0`` is dropped). Full-width digits are folded. Anything
+    that is not 8 to 15 digits after the ``+`` becomes null.
+    """
     col = F.col(column) if isinstance(column, str) else column
-
-    @pandas_udf("string")  # type: ignore[call-overload]
-    def _e164(values: pd.Series) -> pd.Series:
-        return values.map(lambda v: normalise_phone(v, default_region) if isinstance(v, str) else None)
-
-    return _e164(col)
+    country = str(phonenumbers.country_code_for_region(default_region.upper()))
+    folded = F.translate(F.trim(col.cast("string")), "０１２３４５６７８９＋", "0123456789+")
+    digits = F.regexp_replace(folded, r"[^0-9]", "")
+    e164 = (F.when(folded.startswith("+"), F.concat(F.lit("+"), digits))
+            .when(digits.startswith("00"), F.concat(F.lit("+"), F.substring(digits, 3, 100)))
+            .when(digits.startswith(country) & (F.length(digits) > 11), F.concat(F.lit("+"), digits))
+            .otherwise(F.concat(F.lit("+" + country), F.regexp_replace(digits, r"^0+", ""))))
+    return F.when(e164.rlike(r"^\+[1-9][0-9]{7,14}$"), e164)
 
 
 def export_frame(members: DataFrame, channel: str, *, hashed: bool, default_region: str = "CN") -> DataFrame:

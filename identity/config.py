@@ -42,6 +42,13 @@ def _int(data: dict[str, Any], key: str, where: str, default: int | None = None,
     return value
 
 
+def _bool(data: dict[str, Any], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
 def _regex(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{where}: expected a regular expression string, got {value!r}")
@@ -166,6 +173,7 @@ class IdentityConfig:
     blocked: BlockList = field(default_factory=BlockList)
     engine: Engine = "auto"
     checkpoint_interval: int = 2
+    reliable_checkpoints: bool = False
     max_component_size: int = 10_000
     max_iterations: int = 100
     survivorship: Survivorship = field(default_factory=Survivorship)
@@ -186,6 +194,7 @@ class IdentityConfig:
         decisive.pop("survivorship")
         decisive.pop("engine")
         decisive.pop("checkpoint_interval")
+        decisive.pop("reliable_checkpoints")
         decisive.pop("max_iterations")
         text = json.dumps(decisive, sort_keys=True, default=list)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -193,7 +202,7 @@ class IdentityConfig:
     @classmethod
     def from_dict(cls, data: Any) -> IdentityConfig:
         data = _mapping(data, "identity")
-        known = {"types", "blocked", "engine", "checkpoint_interval", "max_component_size", "max_iterations",
+        known = {"types", "blocked", "engine", "checkpoint_interval", "reliable_checkpoints", "max_component_size", "max_iterations",
                  "survivorship"}
         unknown = set(data) - known
         if unknown:
@@ -211,6 +220,7 @@ class IdentityConfig:
             blocked=BlockList.from_dict(data.get("blocked"), "blocked"),
             engine=engine,
             checkpoint_interval=_int(data, "checkpoint_interval", "", default=2, minimum=1),
+            reliable_checkpoints=_bool(data, "reliable_checkpoints", False),
             max_component_size=_int(data, "max_component_size", "", default=10_000, minimum=2),
             max_iterations=_int(data, "max_iterations", "", default=100, minimum=1),
             survivorship=Survivorship.from_dict(data.get("survivorship"), "survivorship"),

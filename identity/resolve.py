@@ -153,7 +153,8 @@ def resolve_identities(
 
     components = connected_components(region_nodes, region_edges, engine=config.engine,
                                       checkpoint_interval=config.checkpoint_interval,
-                                      max_iterations=config.max_iterations)
+                                      max_iterations=config.max_iterations,
+                                      reliable_checkpoints=config.reliable_checkpoints)
     labelled = region_nodes.join(components, on="node", how="inner").localCheckpoint(eager=True)
     quarantine = quarantine_oversized(labelled, region_edges, config.max_component_size, run_id).localCheckpoint(eager=True)
     quarantined = quarantine.select("component")

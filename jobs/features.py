@@ -88,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--as-of", type=parse_date, default=None,
                             help="snapshot date: only data before its midnight UTC is used (default: today)")
 
-    return job_main("features", argv, lambda spark, ctx, args: run(spark, ctx, args.as_of) and 0, add,
-                    description="customer feature snapshot as of a date")
+    def run_from_args(spark: SparkSession, ctx: JobContext, args: argparse.Namespace) -> int:
+        run(spark, ctx, args.as_of)
+        return 0
+
+    return job_main("features", argv, run_from_args, add, description="customer feature snapshot as of a date")
 
 
 if __name__ == "__main__":

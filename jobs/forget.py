@@ -189,8 +189,9 @@ def _erase_quarantine(lake: Any, person: Person, result: ForgetResult, metadata:
     if "raw" not in lake.read("quarantine").columns:
         return
     condition = " OR ".join(f"`raw` LIKE {_quote('%' + v + '%')}" for v in person.raw_values)
-    n = lake.delete("quarantine", condition, metadata=metadata)
+    n = lake.read("quarantine").filter(F.expr(condition)).count()
     if n:
+        lake.delete("quarantine", condition, metadata=metadata)
         result.rows_deleted["quarantine"] = n
 
 
@@ -316,11 +317,14 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, identifier: s
     for table in lake.tables():
         if table in SKIP_TABLES or table in bronze or table == "quarantine":
             continue
-        predicate = erase_predicate(lake.read(table).columns, person)
+        frame = lake.read(table)
+        predicate = erase_predicate(frame.columns, person)
         if predicate is None:
             continue
-        n = lake.delete(table, predicate, metadata=metadata)
+        # count first (Spark SQL, same predicate): no empty commits, and exact counts for the audit
+        n = frame.filter(F.expr(predicate)).count()
         if n:
+            lake.delete(table, predicate, metadata=metadata)
             result.rows_deleted[table] = n
     _erase_quarantine(lake, person, result, metadata)
     for table in sorted(result.rows_deleted):

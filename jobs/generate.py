@@ -551,7 +551,8 @@ class _Chunk:
         for k in range(m):
             i = int(who[k])
             r = u[k]
-            options = (["web"] if p["uses_web"][i] else []) + (["app"] if p["has_app"][i] else []) \
+            options = (["web"] if p["uses_web"][i] else []) \
+                + (["app"] if p["has_app"][i] or self.tablet[i] is not None else []) \
                 + (["mini_program"] if p["has_wechat"][i] else []) or ["web"]
             platform = options[int(r[1] * len(options))]
             ids = ""
@@ -566,7 +567,8 @@ class _Chunk:
                     logged_in_cookie.add((i, c_index))
                 first = "page_view"
             elif platform == "app":
-                shared = self.tablet[i] is not None and r[4] < 0.35
+                # The family tablet: the only app device of some members, a second one for others.
+                shared = self.tablet[i] is not None and (not p["has_app"][i] or r[4] < 0.35)
                 ids = f'"device_id": "{self.tablet[i] if shared else self.device[i]}", '
                 login_at = 0 if member[i] and r[2] < 0.85 else -1
                 first = "app_open"

@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 
 from jobs.config import JobContext
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("jobs.report")  # not __name__: it may run as __main__
 
 REPORTS_DIR = "_reports/runs"
 QUALITY_DIR = "_reports/quality"
@@ -419,9 +419,10 @@ def section_models(inp: _Inputs) -> Section:
             label = f"{model.name} v{version.version}" + (" ★" if "champion" in aliases.get(str(version.version), []) else "")
             labels.append(label)
             for key in ("auc", "log_loss", "lift_top_decile"):
-                value = next((v for k, v in metrics.items() if k.lower().endswith(key)), None)
+                # the held-out window's figure (eval_*) is the honest one; else any metric of that name
+                value = metrics.get(f"eval_{key}", next((v for k, v in metrics.items() if k.lower().endswith(key)), None))
                 metric_values.setdefault(key, []).append(value)
-            shown = ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())[:6])
+            shown = ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items(), key=lambda kv: (not kv[0].startswith("eval_"), kv[0]))[:6])
             rows.append([model.name, int(version.version), ", ".join(aliases.get(str(version.version), [])), shown])
     series = {k: [v or 0 for v in values] for k, values in metric_values.items() if any(v is not None for v in values)}
     if series:
@@ -520,6 +521,35 @@ def section_gates(inp: _Inputs) -> Section:
     body.append("</tbody></table>")
     section.body = "".join(body)
     return section
+
+
+def draw_identity_graph(edges: Any, *, title: str = "identity graph", ax: Any = None) -> Any:
+    """Draw identity-graph edges (a pandas frame with a_type, a_value, b_type, b_value, status) on a circle.
+
+    Active edges are solid; cut ones (shared identifier, limit, quarantine) are dashed and red. For
+    notebooks: a customer's graph has a handful of nodes, so a circular layout reads well.
+    """
+    import math
+
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 5))
+    nodes = sorted({(r.a_type, r.a_value) for r in edges.itertuples()} | {(r.b_type, r.b_value) for r in edges.itertuples()})
+    where = {node: (math.cos(2 * math.pi * i / max(1, len(nodes))), math.sin(2 * math.pi * i / max(1, len(nodes))))
+             for i, node in enumerate(nodes)}
+    for r in edges.itertuples():
+        (x1, y1), (x2, y2) = where[(r.a_type, r.a_value)], where[(r.b_type, r.b_value)]
+        active = r.status == "active"
+        ax.plot([x1, x2], [y1, y2], color=_BLUE if active else _RED, linestyle="-" if active else "--",
+                linewidth=1.5 if active else 1.0, zorder=1)
+    for (id_type, value), (x, y) in where.items():
+        ax.scatter([x], [y], s=120, color=_ORANGE, zorder=2)
+        ax.annotate(f"{id_type}\n{_clip(value, 22)}", (x, y), textcoords="offset points", xytext=(0, 9),
+                    ha="center", fontsize=7)
+    ax.set_title(f"{title} ({len(nodes)} identifiers, {len(edges)} edges; dashed = cut)", fontsize=10, loc="left")
+    ax.set_axis_off()
+    ax.margins(0.25)
+    return ax
 
 
 SECTIONS: tuple[Callable[[_Inputs], Section], ...] = (

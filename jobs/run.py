@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 from jobs.config import ConfigError, JobContext
 from jobs.entry import JobFailed
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("jobs.run")  # not __name__: under spark-submit this module is __main__
 
 RUNS_TABLE = "runs"
 # Predictive models `cdp train` registers (docs/ARCHITECTURE.md "Models"); training is due while
@@ -88,6 +88,11 @@ def _offer_as_of(settings: RunSettings, lake: Any) -> dict[str, Any]:
     return {"lake": lake, "as_of": settings.as_of}
 
 
+def _offer_train(settings: RunSettings, lake: Any) -> dict[str, Any]:
+    # `cdp train --as-of` is the end of observed data; its run() calls it `end`
+    return {"lake": lake, "end": settings.as_of, "as_of": settings.as_of}
+
+
 STEPS: tuple[Step, ...] = (
     Step("generate", "jobs.generate", "write raw exports of every source system", (), _offer_generate,
          rows_out_attr="records"),
@@ -99,7 +104,7 @@ STEPS: tuple[Step, ...] = (
     Step("features", "jobs.features", "customer feature snapshot",
          ("customer_profile", "silver_orders", "silver_events"), _offer_as_of),
     Step("train", "jobs.train", "train predictive tag models, promote champions", ("features_daily",),
-         _offer_as_of),
+         _offer_train),
     Step("tag", "jobs.tag", "compute every tag in the catalogue", ("features_daily",), _offer_as_of),
     Step("audiences", "jobs.audiences", "evaluate, gate and publish audiences", ("tags_wide",), _offer_as_of),
     Step("export", "jobs.export", "write published audiences for their destinations",
@@ -409,7 +414,8 @@ def run(spark: Any, ctx: JobContext, *, from_step: str | None = None, to_step: s
         only: Sequence[str] | None = None, generate: bool = False, customers: int | None = None,
         seed: int | None = None, raw: str | None = None, end: str | None = None, as_of: str | None = None,
         train: bool = False, force_unlock: bool = False, report: bool = True,
-        steps: Sequence[Step] | None = None, lake: Any = None) -> RunSummary:
+        steps: Sequence[Step] | None = None, lake: Any = None,
+        observer: Callable[[str, str], None] | None = None) -> RunSummary:
     """Run the selected steps under the lake lock; record them in ``runs``; render the report.
 
     Args:
@@ -423,6 +429,8 @@ def run(spark: Any, ctx: JobContext, *, from_step: str | None = None, to_step: s
         force_unlock: break a stale lock left by a dead run on this host.
         report: render the HTML run report at the end.
         steps: the step table (tests replace it; default :data:`STEPS`).
+        observer: called with ("start" | "end", step name) around each step (benchmarks sample
+            memory per step with it).
 
     Returns:
         the run summary; ``status`` is ``failed`` when a step failed.
@@ -458,7 +466,11 @@ def run(spark: Any, ctx: JobContext, *, from_step: str | None = None, to_step: s
                 record = StepRecord(ctx.run_id, planned.name, "not_run", "an earlier step failed", None, None,
                                     datetime.now(UTC), 0.0, {})
             else:
+                if observer:
+                    observer("start", planned.name)
                 record = _execute_step(spark, ctx, lake, step_table[planned.name], planned, settings, position)
+                if observer:
+                    observer("end", planned.name)
                 failed = record.status == "failed"
             records.append(record)
             _record_rows(spark, lake, [record])
@@ -473,6 +485,49 @@ def run(spark: Any, ctx: JobContext, *, from_step: str | None = None, to_step: s
     finally:
         lock.release()
     log_summary(summary)  # after the lock is gone, so the next run may start while this is read
+    return summary
+
+
+def context(lake: str | None = None, *, profile: str = "local", conf: str | None = None,
+            run_id: str | None = None) -> JobContext:
+    """A job context as the command line would build it (for notebooks and scripts).
+
+    Args:
+        lake: lake root (default: the profile's).
+        profile: a profile in ``conf/profiles``.
+        conf: configuration folder (default: $CDP_CONF or the packaged one).
+        run_id: default: a new one.
+    """
+    from jobs.config import load_profile, resolve_conf_dir
+    from jobs.entry import new_run_id
+
+    conf_dir = resolve_conf_dir(conf)
+    chosen = load_profile(conf_dir, profile)
+    return JobContext(conf_dir=conf_dir, profile=chosen, lake_root=lake or chosen.lake, run_id=run_id or new_run_id())
+
+
+def ensure_pipeline(spark: Any, ctx: JobContext, *, customers: int, seed: int = 42, as_of: str | None = None,
+                    needs: Sequence[str] = ("tags_wide",), lake: Any = None) -> RunSummary | None:
+    """Run the whole pipeline on generated data unless the lake already holds ``needs``.
+
+    For notebooks and demos: the first one on a fresh lake builds it, the others reuse it. Raw
+    data is generated only when ``<lake>/../raw`` does not exist yet.
+
+    Raises:
+        JobFailed: the pipeline run failed (the message names the step).
+    """
+    from jobs.lake import Lake
+
+    lake = lake or Lake(spark, ctx.lake_root)
+    if all(lake.exists(name) for name in needs):
+        return None
+    raw = _default_raw(lake.root)
+    fresh = raw is None or not os.path.isdir(raw) or not os.listdir(raw)
+    summary = run(spark, ctx, customers=customers if fresh else None, seed=seed if fresh else None, as_of=as_of,
+                  lake=lake)
+    if summary.status != "ok":
+        failed = next(r for r in summary.steps if r.status == "failed")
+        raise JobFailed(f"pipeline run {summary.run_id} failed at {failed.step}: {failed.error}")
     return summary
 
 

@@ -75,7 +75,7 @@ echo "== spark-submit jobs/run.py: $CUSTOMERS generated customers, lake $WORK/la
   --py-files "$WHEEL" --driver-memory 2g \
   --conf spark.executor.memory=1500m --conf spark.executor.cores=2 --conf spark.cores.max=2 \
   --conf spark.pyspark.python="$PY" --conf spark.pyspark.driver.python="$PY" \
-  --conf spark.driver.host=127.0.0.1 --conf spark.ui.enabled=false \
+  --conf spark.driver.host=127.0.0.1 --conf spark.ui.enabled=false --conf spark.log.level=WARN \
   jobs/run.py --conf "$REPO/conf" --profile standalone --lake "$WORK/lake" --raw "$WORK/raw" --customers "$CUSTOMERS" --seed 7 ${CDP_CLUSTER_RUN_ARGS:-}
 
 echo "== checking the published audiences through the lake"

@@ -1,0 +1,119 @@
+"""``cdp tag``: compute every tag of the catalogue for one feature snapshot.
+
+Writes ``tags_wide`` and ``tags_long`` (overwritten each run; earlier runs stay readable as Delta
+versions) and appends per-tag coverage and distribution to ``tag_stats``. Predictive tags are scored
+with the registered model version carrying the alias (``models:/<name>@champion``), and that version
+is recorded on every predictive tag value.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import UTC, date, datetime
+from typing import Any
+
+from pyspark.sql import Column, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.config import JobContext
+from jobs.entry import JobFailed, job_main
+from jobs.features import TABLE as FEATURES, load_feature_config, parse_date
+from jobs.lake import Lake
+from jobs.tags import load_catalogue
+from jobs.train import configure_mlflow
+from tagging import Catalogue, compute_tags, tag_stats, tag_versions, to_long
+from tagging.compute import Scorer
+
+logger = logging.getLogger(__name__)
+
+
+def model_scorers(spark: SparkSession, catalogue: Catalogue) -> tuple[dict[str, Scorer], dict[str, str]]:
+    """A Spark UDF per predictive model, loaded by alias, and the version each alias points to.
+
+    Models without the alias yet (``cdp train`` not run) score null, with a warning.
+    """
+    import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    scorers: dict[str, Scorer] = {}
+    versions: dict[str, str] = {}
+    for tag in catalogue.of_kind("predictive"):
+        name = tag.model or ""
+        if name in scorers:
+            continue
+        try:
+            version = client.get_model_version_by_alias(name, tag.alias).version
+        except Exception:  # noqa: BLE001 - registry has no such model or alias
+            logger.warning("tag: no model version with alias %s for %s; run `cdp train`; its tags are null",
+                           tag.alias, name)
+            scorers[name] = lambda cols: F.lit(None).cast("double")
+            versions[name] = "none"
+            continue
+        udf = mlflow.pyfunc.spark_udf(spark, f"models:/{name}@{tag.alias}", result_type="double",
+                                      env_manager="local")
+
+        def score(cols: list[Column], udf: Any = udf) -> Column:
+            # the model's signature names its inputs; pass the columns in that order, as doubles
+            return udf(*[c.cast("double") for c in cols])
+
+        scorers[name], versions[name] = score, str(version)
+        logger.info("tag: scoring %s with models:/%s@%s = version %s", tag.name, name, tag.alias, version)
+    return scorers, versions
+
+
+def latest_as_of(lake: Lake) -> date:
+    latest = lake.read(FEATURES).agg(F.max("as_of")).first()[0]
+    if latest is None:
+        raise JobFailed("tag: features_daily is empty; run `cdp features` first")
+    return latest
+
+
+def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict[str, Any]:
+    lake = Lake(spark, ctx.lake_root)
+    if not lake.exists(FEATURES):
+        raise JobFailed("tag: features_daily does not exist; run `cdp features` first")
+    as_of = as_of or latest_as_of(lake)
+    features = lake.read(FEATURES).where(F.col("as_of") == F.lit(as_of))
+    config = load_feature_config(ctx)
+    # validate against the stored snapshot's schema: the table is what the tags will read
+    catalogue = load_catalogue(spark, ctx, config, schema=features.schema)
+    configure_mlflow(ctx.lake_root)
+    scorers, model_versions = model_scorers(spark, catalogue)
+    wide, info = compute_tags(features, catalogue, config.lists, scorers)
+    computed_at = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    versions = tag_versions(catalogue, model_versions)
+    metadata = {"run_id": ctx.run_id, "job": "tag", "as_of": as_of.isoformat(),
+                "models": ",".join(f"{k}/{v}" for k, v in sorted(model_versions.items()))}
+    wide = wide.select("customer_id", "as_of", F.lit(computed_at).cast("timestamp").alias("computed_at"),
+                       F.lit(ctx.run_id).alias("run_id"), *[t.name for t in catalogue.tags])
+    wide_version = lake.write(wide, "tags_wide", mode="overwrite", metadata=metadata)
+    stored_wide = lake.read("tags_wide")  # computed once: long form and statistics read the table
+    long_version = lake.write(to_long(stored_wide, catalogue, versions, computed_at, ctx.run_id), "tags_long",
+                              mode="overwrite", metadata=metadata)
+    stats = tag_stats(stored_wide, lake.read("tags_long"), catalogue, versions, computed_at, ctx.run_id)
+    lake.write(stats, "tag_stats", mode="append", metadata=metadata)
+    customers = stats.first()["customers"] if catalogue.tags else 0
+    logger.info("tag: %d tags for %d customers as of %s -> tags_wide v%s, tags_long v%s; k-means %s",
+                len(catalogue.tags), customers, as_of, wide_version, long_version,
+                {k: {"k": v["k"], "silhouette": round(v["silhouette"], 3)} for k, v in info.kmeans.items()})
+    return {"as_of": as_of.isoformat(), "tags": len(catalogue.tags), "customers": customers,
+            "model_versions": model_versions, "tags_wide_version": wide_version,
+            "tags_long_version": long_version, "kmeans": info.kmeans}
+
+
+def main(argv: list[str] | None = None) -> int:
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--as-of", type=parse_date, default=None,
+                            help="features_daily snapshot to tag (default: the latest)")
+
+    def run_from_args(spark: SparkSession, ctx: JobContext, args: argparse.Namespace) -> int:
+        run(spark, ctx, args.as_of)
+        return 0
+
+    return job_main("tag", argv, run_from_args, add, description="compute every tag in the catalogue")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""``cdp train``: train the predictive tag models on as-of snapshots with an honest time split.
+
+For a model with horizon h and data up to ``end`` (exclusive):
+    T_eval = end - h, T_train = T_eval - h
+    train: features as of T_train, labels from [T_train, T_eval)
+    eval:  features as of T_eval,  labels from [T_eval, end)      (a later, unseen window)
+Parameters and metrics go to MLflow; the model is registered and gets the alias ``champion`` only if
+it beats the current champion re-scored on the same evaluation snapshot.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from datetime import date, timedelta
+from typing import Any
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from features import FeatureConfig, purchase_labels
+from jobs.config import JobContext
+from jobs.entry import JobFailed, job_main
+from jobs.features import build_snapshot, load_feature_config, parse_date, read_inputs
+from jobs.lake import Lake
+from jobs.tags import load_catalogue
+from tagging import ModelSpec
+from tagging.predictive import (
+    CLV_INPUTS,
+    ClvModel,
+    classification_metrics,
+    fit_classifier,
+    fit_clv,
+    labelled_snapshot,
+    primary_metric,
+    regression_metrics,
+)
+
+logger = logging.getLogger(__name__)
+
+ALIAS = "champion"
+
+
+def configure_mlflow(lake_root: str) -> str:
+    """Tracking and registry URI: $MLFLOW_TRACKING_URI (and $MLFLOW_REGISTRY_URI), else
+    ``sqlite:///<lake>/mlflow.db``. Returns the artifact root for new experiments,
+    ``<lake>/mlflow-artifacts``: a sqlite store would otherwise write ./mlruns wherever the job runs."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    root = lake_root[len("file://"):] if lake_root.startswith("file://") else lake_root
+    if "://" not in root:
+        root = os.path.abspath(root)
+        os.makedirs(root, exist_ok=True)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return f"{root}/mlflow-artifacts" if "://" in root else f"file://{root}/mlflow-artifacts"
+
+
+def _experiment(name: str, artifact_root: str) -> str:
+    import mlflow
+
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    return mlflow.create_experiment(name, artifact_location=f"{artifact_root}/{name}")
+
+
+def data_end(lake: Lake) -> date:
+    """The day after the latest order: labels can be observed up to there."""
+    latest = lake.read("silver_orders").agg(F.max("order_time")).first()[0]
+    if latest is None:
+        raise JobFailed("train: silver_orders is empty")
+    return latest.date() + timedelta(days=1)
+
+
+def _to_pandas(df: DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    total = df.count()
+    if total > max_rows:
+        df = df.sample(fraction=min(1.0, 1.2 * max_rows / total), seed=seed).limit(max_rows)
+    return df.toPandas()
+
+
+def split_dates(end: date, horizon_days: int) -> tuple[date, date]:
+    t_eval = end - timedelta(days=horizon_days)
+    return t_eval - timedelta(days=horizon_days), t_eval
+
+
+def evaluate(model: Any, spec: ModelSpec, frame: pd.DataFrame) -> dict[str, float]:
+    """Metrics of a fitted model (ProbabilityModel or ClvModel) on a labelled snapshot."""
+    if isinstance(model, ClvModel):
+        horizon = int(spec.params.get("eval_horizon_days", spec.horizon_days))
+        return regression_metrics(frame["label"].to_numpy(), model.expected(frame, horizon))
+    return classification_metrics(frame["label"].to_numpy(), model.predict(None, frame))
+
+
+def _champion_metrics(client: Any, spec: ModelSpec, frame: pd.DataFrame) -> tuple[str | None, dict[str, float]]:
+    import mlflow
+
+    try:
+        version = client.get_model_version_by_alias(spec.name, ALIAS)
+    except Exception:  # noqa: BLE001 - no registered model or no alias yet
+        return None, {}
+    champion = mlflow.pyfunc.load_model(f"models:/{spec.name}@{ALIAS}")
+    inner = champion.unwrap_python_model()
+    return str(version.version), evaluate(inner, spec, frame)
+
+
+def train_model(spark: SparkSession, lake: Lake, config: FeatureConfig, spec: ModelSpec, end: date,
+                snapshots: dict[date, DataFrame], artifact_root: str, run_id: str, max_rows: int,
+                seed: int = 7) -> dict[str, Any]:
+    """Train, evaluate on the later window, log, register, promote if better. Returns the outcome."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    horizon = int(spec.params.get("eval_horizon_days", spec.horizon_days))
+    t_train, t_eval = split_dates(end, horizon)
+    inputs = read_inputs(spark, lake)
+    frames = {}
+    for label_name, as_of in (("train", t_train), ("eval", t_eval)):
+        if as_of not in snapshots:
+            snapshots[as_of] = build_snapshot(spark, lake, config, as_of).cache()
+        labels = purchase_labels(inputs.orders, inputs.customer_records, as_of, horizon)
+        frames[label_name] = _to_pandas(labelled_snapshot(snapshots[as_of], labels, spec), max_rows, seed)
+    train, test = frames["train"], frames["eval"]
+    if len(train) < 50 or len(test) < 50:
+        raise JobFailed(f"train {spec.name}: too few customers in the population (train {len(train)}, "
+                        f"eval {len(test)}); generate more data or move --as-of")
+    if spec.task == "clv":
+        model: Any = fit_clv(train, spec.horizon_days)
+        features = list(CLV_INPUTS)
+    else:
+        if train["label"].nunique() < 2:
+            raise JobFailed(f"train {spec.name}: the training label has one class only")
+        model = fit_classifier(train, spec.features, dict(spec.params), seed)
+        features = list(spec.features)
+    metrics = evaluate(model, spec, test)
+    train_metrics = evaluate(model, spec, train)
+    metric, higher = primary_metric(spec.task)
+    client = MlflowClient()
+    champion_version, champion_metrics = _champion_metrics(client, spec, test)
+    new_value, old_value = metrics[metric], champion_metrics.get(metric)
+    better = old_value is None or (not math.isnan(new_value) and (
+        new_value > old_value if higher else new_value < old_value))
+    mlflow.set_experiment(experiment_id=_experiment(f"cdp-{spec.name}", artifact_root))
+    with mlflow.start_run(run_name=f"{spec.name}-{run_id}") as run:
+        mlflow.log_params({"task": spec.task, "horizon_days": spec.horizon_days, "eval_horizon_days": horizon,
+                           "train_as_of": t_train.isoformat(), "eval_as_of": t_eval.isoformat(),
+                           "data_end": end.isoformat(), "population": spec.population,
+                           "n_features": len(features), "train_rows": len(train), "eval_rows": len(test),
+                           "cdp_run_id": run_id, **{f"param_{k}": v for k, v in spec.params.items()}})
+        if spec.task == "clv":
+            mlflow.log_params({"bgnbd_" + k: round(v, 6) for k, v in vars(model.bgnbd).items()})
+            mlflow.log_params({"gg_" + k: round(v, 6) for k, v in vars(model.gamma_gamma).items()})
+        mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items() if not math.isnan(v)})
+        mlflow.log_metrics({f"train_{k}": v for k, v in train_metrics.items() if not math.isnan(v)})
+        if old_value is not None and not math.isnan(old_value):
+            mlflow.log_metric(f"champion_eval_{metric}", old_value)
+        example = test[features].head(5).astype("float64")
+        signature = infer_signature(example, model.predict(None, example))
+        info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature,
+                                       registered_model_name=spec.name)
+        version = str(info.registered_model_version)
+        client.set_model_version_tag(spec.name, version, f"eval_{metric}", str(new_value))
+        client.set_model_version_tag(spec.name, version, "eval_as_of", t_eval.isoformat())
+        if better:
+            client.set_registered_model_alias(spec.name, ALIAS, version)
+        mlflow.set_tag("promoted", str(better))
+    logger.info("train %s: eval %s %.4f (champion v%s: %s) -> version %s %s", spec.name, metric, new_value,
+                champion_version, old_value, version, "promoted to @champion" if better else "kept as challenger")
+    return {"model": spec.name, "version": version, "promoted": better, "metric": metric, "value": new_value,
+            "champion_version": champion_version, "champion_value": old_value, "metrics": metrics,
+            "train_as_of": t_train.isoformat(), "eval_as_of": t_eval.isoformat(), "mlflow_run": run.info.run_id}
+
+
+def run(spark: SparkSession, ctx: JobContext, end: date | None = None, models: list[str] | None = None,
+        max_rows: int = 200_000) -> list[dict[str, Any]]:
+    config = load_feature_config(ctx)
+    catalogue = load_catalogue(spark, ctx, config)
+    lake = Lake(spark, ctx.lake_root)
+    artifact_root = configure_mlflow(ctx.lake_root)
+    end = end or data_end(lake)
+    wanted = models or list(catalogue.models)
+    unknown = [m for m in wanted if m not in catalogue.models]
+    if unknown:
+        raise JobFailed(f"train: unknown models {unknown}; known: {sorted(catalogue.models)}")
+    snapshots: dict[date, DataFrame] = {}
+    results = [train_model(spark, lake, config, catalogue.models[name], end, snapshots, artifact_root,
+                           ctx.run_id, max_rows) for name in wanted]
+    for df in snapshots.values():
+        df.unpersist()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--as-of", type=parse_date, default=None,
+                            help="end of observed data (exclusive; default: the day after the latest order)")
+        parser.add_argument("--model", action="append", help="train only this model (repeatable)")
+        parser.add_argument("--max-rows", type=int, default=200_000, help="max customers per snapshot sample")
+
+    def run_from_args(spark: SparkSession, ctx: JobContext, args: argparse.Namespace) -> int:
+        run(spark, ctx, args.as_of, args.model, args.max_rows)
+        return 0
+
+    return job_main("train", argv, run_from_args, add, description="train and register predictive tag models")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Tag catalogue validation and rule / algorithmic tag values on tiny hand-built feature tables."""
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from pyspark.sql import types as T
+from pyspark.testing import assertDataFrameEqual
+
+from features.config import ListItem
+from tagging import CatalogueError, compute_tags, merge, parse_file, validate_catalogue
+
+AS_OF = date(2024, 3, 1)
+LISTS = {"cats": tuple(ListItem.from_dict(v, "cats") for v in ("a", "b", "c"))}
+
+
+def _features(spark, columns: dict[str, T.DataType], rows: list[tuple]):
+    schema = T.StructType([T.StructField("customer_id", T.StringType()), T.StructField("as_of", T.DateType()),
+                           *[T.StructField(name, dtype) for name, dtype in columns.items()]])
+    return spark.createDataFrame([(row[0], AS_OF, *row[1:]) for row in rows], schema)
+
+
+def _tag(name, sql, type_="boolean", **extra):
+    return {"name": name, "zh": name, "en": name, "description": "d", "category": "c", "kind": "rule",
+            "type": type_, "owner": "o", "sql": sql, **extra}
+
+
+def _catalogue(spark, features, *files):
+    catalogue = merge(parse_file(name, data, LISTS) for name, data in files)
+    return validate_catalogue(catalogue, features.schema, LISTS, spark)
+
+
+SPEND = {"orders_revenue_365d": T.DoubleType(), "orders_count_lifetime": T.LongType()}
+
+
+def test_rule_tags_in_dependency_order_with_templates(spark):
+    features = _features(spark, SPEND, [("c1", 12000.0, 5), ("c2", 300.0, 1), ("c3", 0.0, 0)])
+    catalogue = _catalogue(spark, features, ("conf/tags/t.yaml", {
+        "lists": {"tiers": [{"value": "gold", "min": 10000}, {"value": "bronze", "min": 100}]},
+        "tags": [
+            _tag("vip_repeat", "vip AND orders_count_lifetime >= 2"),  # uses a tag declared after it
+            _tag("vip", "orders_revenue_365d >= 10000"),
+            _tag("spend_band", "CASE WHEN orders_revenue_365d = 0 THEN 'none' WHEN vip THEN 'top' ELSE 'some' END",
+                 "string"),
+        ],
+        "templates": [{"for_each": {"t": "tiers"}, **_tag("at_least_{t.slug}", "orders_revenue_365d >= {t.min}")}],
+    }))
+    assert catalogue.get("vip_repeat").inputs == ("vip", "orders_count_lifetime")
+    wide, _ = compute_tags(features, catalogue, LISTS)
+    expected = spark.createDataFrame(
+        [("c1", AS_OF, True, True, "top", True, True), ("c2", AS_OF, False, False, "some", False, True),
+         ("c3", AS_OF, False, False, "none", False, False)],
+        "customer_id string, as_of date, vip_repeat boolean, vip boolean, spend_band string, "
+        "at_least_gold boolean, at_least_bronze boolean")
+    assertDataFrameEqual(wide, expected)
+
+
+@pytest.mark.parametrize("tags, message", [
+    ([_tag("big", "orders_revenue_365 > 1")], r"t.yaml: tag 'big': unknown feature or tag `orders_revenue_365`"),
+    ([_tag("big", "orders_revenue_365d >>= 1")], r"t.yaml: tag 'big': SQL does not parse"),
+    ([_tag("x", "y"), _tag("y", "z"), _tag("z", "x")], r"t.yaml: tag '.': cycle between tags: "),
+    ([_tag("me", "me OR true")], r"t.yaml: tag 'me': cycle between tags: me -> me"),
+    ([_tag("big", "orders_revenue_365d * 2")], r"t.yaml: tag 'big': declared type 'boolean' but the SQL returns double"),
+    ([_tag("orders_count_lifetime", "true")], r"tag 'orders_count_lifetime': the name is already a feature"),
+    ([{**_tag("big", "true"), "kind": "magic"}], r"tag 'big': kind 'magic'"),
+    ([{**_tag("big", "true"), "zh": None}], r"tag 'big': required key 'zh' is missing"),
+    ([{"name": "r", "zh": "r", "en": "r", "description": "d", "category": "c", "kind": "algorithmic",
+       "type": "int", "owner": "o", "algorithm": "nope", "output": "r_score"}], r"tag 'r': unknown algorithm instance"),
+])
+def test_catalogue_errors_name_file_and_tag(spark, tags, message):
+    features = _features(spark, SPEND, [])
+    with pytest.raises(CatalogueError, match=message):
+        _catalogue(spark, features, ("conf/tags/t.yaml", {"tags": tags}))
+
+
+def test_duplicate_tag_across_files(spark):
+    features = _features(spark, SPEND, [])
+    with pytest.raises(CatalogueError, match=r"b.yaml: tag 'vip': also defined in a.yaml"):
+        _catalogue(spark, features, ("a.yaml", {"tags": [_tag("vip", "true")]}),
+                   ("b.yaml", {"tags": [_tag("vip", "true")]}))
+
+
+def _algo_tag(name, algorithm, output, type_):
+    return {"name": name, "zh": name, "en": name, "description": "d", "category": "c", "kind": "algorithmic",
+            "type": type_, "owner": "o", "algorithm": algorithm, "output": output}
+
+
+def test_rfm_quintile_edges_scores_and_segments(spark):
+    rfm = {"rfm_recency_days": T.IntegerType(), "rfm_frequency": T.LongType(), "rfm_monetary": T.DoubleType()}
+    # customer i: recency i days, frequency 11 - i orders, monetary 10 * i; c0 never bought
+    rows = [(f"c{i:02d}", i, 11 - i, 10.0 * i) for i in range(1, 11)] + [("c00", None, 0, 0.0)]
+    features = _features(spark, rfm, rows)
+    catalogue = _catalogue(spark, features, ("rfm.yaml", {
+        "algorithms": {"rfm": {"type": "rfm"}},
+        "tags": [_algo_tag("r", "rfm", "r_score", "int"), _algo_tag("f", "rfm", "f_score", "int"),
+                 _algo_tag("m", "rfm", "m_score", "int"), _algo_tag("cell", "rfm", "rfm_cell", "string"),
+                 _algo_tag("seg", "rfm", "segment", "string"), _tag("champ", "seg = 'champions'")]}))
+    wide, info = compute_tags(features, catalogue, LISTS)
+    # quintile edges over the 10 buyers: recency 2,4,6,8; frequency 2,4,6,8; monetary 20,40,60,80
+    assert info.stats["_a_rfm__rfm_recency_days"] == [2, 4, 6, 8]
+    assert info.stats["_a_rfm__rfm_monetary"] == [20.0, 40.0, 60.0, 80.0]
+    expected = spark.createDataFrame([
+        ("c01", AS_OF, 5, 5, 1, "551", "champions", True), ("c02", AS_OF, 5, 5, 1, "551", "champions", True),
+        ("c03", AS_OF, 4, 4, 2, "442", "loyal_customers", False),
+        ("c04", AS_OF, 4, 4, 2, "442", "loyal_customers", False),
+        ("c05", AS_OF, 3, 3, 3, "333", "need_attention", False),
+        ("c06", AS_OF, 3, 3, 3, "333", "need_attention", False),
+        ("c07", AS_OF, 2, 2, 4, "224", "hibernating", False), ("c08", AS_OF, 2, 2, 4, "224", "hibernating", False),
+        ("c09", AS_OF, 1, 1, 5, "115", "hibernating", False), ("c10", AS_OF, 1, 1, 5, "115", "hibernating", False),
+        ("c00", AS_OF, None, None, None, None, "prospect", False),
+    ], "customer_id string, as_of date, r int, f int, m int, cell string, seg string, champ boolean")
+    assertDataFrameEqual(wide, expected)
+
+
+def test_lifecycle_thresholds_from_inter_purchase_time(spark):
+    cols = {"ipt_mean_days": T.DoubleType(), "days_since_last_order": T.IntegerType(),
+            "days_since_first_order": T.IntegerType()}
+    # median inter-purchase time of repeat buyers: 20 days -> new <= 20 since first order,
+    # active <= 30 (1.5x), at risk <= 60 (3x), lapsing <= 100 (5x), churned beyond
+    features = _features(spark, cols, [
+        ("prospect", None, None, None), ("new", None, 15, 20), ("active", 10.0, 30, 400),
+        ("at_risk", 20.0, 31, 400), ("lapsing", 30.0, 100, 400), ("churned", None, 101, 400)])
+    catalogue = _catalogue(spark, features, ("life.yaml", {
+        "algorithms": {"life": {"type": "lifecycle", "new_multiple": 1.0, "active_multiple": 1.5,
+                                "at_risk_multiple": 3.0, "lapsing_multiple": 5.0}},
+        "tags": [_algo_tag("stage", "life", "stage", "string"), _algo_tag("base", "life", "typical_ipt_days", "double")]}))
+    wide, _ = compute_tags(features, catalogue, LISTS)
+    expected = spark.createDataFrame([(name, AS_OF, name, 20.0) for name in
+                                      ("prospect", "new", "active", "at_risk", "lapsing", "churned")],
+                                     "customer_id string, as_of date, stage string, base double")
+    assertDataFrameEqual(wide, expected)
+
+
+def test_preference_next_best_category_and_price_sensitivity(spark):
+    cols = {"cat_spend_a": T.DoubleType(), "cat_spend_b": T.DoubleType(), "cat_spend_c": T.DoubleType(),
+            "orders_discount_share_365d": T.DoubleType(), "orders_coupon_share_365d": T.DoubleType(),
+            "orders_count_365d": T.LongType()}
+    features = _features(spark, cols, [
+        ("c1", 10.0, 30.0, 0.0, 0.0, 0.0, 2), ("c2", 50.0, 50.0, 0.0, 0.2, 0.2, 1),
+        ("c3", 5.0, 0.0, 5.0, 0.4, 0.4, 3), ("c4", 1.0, 0.0, 0.0, None, None, 1),
+        ("c5", 0.0, 0.0, 0.0, None, None, 0)])
+    catalogue = _catalogue(spark, features, ("pref.yaml", {
+        "algorithms": {"pref": {"type": "argmax", "list": "cats", "feature": "cat_spend_{slug}"},
+                       "nbc": {"type": "next_best_category", "list": "cats", "feature": "cat_spend_{slug}"},
+                       "price": {"type": "price_sensitivity", "window": "365d"}},
+        "tags": [_algo_tag("pref", "pref", "label", "string"), _algo_tag("nbc", "nbc", "category", "string"),
+                 _algo_tag("nbc_score", "nbc", "score", "double"), _algo_tag("price", "price", "level", "string")]}))
+    wide, _ = compute_tags(features, catalogue, LISTS)
+    # buyers of a: 4, of b: 2, of c: 1; a&b: 2, a&c: 1, b&c: 0. Price scores 0, 0.2, 0.4, 0 among
+    # buyers; tertile edges 0.0 and 0.2.
+    expected = spark.createDataFrame([
+        ("c1", AS_OF, "b", "c", 0.25, "low"),      # bought a, b: P(c|a) + P(c|b) = 1/4 + 0
+        ("c2", AS_OF, "a", "c", 0.25, "medium"),   # tie a = b: first in list order
+        ("c3", AS_OF, "a", "b", 0.5, "high"),      # bought a, c: P(b|a) + P(b|c) = 2/4 + 0
+        ("c4", AS_OF, "a", "b", 0.5, "low"),       # bought a: P(b|a) = 1/2 beats P(c|a) = 1/4
+        ("c5", AS_OF, None, "a", 4.0, None),       # bought nothing: most bought category
+    ], "customer_id string, as_of date, pref string, nbc string, nbc_score double, price string")
+    assertDataFrameEqual(wide, expected)
+
+
+def test_kmeans_chooses_k_and_names_clusters(spark):
+    cols = {"orders": T.DoubleType(), "views": T.DoubleType()}
+    rows = [(f"buyer{i}", 50.0 + i, 0.0) for i in range(4)] + \
+           [(f"browser{i}", 0.0, 200.0 + i) for i in range(4)]
+    features = _features(spark, cols, rows)
+    catalogue = _catalogue(spark, features, ("km.yaml", {
+        "algorithms": {"km": {"type": "kmeans", "features": ["orders", "views"], "k_min": 2, "k_max": 3,
+                              "labels": {"orders": "buying", "views": "browsing"}}},
+        "tags": [_algo_tag("cluster_name", "km", "name", "string")]}))
+    wide, info = compute_tags(features, catalogue, LISTS)
+    assert info.kmeans["km"]["k"] == 2
+    expected = spark.createDataFrame([(c, AS_OF, "high_buying" if c.startswith("buyer") else "high_browsing")
+                                      for c, *_ in rows], "customer_id string, as_of date, cluster_name string")
+    assertDataFrameEqual(wide, expected)
