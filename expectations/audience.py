@@ -48,7 +48,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -132,9 +132,8 @@ class NotOf:
     path: str
 
 
-Condition = Union[AttributeCondition, EventCondition, SequenceCondition, PurchaseCondition, AllOf,
-                  AnyOf, NotOf]
-BehaviourCondition = Union[EventCondition, SequenceCondition, PurchaseCondition]
+Condition = AttributeCondition | EventCondition | SequenceCondition | PurchaseCondition | AllOf | AnyOf | NotOf
+BehaviourCondition = EventCondition | SequenceCondition | PurchaseCondition
 
 
 def _behaviour_key(*parts: Any) -> str:

@@ -172,41 +172,45 @@ def read_header(raw_file: RawFile, encoding: str, sep: str) -> list[str]:
     return next(csv.reader([text], delimiter=sep), [])
 
 
-def _line_reader(encoding: str, skip_header: bool, roots: dict[str, str]):
-    """A ``mapInArrow`` function: file paths in, (file, line number, text, decode error) out."""
+def _line_reader(encoding: str, skip_header: bool, files: list[tuple[str, str]]):
+    """A ``mapInArrow`` function: file indexes in, (file, line number, text, decode error) out."""
 
     def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            for path in batch.column("path").to_pylist():
-                relpath = roots[path]
-                files, numbers, texts, errors = [], [], [], []
-                decoder_name = codecs.lookup(encoding).name
-                with open(path, "rb") as handle:
-                    for number, raw in enumerate(handle, start=1):
-                        if number == 1:
-                            if raw.startswith(codecs.BOM_UTF8) and decoder_name.startswith("utf-8"):
-                                raw = raw[len(codecs.BOM_UTF8):]
-                            if skip_header:
-                                continue
-                        try:
-                            text = raw.decode(encoding).rstrip("\r\n")
-                            error = None
-                        except UnicodeDecodeError as exc:
-                            text = raw.decode(encoding, errors="replace").rstrip("\r\n")
-                            error = f"undecodable bytes for encoding {encoding} at offset {exc.start}"
-                        if not text.strip():
-                            continue  # blank lines are not records
-                        files.append(relpath)
-                        numbers.append(number)
-                        texts.append(text)
-                        errors.append(error)
-                        if len(texts) >= _BATCH_LINES:
-                            yield _lines_batch(files, numbers, texts, errors)
-                            files, numbers, texts, errors = [], [], [], []
-                if texts:
-                    yield _lines_batch(files, numbers, texts, errors)
+            for index in batch.column("id").to_pylist():
+                path, relpath = files[index]
+                yield from _read_file(path, relpath, encoding, skip_header)
 
     return read
+
+
+def _read_file(path: str, relpath: str, encoding: str, skip_header: bool) -> Iterator[pa.RecordBatch]:
+    names, numbers, texts, errors = [], [], [], []
+    utf8 = codecs.lookup(encoding).name.startswith("utf-8")
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                if utf8 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+                if skip_header:
+                    continue
+            try:
+                text = raw.decode(encoding).rstrip("\r\n")
+                error = None
+            except UnicodeDecodeError as exc:
+                text = raw.decode(encoding, errors="replace").rstrip("\r\n")
+                error = f"undecodable bytes for encoding {encoding} at byte {exc.start} of the line"
+            if not text.strip():
+                continue  # blank lines are not records
+            names.append(relpath)
+            numbers.append(number)
+            texts.append(text)
+            errors.append(error)
+            if len(texts) >= _BATCH_LINES:
+                yield _lines_batch(names, numbers, texts, errors)
+                names, numbers, texts, errors = [], [], [], []
+    if texts:
+        yield _lines_batch(names, numbers, texts, errors)
 
 
 def _lines_batch(files: list[str], numbers: list[int], texts: list[str], errors: list[str | None]) -> pa.RecordBatch:
@@ -218,11 +222,12 @@ def _lines_batch(files: list[str], numbers: list[int], texts: list[str], errors:
 
 def read_lines(spark: SparkSession, files: list[RawFile], encoding: str, skip_header: bool) -> DataFrame:
     """Lines of ``files`` as a DataFrame, read in parallel (one task per group of files)."""
-    roots = {f.path: f.relpath for f in files}
-    paths = spark.createDataFrame([(f.path,) for f in files], "path string")
-    partitions = max(1, min(len(files), spark.sparkContext.defaultParallelism * 4))
-    return (paths.repartition(partitions, "path")
-            .mapInArrow(_line_reader(encoding, skip_header, roots), LINES_SCHEMA))
+    listed = [(f.path, f.relpath) for f in files]
+    # spark.range keeps the file list in the JVM (no Python serialisation, no shuffle); each task
+    # reads its files with one Python reader.
+    partitions = max(1, min(len(files), spark.sparkContext.defaultParallelism * 2))
+    return (spark.range(0, len(files), 1, partitions)
+            .mapInArrow(_line_reader(encoding, skip_header, listed), LINES_SCHEMA))
 
 
 def parse_source(spark: SparkSession, source: SourceSpec, files: list[RawFile]) -> DataFrame:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from pyspark.testing import assertDataFrameEqual
+from test_audience_job import T_CART, make_ctx, publish_scenario
 
 from expectations.activation import export_frame, normalise_email, normalise_phone
-from test_audience_job import T_CART, make_ctx, publish_scenario
 
 # sha256("test@example.com") and sha256("+8613800138000"), as published by ad platforms' docs / any sha256 tool
 TEST_EMAIL_SHA256 = "973dfe463ec85785f5f95af5ba3906eedb2d931c24e69824a89ea65dba4e813b"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
+from test_audience_job import make_ctx, publish_scenario
 
 from expectations.privacy import drop_records, suppress, suppressed_records
-from test_audience_job import make_ctx, publish_scenario
 
 C1_VALUES = {"c1", "a@x.com", "+8613800000001", "M1", "O1", "E1"}
 SHA_A = hashlib.sha256(b"a@x.com").hexdigest()

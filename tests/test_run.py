@@ -63,6 +63,15 @@ def test_only_accepts_comma_lists_and_repeats():
     assert runner._split_steps(args.only) == ["tag", "land", "export"]
 
 
+def test_unknown_steps_are_rejected_on_the_command_line_before_spark_starts(capsys):
+    parser = base_parser("run")
+    runner._add_arguments(parser)
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--only", "tag,nope"])
+    assert exited.value.code == 2
+    assert "argument --only: unknown step(s) ['nope']" in capsys.readouterr().err
+
+
 # -- calling a job's run through its signature (no Spark) ----------------------------------------------
 
 
@@ -114,7 +123,7 @@ def _dead_pid() -> int:
 
 def test_second_lock_on_the_same_lake_is_refused_naming_the_holder(tmp_path):
     first = LakeLock(str(tmp_path), "run-A").acquire()
-    with pytest.raises(LakeLocked, match=r"locked by run run-A \(host .*, pid %d" % os.getpid()):
+    with pytest.raises(LakeLocked, match=rf"locked by run run-A \(host .*, pid {os.getpid()}"):
         LakeLock(str(tmp_path), "run-B").acquire()
     first.release()
     second = LakeLock(str(tmp_path), "run-B").acquire()
@@ -242,10 +251,16 @@ def test_missing_job_is_skipped_with_a_reason_unless_asked_for_with_only(spark, 
     assert summary.status == "ok"
     assert "module tests_fake_jobs.absent_standardize is not installed" in summary.steps[1].detail
 
-    explicit = runner.run(spark, ctx.__class__(**{**ctx.__dict__, "run_id": "run-3"}), only=["stitch"],
-                          report=False, lake=lake)
-    assert explicit.status == "failed"
-    assert explicit.steps[0].error == "step stitch: module tests_fake_jobs.absent_stitch is not installed"
+    # asked for with --only: the run fails and `cdp run` exits 1
+    parser = base_parser("run")
+    runner._add_arguments(parser)
+    args = parser.parse_args(["--only", "stitch", "--no-report"])
+    assert runner._run_from_args(spark, ctx.__class__(**{**ctx.__dict__, "run_id": "run-3"}), args) == 1
+    explicit = lake.read("runs").filter(F.col("run_id") == "run-3").select("step", "status", "error")
+    assertDataFrameEqual(explicit, spark.createDataFrame(
+        [("stitch", "failed", "step stitch: module tests_fake_jobs.absent_stitch is not installed"),
+         ("run", "failed", "step stitch: module tests_fake_jobs.absent_stitch is not installed")],
+        "step string, status string, error string"))
 
 
 def test_train_runs_only_when_due_or_forced(spark, ctx, fake_jobs):
@@ -265,3 +280,14 @@ def test_train_runs_only_when_due_or_forced(spark, ctx, fake_jobs):
     forced = runner.run(spark, ctx.__class__(**{**ctx.__dict__, "run_id": "run-4"}), from_step="train",
                         to_step="train", train=True, report=False, lake=lake)
     assert forced.steps[0].status == "ok" and trained == ["run-4"]
+
+
+def test_rows_written_counts_what_the_commits_after_a_version_added(spark, lake):
+    two = spark.createDataFrame([(1, "ann"), (2, "bo")], PEOPLE)
+    one = spark.createDataFrame([(3, "cy")], PEOPLE)
+    lake.write(two, "people")
+    lake.write(one, "people", "append")
+    assert (runner.rows_written(lake, "people", 0), runner.table_rows(lake, "people")) == (1, 3)
+    lake.write(one, "people", "overwrite")
+    assert runner.rows_written(lake, "people", 0) == 1
+    assert runner.rows_written(lake, "people", None) == 1  # a table new to the step: all its rows

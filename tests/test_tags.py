@@ -172,3 +172,17 @@ def test_kmeans_chooses_k_and_names_clusters(spark):
     expected = spark.createDataFrame([(c, AS_OF, "high_buying" if c.startswith("buyer") else "high_browsing")
                                       for c, *_ in rows], "customer_id string, as_of date, cluster_name string")
     assertDataFrameEqual(wide, expected)
+
+
+def test_shipped_catalogue_is_valid_and_broad(spark, conf_dir):
+    from features import FeatureConfig, feature_schema
+    from jobs.config import parse_file as parse_config
+    from jobs.config import load_yaml
+
+    config = parse_config(conf_dir / "features.yaml", FeatureConfig.from_dict)
+    catalogue = merge(parse_file(str(p), load_yaml(p), config.lists) for p in sorted((conf_dir / "tags").glob("*.yaml")))
+    validated = validate_catalogue(catalogue, feature_schema(spark, config), config.lists, spark)
+    kinds = {k: len(validated.of_kind(k)) for k in ("rule", "algorithmic", "predictive")}
+    assert len(validated.tags) >= 600 and kinds["algorithmic"] >= 20 and kinds["predictive"] == 3
+    assert all(t.display_zh and t.display_en and t.description and t.inputs for t in validated.tags)
+    assert validated.get("valuable_at_risk").inputs == ("clv_12m", "churn_propensity")

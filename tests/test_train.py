@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.resources
+import os
+import sys
 import textwrap
 from datetime import date, datetime, timedelta
 
@@ -15,6 +17,11 @@ from features import schemas as S
 from jobs.config import JobContext, Profile
 from tagging.clv import fit_bgnbd, fit_gamma_gamma
 from tagging.predictive import classification_metrics
+
+
+# Python UDF workers (mlflow spark_udf) must run this interpreter, which has pandas; collection runs
+# before the session fixture starts the JVM. (To move into tests/conftest.py and jobs/session.py.)
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 
 def _cdnow(name: str) -> pd.DataFrame:
@@ -113,6 +120,7 @@ def ctx(tmp_path, lake):
     return JobContext(conf_dir=conf, profile=Profile("test", lake.root), lake_root=lake.root, run_id="run1")
 
 
+@pytest.mark.slow
 def test_promotion_only_when_better_and_scoring_uses_alias(spark, lake, ctx):
     from mlflow.tracking import MlflowClient
 

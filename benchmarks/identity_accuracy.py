@@ -1,0 +1,125 @@
+"""Identity accuracy against the generator's ground truth.
+
+Runs the real pipeline (``cdp generate`` -> ``land`` -> ``standardize`` -> ``stitch``) in a work
+folder, then compares ``customer_records`` with ``_truth/records.csv`` (source, record_id, person_id)
+and prints pairwise precision, recall and F1 of same-person decisions, over-merged customers and
+split persons.
+
+    /work/venv/bin/python benchmarks/identity_accuracy.py --customers 10000
+    /work/venv/bin/python benchmarks/identity_accuracy.py --customers 100000 --workdir /data/bench
+
+Goal (issue 3): precision >= 0.999, recall >= 0.99.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+CDP = [sys.executable, "-m", "jobs.cli"]
+
+
+def step(name: str, args: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    print(f"-- cdp {name} {' '.join(args)}", flush=True)
+    completed = subprocess.run([*CDP, name, *args], env=env, check=False)
+    if completed.returncode != 0:
+        raise SystemExit(f"cdp {name} failed with exit code {completed.returncode}")
+    elapsed = time.perf_counter() - started
+    print(f"   {name}: {elapsed:.1f} s", flush=True)
+    return elapsed
+
+
+def pairs(sizes: pd.Series) -> int:
+    return int((sizes * (sizes - 1) // 2).sum())
+
+
+def evaluate(truth: pd.DataFrame, predicted: pd.DataFrame) -> dict[str, float | int]:
+    """Pairwise same-person metrics over records present in both tables."""
+    truth = truth.astype({"source": str, "record_id": str, "person_id": str}).drop_duplicates(["source", "record_id"])
+    predicted = predicted.astype({"source": str, "record_id": str, "customer_id": str})
+    joined = truth.merge(predicted, on=["source", "record_id"], how="inner")
+    true_pairs = pairs(joined.groupby("person_id").size())
+    predicted_pairs = pairs(joined.groupby("customer_id").size())
+    agreeing_pairs = pairs(joined.groupby(["person_id", "customer_id"]).size())
+    precision = agreeing_pairs / predicted_pairs if predicted_pairs else 1.0
+    recall = agreeing_pairs / true_pairs if true_pairs else 1.0
+    persons_per_customer = joined.groupby("customer_id")["person_id"].nunique()
+    customers_per_person = joined.groupby("person_id")["customer_id"].nunique()
+    over_merged = persons_per_customer[persons_per_customer > 1]
+    over_merged_persons = joined[joined["customer_id"].isin(over_merged.index)]["person_id"].nunique()
+    return {
+        "truth_records": len(truth),
+        "stitched_records": len(predicted),
+        "records_compared": len(joined),
+        "truth_records_not_stitched": len(truth) - len(joined),
+        "persons": joined["person_id"].nunique(),
+        "customers": joined["customer_id"].nunique(),
+        "true_pairs": true_pairs,
+        "predicted_pairs": predicted_pairs,
+        "agreeing_pairs": agreeing_pairs,
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "over_merged_customers": len(over_merged),
+        "over_merged_persons": over_merged_persons,
+        "split_persons": int((customers_per_person > 1).sum()),
+        "largest_customer_persons": int(persons_per_customer.max()) if len(persons_per_customer) else 0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workdir", help="work folder (default: a new temp folder, removed unless --keep)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--reuse", action="store_true", help="reuse raw data / lake already in --workdir")
+    args = parser.parse_args(argv)
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="identity-bench-"))
+    raw, lake = workdir / "raw", workdir / "lake"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    timings = {}
+    try:
+        if not (args.reuse and (raw / "_truth" / "records.csv").exists()):
+            shutil.rmtree(raw, ignore_errors=True)
+            timings["generate"] = step("generate", ["--out", str(raw), "--customers", str(args.customers),
+                                                    "--seed", str(args.seed)], env)
+        if not (args.reuse and (lake / "silver_identifiers").exists()):
+            shutil.rmtree(lake, ignore_errors=True)
+            timings["land"] = step("land", ["--raw", str(raw), "--lake", str(lake)], env)
+            timings["standardize"] = step("standardize", ["--lake", str(lake)], env)
+        timings["stitch"] = step("stitch", ["--lake", str(lake), "--full"], env)
+
+        from deltalake import DeltaTable
+
+        truth = pd.read_csv(raw / "_truth" / "records.csv", dtype=str)
+        predicted = DeltaTable(str(lake / "customer_records")).to_pandas(columns=["source", "record_id", "customer_id"])
+        metrics = evaluate(truth, predicted)
+        quarantined = len(DeltaTable(str(lake / "identity_quarantine")).to_pandas())
+        shared = DeltaTable(str(lake / "identity_map")).to_pandas(columns=["id_type", "is_shared"])
+        print(f"\nidentity accuracy at --customers {args.customers} (seed {args.seed})")
+        for key, value in metrics.items():
+            print(f"  {key:<28} {value:.5f}" if isinstance(value, float) else f"  {key:<28} {value}")
+        print(f"  {'quarantined_components':<28} {quarantined}")
+        shared_by_type = shared[shared["is_shared"]].groupby("id_type").size().to_dict()
+        print(f"  {'shared_identifier_rows':<28} {shared_by_type}")
+        print("  timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+        goal = metrics["precision"] >= 0.999 and metrics["recall"] >= 0.99
+        print(f"  goal precision >= 0.999 and recall >= 0.99: {'met' if goal else 'NOT met'}")
+        return 0
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Classification, edges with provenance, hub detection and limit splits on tiny frames."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from identity import IdentityConfig, build_edges, build_nodes, classify_identifiers, flag_shared_identifiers
+from identity.limits import enforce_limits
+from jobs.config import parse_file
+
+SILVER = ("source string, record_id string, id_type string, id_value string, raw_value string, "
+          "observed_at timestamp")
+T1, T2 = datetime(2026, 1, 1), datetime(2026, 2, 1)
+
+
+@pytest.fixture(scope="module")
+def config(conf_dir) -> IdentityConfig:
+    return parse_file(conf_dir / "identity.yaml", IdentityConfig.from_dict)
+
+
+def test_classify_blocks_junk_and_invalid_values(spark, config):
+    rows = [
+        ("pos", "1", "phone", "+8613800000000", "138-0000-0000", T1),   # on the blocked list
+        ("pos", "2", "phone", "+8613912345678", "N/A", T1),             # raw text is junk
+        ("pos", "3", "phone", "+8613988888888", "13988888888", T1),     # blocked pattern: 8 equal digits
+        ("web", "4", "email", "test@test.com", "TEST@test.com", T1),
+        ("web", "5", "email", None, "not an email", T1),                 # normaliser gave up
+        ("web", "6", "email", "ok@x.com", "", T1),                      # empty raw is fine
+        ("app", "7", "device_id", "00000000-0000-0000-0000-000000000000", "0000", T1),
+        ("app", "8", "fax", "123", "123", T1),
+        ("crm", "9", "member_id", "M 1", "M 1", T1),                    # fails the member_id pattern
+        ("crm", "10", "member_id", "M0001", "m0001", T1),
+    ]
+    classified = classify_identifiers(spark.createDataFrame(rows, SILVER), config)
+    expected = spark.createDataFrame([
+        ("1", "blocked"), ("2", "blocked"), ("3", "blocked"), ("4", "blocked"), ("5", "invalid"), ("6", "valid"),
+        ("7", "blocked"), ("8", "unknown_type"), ("9", "invalid"), ("10", "valid"),
+    ], "record_id string, status string")
+    assertDataFrameEqual(classified.select("record_id", "status"), expected)
+
+
+def test_edges_carry_provenance_and_hubs_are_flagged(spark, config):
+    rows = [
+        ("crm", "r1", "member_id", "M1", "M1", T1), ("crm", "r1", "email", "e@x.com", "e@x.com", T1),
+        ("web", "r2", "member_id", "M1", "M1", T2), ("web", "r2", "email", "e@x.com", "e@x.com", T2),
+        # a store tablet seen with four members: shared; with one member only it would not be
+        *[("app", f"t{i}", "device_id", "store-tablet-1", "store-tablet-1", T1) for i in range(4)],
+        *[("app", f"t{i}", "member_id", f"M{i + 2}", f"M{i + 2}", T1) for i in range(4)],
+        ("app", "t9", "device_id", "own-phone-9", "own-phone-9", T1), ("app", "t9", "member_id", "M9", "M9", T1),
+    ]
+    observations = classify_identifiers(spark.createDataFrame(rows, SILVER), config)
+    edges = build_edges(observations)
+    m1_email = edges.filter((F.col("a_value").isin("M1", "e@x.com")) & F.col("b_value").isin("M1", "e@x.com"))
+    assertDataFrameEqual(
+        m1_email.select("priority", "n_records", "n_sources", "sources", "first_seen", "last_seen", "first_source",
+                        "first_record_id", "rule"),
+        spark.createDataFrame([(60, 2, 2, ["crm", "web"], T1, T2, "crm", "r1", "same_record")],
+                              "priority int, n_records long, n_sources int, sources array<string>, "
+                              "first_seen timestamp, last_seen timestamp, first_source string, "
+                              "first_record_id string, rule string"))
+    flagged = flag_shared_identifiers(build_nodes(observations), edges, config)
+    assertDataFrameEqual(
+        flagged.filter("is_shared").select("id_type", "id_value", "shared_reason"),
+        spark.createDataFrame([("device_id", "store-tablet-1", "linked to 4 member_id values (limit 1)")],
+                              "id_type string, id_value string, shared_reason string"))
+
+
+def test_limit_split_drops_weakest_lowest_priority_edges(spark, config):
+    # One component: M1 - phone - email - M2, plus a cookie on the email. Two member ids (limit 1).
+    labelled = spark.createDataFrame(
+        [(1, "member_id", 0), (2, "phone", 0), (3, "email", 0), (4, "member_id", 0), (5, "cookie_id", 0),
+         (10, "email", 10), (11, "member_id", 10)],   # a component within limits is left alone
+        "node long, id_type string, component long")
+    edges = spark.createDataFrame(
+        [(1, 2, 70, 3, T2), (2, 3, 60, 1, T1), (3, 4, 60, 2, T2), (3, 5, 20, 1, T2), (10, 11, 60, 1, T1)],
+        "a long, b long, priority int, n_records long, last_seen timestamp")
+    clusters, dropped = enforce_limits(labelled, edges, config)
+    assertDataFrameEqual(clusters, spark.createDataFrame(
+        [(1, 0, 1), (2, 0, 1), (3, 0, 3), (4, 0, 3), (5, 0, 3), (10, 10, 10), (11, 10, 10)],
+        "node long, component long, cluster long"))
+    assertDataFrameEqual(dropped, spark.createDataFrame(
+        [(2, 3, "would join 2 member_id values (limit 1)")], "a long, b long, reason string"))

@@ -1,0 +1,180 @@
+"""Standardisation: bronze -> silver, compared whole; dedup on natural keys; invalid ids quarantined."""
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.testing import assertDataFrameEqual
+
+from jobs.config import ConfigError, JobContext, Profile
+from jobs.lake import Lake
+from jobs.land import run as land
+from jobs.standardize import SILVER_SCHEMAS, load_normalizers
+from jobs.standardize import run as standardize
+
+SOURCES_YAML = """
+defaults: {timezone: Asia/Shanghai}
+sources:
+  crm:
+    path: crm/*.csv
+    format: csv
+    record_id: member_no
+    event_time: updated
+    fields:
+      member_no: {type: string, required: true}
+      mobile: string
+      email: string
+      unionid: string
+      name: string
+      gender: string
+      city: string
+      updated: {type: timestamp, format: "yyyy/MM/dd HH:mm:ss", required: true}
+      opt_in: boolean
+    identifiers:
+      - {type: member_id, field: member_no}
+      - {type: phone, field: mobile}
+      - {type: email, field: email}
+      - {type: wechat_unionid, field: unionid}
+    attributes:
+      name: name
+      gender: {field: gender, map: {"女": F, "男": M, F: F, M: M}}
+      city: city
+      city_tier: {field: city, map: {"上海": 1, "北京": 1, "温州": 3}}
+    consent:
+      - {channel: {value: email}, granted: opt_in, event_time: updated}
+  wechat:
+    path: wechat/*.jsonl
+    format: jsonl
+    record_id: [appid, openid]
+    event_time: sub
+    fields:
+      appid: {type: string, required: true}
+      openid: {type: string, required: true}
+      unionid: string
+      sub: {type: timestamp, format: epoch_s, required: true}
+      unsub: {type: timestamp, format: epoch_s}
+    identifiers:
+      - {type: wechat_openid, field: openid, qualifier: appid}
+      - {type: wechat_unionid, field: unionid}
+    events:
+      - {event_type: {value: wechat_follow}, channel: {value: wechat}, event_time: sub, attributes: {appid: appid}}
+      - {event_type: {value: wechat_unfollow}, channel: {value: wechat}, event_time: unsub}
+    consent:
+      - {channel: {value: wechat}, granted: {value: true}, event_time: sub}
+      - {channel: {value: wechat}, granted: {value: false}, event_time: unsub}
+"""
+HEADER = "member_no,mobile,email,unionid,name,gender,city,updated,opt_in"
+
+
+def _setup(root: Path) -> tuple[Path, JobContext]:
+    raw = root / "raw"
+    (raw / "crm").mkdir(parents=True)
+    (raw / "wechat").mkdir()
+    (raw / "crm" / "full.csv").write_text("\n".join([
+        HEADER,
+        "M1,+86 138 0013 8000, Wang@QQ.com,oU1,王芳,女,上海,2024/01/01 08:00:00,1",
+        "M2,N/A,li@163.com,,Li Na,F,北京,2024/01/01 08:00:00,0",
+    ]) + "\n", encoding="utf-8")
+    # The delta export changes M1 later (newer wins) and repeats M2 unchanged (a duplicate).
+    (raw / "crm" / "delta.csv").write_text("\n".join([
+        HEADER,
+        "M1,１３９ ００１３ ９０００,wang@qq.com,oU1,王芳,女,上海,2024/02/01 08:00:00,0",
+        "M2,N/A,li@163.com,,Li Na,F,北京,2024/01/01 08:00:00,0",
+    ]) + "\n", encoding="utf-8")
+    (raw / "wechat" / "followers.jsonl").write_text(
+        '{"appid": "wxA", "openid": "o1", "unionid": "oU1", "sub": 1706745600, "unsub": "1709251200"}\n'
+        '{"appid": "wxB", "openid": "o2", "sub": 1706745600}\n', encoding="utf-8")
+    conf = root / "conf"
+    conf.mkdir()
+    (conf / "sources.yaml").write_text(SOURCES_YAML, encoding="utf-8")
+    shutil.copy(Path(__file__).resolve().parents[1] / "conf" / "identity.yaml", conf / "identity.yaml")
+    lake_root = str(root / "lake")
+    return raw, JobContext(conf_dir=conf, profile=Profile("test", lake_root), lake_root=lake_root,
+                           run_id="test-run")
+
+
+@pytest.fixture(scope="module")
+def silver(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory):
+    raw, ctx = _setup(tmp_path_factory.mktemp("std"))
+    lake = Lake(spark, ctx.lake_root)
+    land(spark, ctx, raw=str(raw), lake=lake)
+    result = standardize(spark, ctx, lake=lake)
+    return ctx, lake, result
+
+
+FEB = datetime(2024, 2, 1)  # 2024/02/01 08:00 Shanghai = 1706745600 = 2024-02-01 00:00 UTC
+JAN = datetime(2024, 1, 1)
+MAR = datetime(2024, 3, 1)
+
+
+def test_silver_identifiers(spark: SparkSession, silver) -> None:
+    _, lake, _ = silver
+    expected = spark.createDataFrame([
+        ("crm", "M1", "member_id", "M1", "M1", FEB),
+        ("crm", "M1", "phone", "+8613900139000", "１３９ ００１３ ９０００", FEB),
+        ("crm", "M1", "email", "wang@qq.com", "wang@qq.com", FEB),
+        ("crm", "M1", "wechat_unionid", "oU1", "oU1", FEB),
+        ("crm", "M2", "member_id", "M2", "M2", JAN),
+        ("crm", "M2", "email", "li@163.com", "li@163.com", JAN),
+        ("wechat", "wxA:o1", "wechat_openid", "wxA:o1", "o1", FEB),
+        ("wechat", "wxA:o1", "wechat_unionid", "oU1", "oU1", FEB),
+        ("wechat", "wxB:o2", "wechat_openid", "wxB:o2", "o2", FEB),
+    ], SILVER_SCHEMAS["silver_identifiers"])
+    assertDataFrameEqual(lake.read("silver_identifiers"), expected)
+
+
+def test_silver_attributes_consent_events(spark: SparkSession, silver) -> None:
+    _, lake, _ = silver
+    assertDataFrameEqual(lake.read("silver_customer_attributes"), spark.createDataFrame([
+        ("crm", "M1", FEB, "王芳", "F", None, "上海", None, 1, None, None),
+        ("crm", "M2", JAN, "Li Na", "F", None, "北京", None, 1, None, None),
+    ], SILVER_SCHEMAS["silver_customer_attributes"]))
+    assertDataFrameEqual(lake.read("silver_consent"), spark.createDataFrame([
+        ("crm", "M1", "email", False, FEB),
+        ("crm", "M2", "email", False, JAN),
+        ("wechat", "wxA:o1", "wechat", True, FEB),
+        ("wechat", "wxA:o1", "wechat", False, MAR),
+        ("wechat", "wxB:o2", "wechat", True, FEB),
+    ], SILVER_SCHEMAS["silver_consent"]))
+    assertDataFrameEqual(lake.read("silver_events"), spark.createDataFrame([
+        ("wechat:wxA:o1#0", "wechat", "wxA:o1", "wechat_follow", "wechat", FEB, None, None, None, {"appid": "wxA"}),
+        ("wechat:wxA:o1#1", "wechat", "wxA:o1", "wechat_unfollow", "wechat", MAR, None, None, None, {}),
+        ("wechat:wxB:o2#0", "wechat", "wxB:o2", "wechat_follow", "wechat", FEB, None, None, None, {"appid": "wxB"}),
+    ], SILVER_SCHEMAS["silver_events"]))
+    for empty in ("silver_orders", "silver_order_lines", "silver_returns", "silver_products"):
+        assert lake.read(empty).count() == 0
+
+
+def test_invalid_identifiers_are_quarantined_with_reason(spark: SparkSession, silver) -> None:
+    _, lake, result = silver
+    got = lake.read("quarantine").filter("stage = 'standardize'").select("source", "file", "line", "field", "raw",
+                                                                        "reason")
+    # M2's "N/A" phone: of two identical copies the dedup keeps the last by file name (full.csv).
+    assertDataFrameEqual(got, spark.createDataFrame([
+        ("crm", "crm/full.csv", 3, "mobile", "N/A", "mobile: invalid phone after normaliser phone (record M2)"),
+    ], "source string, file string, line long, field string, raw string, reason string"))
+    assert result.invalid_identifiers == {"crm.mobile": 1}
+
+
+def test_rerun_rebuilds_the_same_silver(spark: SparkSession, silver) -> None:
+    ctx, lake, first = silver
+    before = {name: sorted(map(tuple, lake.read(name).collect())) for name in SILVER_SCHEMAS}
+    again = standardize(spark, ctx, lake=lake)
+    after = {name: sorted(map(tuple, lake.read(name).collect())) for name in SILVER_SCHEMAS}
+    assert after == before and again.rows == first.rows
+    assert lake.read("quarantine").filter("stage = 'standardize'").count() == 1
+
+
+def test_normaliser_and_type_errors_name_file_and_key(spark: SparkSession, tmp_path: Path) -> None:
+    identity = tmp_path / "identity.yaml"
+    identity.write_text("types:\n  phone: {normalizer: e164}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"identity\.yaml: types\.phone\.normalizer: unknown normaliser 'e164'"):
+        load_normalizers(identity)
+    _, ctx = _setup(tmp_path / "bad")
+    (ctx.conf_dir / "sources.yaml").write_text(SOURCES_YAML.replace("type: wechat_unionid", "type: union_id"),
+                                               encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"sources\.yaml: sources\.crm\.identifiers\[3\]\.type: 'union_id'"):
+        standardize(spark, ctx, lake=Lake(spark, ctx.lake_root))
