@@ -23,8 +23,8 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers must use this
 def measure(customers: int, workdir: Path, seed: int, memory: str) -> dict[str, float]:
     from jobs.config import JobContext, Profile
     from jobs.generate import run as generate
-    from jobs.land import run as land
     from jobs.lake import Lake
+    from jobs.land import run as land
     from jobs.session import build_session
     from jobs.standardize import run as standardize
 

@@ -172,7 +172,7 @@ def _parse_family(family: str, spec: Any, windows: tuple[int | str, ...],
                 for window in (item_windows or (None,)):
                     values = {**variant, "w": window_suffix(window) if window is not None else ""}
 
-                    def fill(text: Any, key: str, values: dict[str, str] = values) -> str | None:
+                    def fill(text: Any, key: str, values: dict[str, str] = values, item_where: str = item_where) -> str | None:
                         if text is None:
                             return None
                         try:

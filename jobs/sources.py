@@ -11,9 +11,10 @@ Paths in mappings name schema fields: ``buyer.phone`` reaches into a nested obje
 Transforms:
     * :func:`bronze_schema` - the bronze record layout: every leaf a raw string.
     * :func:`parse_lines` - raw text lines -> bronze columns + a quarantine ``_reason``.
-    * :func:`map_identifiers`, :func:`map_attributes`, :func:`map_events`, :func:`map_orders`,
-      :func:`map_order_lines`, :func:`map_returns`, :func:`map_consent`, :func:`map_products` -
-      deduplicated bronze -> canonical rows (before identifier normalisation).
+    * :func:`dedupe_records` - bronze -> one row per record id (latest wins).
+    * :func:`map_identifiers`, :func:`map_attributes`, :func:`map_events`, :func:`map_table` (orders,
+      order_lines, returns, consent, products) - deduplicated records -> canonical rows (identifiers
+      before normalisation, which ``jobs/standardize.py`` applies).
 """
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ from jobs.config import require
 
 __all__ = [
     "CANONICAL_SCHEMAS",
+    "map_attributes",
+    "map_events",
+    "map_identifiers",
+    "map_table",
     "EVENT_TYPES",
     "EVENT_CHANNELS",
     "FieldSpec",

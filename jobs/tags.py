@@ -88,14 +88,14 @@ def run(spark: SparkSession, ctx: JobContext, command: str, name: str | None = N
     catalogue = load_catalogue(spark, ctx, config)
     if command == "list":
         for tag in catalogue.tags:
-            print(f"{tag.name:<44} {tag.kind:<12} {tag.value_type:<8} {tag.category:<13} {tag.display_en} / "
-                  f"{tag.display_zh}")
-        print(f"{len(catalogue.tags)} tags")
+            print(f"{tag.name:<44} {tag.kind:<12} {tag.value_type:<8} {tag.category:<13} "  # noqa: T201 - CLI output
+                  f"{tag.display_en} / {tag.display_zh}")
+        print(f"{len(catalogue.tags)} tags")  # noqa: T201
         return 0
     try:
-        print(describe(catalogue, name or "", config))
+        print(describe(catalogue, name or "", config))  # noqa: T201
     except KeyError:
-        print(f"cdp tags: unknown tag {name!r}", file=sys.stderr)
+        print(f"cdp tags: unknown tag {name!r}", file=sys.stderr)  # noqa: T201
         return 2
     return 0
 

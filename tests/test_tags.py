@@ -176,8 +176,8 @@ def test_kmeans_chooses_k_and_names_clusters(spark):
 
 def test_shipped_catalogue_is_valid_and_broad(spark, conf_dir):
     from features import FeatureConfig, feature_schema
-    from jobs.config import parse_file as parse_config
     from jobs.config import load_yaml
+    from jobs.config import parse_file as parse_config
 
     config = parse_config(conf_dir / "features.yaml", FeatureConfig.from_dict)
     catalogue = merge(parse_file(str(p), load_yaml(p), config.lists) for p in sorted((conf_dir / "tags").glob("*.yaml")))

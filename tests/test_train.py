@@ -18,7 +18,6 @@ from jobs.config import JobContext, Profile
 from tagging.clv import fit_bgnbd, fit_gamma_gamma
 from tagging.predictive import classification_metrics
 
-
 # Python UDF workers (mlflow spark_udf) must run this interpreter, which has pandas; collection runs
 # before the session fixture starts the JVM. (To move into tests/conftest.py and jobs/session.py.)
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
