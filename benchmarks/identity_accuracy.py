@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="identity-bench-"))
     raw, lake = workdir / "raw", workdir / "lake"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.setdefault("PYSPARK_PYTHON", sys.executable)  # Spark workers must use this venv
     timings = {}
     try:
         if not (args.reuse and (raw / "_truth" / "records.csv").exists()):

@@ -269,6 +269,31 @@ def _update_manifest(filesystem: Any, file_path: str, rows: int) -> None:
         out.write(json.dumps(manifest, indent=2).encode())
 
 
+# Tables that may hold personal data, for lakes whose folders cannot be listed (object stores).
+KNOWN_TABLES = ("silver_identifiers", "silver_customer_attributes", "silver_events", "silver_orders",
+                "silver_order_lines", "silver_returns", "silver_consent", "identity_map", "customer_records",
+                "identity_graph", "identity_history", "identity_quarantine", "customer_profile",
+                "features_daily", "tags_long", "tags_wide", "consent_current", "audience_changes")
+
+
+def lake_tables(lake: Any, ctx: JobContext) -> list[str]:
+    """Every table of the lake; where the root cannot be listed, the known and configured ones."""
+    listed = lake.tables()
+    if listed:
+        return listed
+    from jobs.audiences import audience_table, load_audiences
+    from jobs.export import export_table
+    from jobs.gates import staging_name
+
+    names = list(KNOWN_TABLES)
+    for audience in load_audiences(ctx.conf_dir):
+        names += [audience_table(audience.name), staging_name(audience_table(audience.name)),
+                  export_table(audience.name)]
+    names += [staging_name(t) for t in KNOWN_TABLES]
+    logger.warning("lake root %s cannot be listed: erasing from %d known tables", lake.root, len(names))
+    return [name for name in dict.fromkeys(names) if lake.exists(name)]
+
+
 def suppression_rows(spark: SparkSession, person: Person, extra: Sequence[tuple[str, str]], request_id: str) -> DataFrame:
     """The person's identifiers, hashed, for ``suppression_list`` (list ``erasure``)."""
     now = datetime.now(UTC).replace(tzinfo=None)
@@ -314,7 +339,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, identifier: s
     metadata = {"run_id": ctx.run_id, "operation_reason": "erasure", "request_id": request_id}
 
     bronze = _erase_bronze(spark, lake, ctx, person, result)
-    for table in lake.tables():
+    for table in lake_tables(lake, ctx):
         if table in SKIP_TABLES or table in bronze or table == "quarantine":
             continue
         frame = lake.read(table)

@@ -253,7 +253,8 @@ def parse_source(spark: SparkSession, source: SourceSpec, files: list[RawFile]) 
         return result
     # parquet: each row becomes a JSON object text, then follows the JSON path (line = row number).
     rows = spark.read.parquet(*[f.path for f in files])
-    roots = {Path(f.path).as_uri(): f.relpath for f in files}
+    # Spark reports "file:/a/b" for local files, other tools "file:///a/b": accept both spellings.
+    roots = {uri: f.relpath for f in files for uri in (Path(f.path).as_uri(), f"file:{f.path}", f.path)}
     mapping = F.create_map(*[item for uri, rel in roots.items() for item in (F.lit(uri), F.lit(rel))])
     lines = rows.select(
         F.coalesce(F.element_at(mapping, F.col("_metadata.file_path")), F.col("_metadata.file_path")).alias("_source_file"),

@@ -11,6 +11,10 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import betaln, gammaln, hyp2f1
 
+# features a CLV model reads, in the order its MLflow signature lists them
+CLV_INPUTS = ("orders_days_lifetime", "days_since_first_order", "days_since_last_order",
+              "orders_revenue_lifetime", "orders_count_lifetime")
+
 
 @dataclass(frozen=True)
 class BgNbd:

@@ -16,12 +16,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from tagging.catalogue import ModelSpec
-from tagging.clv import BgNbd, GammaGamma, fit_bgnbd, fit_gamma_gamma
+from tagging.clv import CLV_INPUTS, BgNbd, GammaGamma, fit_bgnbd, fit_gamma_gamma
 
 logger = logging.getLogger(__name__)
-
-CLV_INPUTS = ("orders_days_lifetime", "days_since_first_order", "days_since_last_order",
-              "orders_revenue_lifetime", "orders_count_lifetime")
 
 
 def labelled_snapshot(features: DataFrame, labels: DataFrame, spec: ModelSpec) -> DataFrame:

@@ -44,16 +44,16 @@ def test_classify_blocks_junk_and_invalid_values(spark, config):
 
 def test_edges_carry_provenance_and_hubs_are_flagged(spark, config):
     rows = [
-        ("crm", "r1", "member_id", "M1", "M1", T1), ("crm", "r1", "email", "e@x.com", "e@x.com", T1),
-        ("web", "r2", "member_id", "M1", "M1", T2), ("web", "r2", "email", "e@x.com", "e@x.com", T2),
+        ("crm", "r1", "member_id", "MEM1", "MEM1", T1), ("crm", "r1", "email", "e@x.com", "e@x.com", T1),
+        ("web", "r2", "member_id", "MEM1", "MEM1", T2), ("web", "r2", "email", "e@x.com", "e@x.com", T2),
         # a store tablet seen with four members: shared; with one member only it would not be
         *[("app", f"t{i}", "device_id", "store-tablet-1", "store-tablet-1", T1) for i in range(4)],
-        *[("app", f"t{i}", "member_id", f"M{i + 2}", f"M{i + 2}", T1) for i in range(4)],
-        ("app", "t9", "device_id", "own-phone-9", "own-phone-9", T1), ("app", "t9", "member_id", "M9", "M9", T1),
+        *[("app", f"t{i}", "member_id", f"MEM{i + 2}", f"MEM{i + 2}", T1) for i in range(4)],
+        ("app", "t9", "device_id", "own-phone-9", "own-phone-9", T1), ("app", "t9", "member_id", "MEM9", "MEM9", T1),
     ]
     observations = classify_identifiers(spark.createDataFrame(rows, SILVER), config)
     edges = build_edges(observations)
-    m1_email = edges.filter((F.col("a_value").isin("M1", "e@x.com")) & F.col("b_value").isin("M1", "e@x.com"))
+    m1_email = edges.filter((F.col("a_value").isin("MEM1", "e@x.com")) & F.col("b_value").isin("MEM1", "e@x.com"))
     assertDataFrameEqual(
         m1_email.select("priority", "n_records", "n_sources", "sources", "first_seen", "last_seen", "first_source",
                         "first_record_id", "rule"),
