@@ -5,6 +5,8 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -61,6 +63,14 @@ sources:
     attributes: {name: name}
     consent:
       - {channel: {value: sms}, granted: sms_ok, event_time: updated}
+  catalogue:
+    path: products/*.parquet
+    format: parquet
+    record_id: sku
+    fields:
+      sku: {type: string, required: true}
+      price: double
+    products: {product_id: sku, price: price}
 """
 
 ORDERS = [
@@ -89,6 +99,9 @@ def write_raw(root: Path) -> Path:
     (root / "crm").mkdir()
     (root / "orders" / "2024-03.jsonl").write_text("\n".join(ORDERS) + "\n", encoding="utf-8")
     (root / "crm" / "members.csv").write_bytes(("\n".join(MEMBERS) + "\n").encode("gbk"))
+    (root / "products").mkdir()
+    pq.write_table(pa.table({"sku": ["A", None, "C"], "price": ["10.5", "1", "free"]}),
+                   root / "products" / "catalogue.parquet")
     return root
 
 
@@ -119,7 +132,9 @@ def test_raw_equals_bronze_plus_quarantine(landed) -> None:
     orders, members = result.loads["shop_orders"], result.loads["members"]
     assert (orders.raw_records, orders.bronze_rows, orders.quarantined_rows) == (7, 2, 5)
     assert (members.raw_records, members.bronze_rows, members.quarantined_rows) == (4, 2, 2)
-    assert result.raw_records == result.bronze_rows + result.quarantined_rows == 11
+    catalogue = result.loads["catalogue"]
+    assert (catalogue.raw_records, catalogue.bronze_rows, catalogue.quarantined_rows) == (3, 1, 2)
+    assert result.raw_records == result.bronze_rows + result.quarantined_rows == 14
 
 
 def test_quarantine_names_file_line_and_field(spark: SparkSession, landed) -> None:
@@ -135,6 +150,8 @@ def test_quarantine_names_file_line_and_field(spark: SparkSession, landed) -> No
         ("members", "land", "crm/members.csv", 4, None, "malformed CSV line: expected 5 columns"),
         ("members", "land", "crm/members.csv", 5, "updated",
          "updated: invalid timestamp (yyyy/MM/dd HH:mm:ss): '2023/02/29 08:00:00'"),
+        ("catalogue", "land", "products/catalogue.parquet", 2, "sku", "sku: required field is missing"),
+        ("catalogue", "land", "products/catalogue.parquet", 3, "price", "price: invalid double: 'free'"),
     ], "source string, stage string, file string, line long, field string, reason string")
     assertDataFrameEqual(got, expected)
     raw_text = lake.read("quarantine").filter("line = 3").select("raw").first()["raw"]
@@ -178,6 +195,7 @@ def test_rerun_over_the_same_files_adds_nothing_and_new_files_load_once(spark: S
     assertDataFrameEqual(log, spark.createDataFrame([
         ("shop_orders", "shop_orders-000001", 1, "orders/2024-03.jsonl", 7, 2, 5),
         ("members", "members-000001", 1, "crm/members.csv", 4, 2, 2),
+        ("catalogue", "catalogue-000001", 1, "products/catalogue.parquet", 3, 1, 2),
         ("shop_orders", "shop_orders-000002", 2, "orders/2024-04.jsonl", 1, 1, 0),
     ], "source string, load_id string, seq long, file string, raw_records long, bronze_rows long, "
        "quarantined_rows long"))
