@@ -81,24 +81,33 @@ def write_text(root: str, relative: str, text: str) -> str:
     return str(path)
 
 
-def write_report(lake: Lake, run_id: str, result: SuiteResult) -> str:
-    """HTML (for people) and JSON (for tools) reports of one gate; returns the HTML path."""
+def write_report(lake: Lake, run_id: str, result: SuiteResult, name: str | None = None) -> str:
+    """HTML (for people) and JSON (for tools) reports of one gate; returns the HTML path.
+
+    Files are ``<name>.html`` / ``<name>.json`` (default name: the table).
+    """
     folder = f"{REPORTS_DIR}/{run_id}"
-    write_text(lake.root, f"{folder}/{result.table}.json", json.dumps(result.to_dict(), indent=2, default=str))
-    return write_text(lake.root, f"{folder}/{result.table}.html", render_report_html(result))
+    name = name or result.table
+    write_text(lake.root, f"{folder}/{name}.json", json.dumps(result.to_dict(), indent=2, default=str))
+    return write_text(lake.root, f"{folder}/{name}.html", render_report_html(result))
 
 
 def audit(lake: Lake, candidate: DataFrame, table: str, suite_name: str, ctx: JobContext, *,
           inputs: Mapping[str, DataFrame] | None = None,
           params: Mapping[str, Mapping[str, Any]] | None = None,
-          config: QualityConfig | None = None) -> tuple[SuiteResult, str]:
-    """Validate ``candidate`` against the suite (previous = the published ``table``); write the report."""
+          config: QualityConfig | None = None, report_name: str | None = None) -> tuple[SuiteResult, str]:
+    """Validate ``candidate`` against the suite (previous = the published ``table``); write the report.
+
+    Use it for a second suite on the same candidate before :func:`publish_with_gates` (e.g.
+    ``tags_drift`` on tags_wide, with ``report_name="tags_wide.tags_drift"``); raise ``JobFailed``
+    yourself when ``not result.success``.
+    """
     config = config or load_quality_config(ctx)
     suite = config.suite(suite_name)
     previous = lake.read(table) if lake.exists(table) else None
     result = validate_suite(suite, candidate, table=table, previous=previous, inputs=inputs, params=params,
                             run_id=ctx.run_id)
-    report = write_report(lake, ctx.run_id, result)
+    report = write_report(lake, ctx.run_id, result, report_name)
     for outcome in result.warnings:
         logger.warning("%s: gate warning %s %s observed=%s unexpected=%s", table, outcome.view,
                        outcome.expectation, outcome.observed_value, outcome.unexpected_count)

@@ -195,7 +195,7 @@ def section_run(inp: _Inputs) -> Section:
     for r in steps:
         note = (r["error"] or "").splitlines()[0] if r["error"] else r["detail"]
         versions = ", ".join(f"{k}@v{v}" for k, v in sorted((r["versions"] or {}).items()))
-        table_rows.append([r["step"], r["status"], round(r["seconds"] or 0, 1), r["rows_in"], r["rows_out"],
+        table_rows.append([r["step"], r["status"], f"{r['seconds'] or 0:.1f}", r["rows_in"], r["rows_out"],
                            versions, note])
     section.body = _table(["step", "status", "seconds", "rows in", "rows out", "versions written", "detail"],
                            table_rows, numeric=(2, 3, 4))
