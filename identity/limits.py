@@ -110,9 +110,17 @@ def _split_component(nodes: pd.DataFrame, edges: pd.DataFrame, limits: dict[str,
     smallest: dict[int, int] = {}
     for n, root in roots.items():
         smallest[root] = min(n, smallest.get(root, n))
-    node_rows = [("node", n, smallest[root], None, None, None) for n, root in roots.items()]
-    edge_rows = [("dropped", None, None, a, b, reason) for a, b, reason in dropped]
-    return pd.DataFrame(node_rows + edge_rows, columns=[f.name for f in CLUSTER_SCHEMA.fields])
+    nodes_out, dropped_out = list(roots), len(dropped)
+    # Built column by column with nullable Int64: rows mixing ints and None would become float64
+    # and silently round 64-bit node hashes.
+    return pd.DataFrame({
+        "kind": ["node"] * len(nodes_out) + ["dropped"] * dropped_out,
+        "node": pd.array(nodes_out + [None] * dropped_out, dtype="Int64"),
+        "cluster": pd.array([smallest[roots[n]] for n in nodes_out] + [None] * dropped_out, dtype="Int64"),
+        "a": pd.array([None] * len(nodes_out) + [a for a, _, _ in dropped], dtype="Int64"),
+        "b": pd.array([None] * len(nodes_out) + [b for _, b, _ in dropped], dtype="Int64"),
+        "reason": [None] * len(nodes_out) + [reason for _, _, reason in dropped],
+    })
 
 
 def enforce_limits(labelled_nodes: DataFrame, edges: DataFrame, config: IdentityConfig) -> tuple[DataFrame, DataFrame]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -29,6 +30,9 @@ def build_session(profile: Profile, app_name: str) -> SparkSession:
     Under spark-submit the master, packages and resources come from the command line: the profile's
     ``spark.master`` and ``spark.driver.memory`` are then left alone.
     """
+    # Python workers must run this interpreter (with pandas, pyarrow, phonenumbers), not whatever
+    # python3 is first on PATH; spark-submit users can still override it with PYSPARK_PYTHON.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     launched_by_submit = under_spark_submit()
     for key, value in {**profile.spark, **REQUIRED_SETTINGS}.items():

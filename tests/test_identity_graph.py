@@ -70,16 +70,21 @@ def test_edges_carry_provenance_and_hubs_are_flagged(spark, config):
 
 def test_limit_split_drops_weakest_lowest_priority_edges(spark, config):
     # One component: M1 - phone - email - M2, plus a cookie on the email. Two member ids (limit 1).
+    # Node ids are 64-bit hashes: values above 2**53 catch any float round trip in the split.
+    n = 2 ** 62
     labelled = spark.createDataFrame(
-        [(1, "member_id", 0), (2, "phone", 0), (3, "email", 0), (4, "member_id", 0), (5, "cookie_id", 0),
+        [(n + 1, "member_id", n), (n + 2, "phone", n), (n + 3, "email", n), (n + 4, "member_id", n),
+         (n + 5, "cookie_id", n),
          (10, "email", 10), (11, "member_id", 10)],   # a component within limits is left alone
         "node long, id_type string, component long")
     edges = spark.createDataFrame(
-        [(1, 2, 70, 3, T2), (2, 3, 60, 1, T1), (3, 4, 60, 2, T2), (3, 5, 20, 1, T2), (10, 11, 60, 1, T1)],
+        [(n + 1, n + 2, 70, 3, T2), (n + 2, n + 3, 60, 1, T1), (n + 3, n + 4, 60, 2, T2), (n + 3, n + 5, 20, 1, T2),
+         (10, 11, 60, 1, T1)],
         "a long, b long, priority int, n_records long, last_seen timestamp")
     clusters, dropped = enforce_limits(labelled, edges, config)
     assertDataFrameEqual(clusters, spark.createDataFrame(
-        [(1, 0, 1), (2, 0, 1), (3, 0, 3), (4, 0, 3), (5, 0, 3), (10, 10, 10), (11, 10, 10)],
+        [(n + 1, n, n + 1), (n + 2, n, n + 1), (n + 3, n, n + 3), (n + 4, n, n + 3), (n + 5, n, n + 3),
+         (10, 10, 10), (11, 10, 10)],
         "node long, component long, cluster long"))
     assertDataFrameEqual(dropped, spark.createDataFrame(
-        [(2, 3, "would join 2 member_id values (limit 1)")], "a long, b long, reason string"))
+        [(n + 2, n + 3, "would join 2 member_id values (limit 1)")], "a long, b long, reason string"))
