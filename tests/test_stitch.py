@@ -30,13 +30,13 @@ def test_stitch_job_publishes_identity_tables_and_keeps_ids(spark, lake, conf_di
     with pytest.raises(JobFailed, match="run cdp standardize first"):
         stitch.run(spark, context(conf_dir, lake, "s0"))
     identifiers = spark.createDataFrame([
-        ("crm", "c1", "member_id", "M100", "m100", T1), ("crm", "c1", "phone", "+8613912300001", "13912300001", T1),
-        ("shop", "o1", "phone", "+8613912300001", "139 1230 0001", T2), ("shop", "o1", "order_id", "O1", "o1", T2),
+        ("crm_members", "c1", "member_id", "M100", "m100", T1), ("crm_members", "c1", "phone", "+8613912300001", "13912300001", T1),
+        ("orders", "o1", "phone", "+8613912300001", "139 1230 0001", T2), ("orders", "o1", "order_id", "SO1", "so1", T2),
         ("web", "w1", "email", "z@x.com", "Z@x.com", T2),
     ], SILVER)
     attributes = spark.createDataFrame([
-        ("crm", "c1", T1, "Li Lei", "M", date(1991, 1, 2), "Hangzhou", "Zhejiang", 2, "gold", date(2019, 4, 5)),
-        ("shop", "o1", T2, "Lei", None, None, "Ningbo", "Zhejiang", 2, None, None),
+        ("crm_members", "c1", T1, "Li Lei", "M", date(1991, 1, 2), "Hangzhou", "Zhejiang", 2, "gold", date(2019, 4, 5)),
+        ("orders", "o1", T2, "Lei", None, None, "Ningbo", "Zhejiang", 2, None, None),
     ], stitch.ATTRIBUTES_SCHEMA)
     lake.write(identifiers, "silver_identifiers", mode="overwrite")
     lake.write(attributes, "silver_customer_attributes", mode="overwrite")
@@ -45,11 +45,11 @@ def test_stitch_job_publishes_identity_tables_and_keeps_ids(spark, lake, conf_di
     m100, z = cid("member_id:M100"), cid("email:z@x.com")
     assert (first.mode, first.customers, first.new_customers, first.merges, first.splits) == ("full", 2, 2, 0, 0)
     assertDataFrameEqual(lake.read("customer_records"), spark.createDataFrame(
-        [("crm", "c1", m100), ("shop", "o1", m100), ("web", "w1", z)], "source string, record_id string, "
+        [("crm_members", "c1", m100), ("orders", "o1", m100), ("web", "w1", z)], "source string, record_id string, "
                                                                         "customer_id string"))
     profile = lake.read("customer_profile").filter(F.col("customer_id") == m100)
     assertDataFrameEqual(profile.select("name", "name_source", "city", "city_source", "phone", "birth_date"),
-                         spark.createDataFrame([("Li Lei", "crm", "Ningbo", "shop", "+8613912300001",
+                         spark.createDataFrame([("Li Lei", "crm_members", "Ningbo", "orders", "+8613912300001",
                                                  date(1991, 1, 2))],
                                                "name string, name_source string, city string, city_source string, "
                                                "phone string, birth_date date"))
