@@ -214,6 +214,25 @@ def build_silver(spark: SparkSession, records: dict[str, tuple[SourceSpec, DataF
     return tables, quarantine
 
 
+def apply_suppression(tables: dict[str, DataFrame], suppression: DataFrame) -> dict[str, DataFrame]:
+    """Drop every record that carries a suppressed (forgotten) identifier from every silver table.
+
+    Records keyed by ``(source, record_id)`` go; order lines and returns follow their dropped orders.
+    ``suppression`` is the ``suppression_list`` table written by ``cdp forget`` (hashed identifiers).
+    """
+    from expectations.privacy import drop_records, suppressed_records
+
+    blocked = suppressed_records(tables["silver_identifiers"], suppression).persist(StorageLevel.MEMORY_AND_DISK)
+    kept = {name: (drop_records(df, blocked).select(*df.columns)
+                   if {"source", "record_id"} <= set(df.columns) else df)
+            for name, df in tables.items()}
+    dropped_orders = (tables["silver_orders"].join(blocked, on=["source", "record_id"], how="left_semi")
+                      .select("order_id"))
+    for name in ("silver_order_lines", "silver_returns"):
+        kept[name] = kept[name].join(dropped_orders, on="order_id", how="left_anti").select(*_columns(name))
+    return kept
+
+
 def _columns(table: str) -> list[str]:
     return [field.name for field in T._parse_datatype_string(SILVER_SCHEMAS[table]).fields]
 
@@ -260,6 +279,9 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
     now = datetime.now(UTC).replace(tzinfo=None)
     try:
         tables, quarantine = build_silver(spark, records, normalizers, now)
+        if lake.exists("suppression_list"):
+            # a forgotten person must not be re-created by a later load
+            tables = apply_suppression(tables, lake.read("suppression_list"))
         metadata = {"run_id": ctx.run_id, "job": "standardize", "sources": ",".join(result.sources)}
         for name, table in tables.items():
             lake.write(table, name, "overwrite", metadata=metadata)
