@@ -18,6 +18,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "export": ("jobs.export", "write published audiences for their destinations"),
     "forget": ("jobs.forget", "erase a person from every layer"),
     "run": ("jobs.run", "run the whole pipeline in dependency order"),
+    "report": ("jobs.report", "render the HTML run report"),
 }
 
 

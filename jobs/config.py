@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -30,7 +31,22 @@ def default_conf_dir() -> Path:
     env = os.environ.get("CDP_CONF")
     if env:
         return Path(env)
-    return Path(str(resources.files("jobs.conf")))
+    packaged = resources.files("jobs.conf")
+    if Path(str(packaged)).is_dir():
+        return Path(str(packaged))
+    # Shipped inside a wheel or zip (spark-submit --py-files): unpack it once to a real folder.
+    target = Path(tempfile.gettempdir()) / f"cdp-conf-{os.getuid()}-{os.getpid()}"
+    _copy_tree(packaged, target)
+    return target
+
+
+def _copy_tree(source: Any, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        if entry.is_dir():
+            _copy_tree(entry, target / entry.name)
+        elif entry.name.endswith(".yaml"):
+            (target / entry.name).write_bytes(entry.read_bytes())
 
 
 def resolve_conf_dir(conf_dir: str | os.PathLike[str] | None) -> Path:

@@ -101,7 +101,7 @@ def test_guards_on_a_hand_built_graph(spark, config):
         "dropped_limit", "would join 2 member_id values (limit 1)")
     assert statuses[frozenset([("member_id", "M001"), ("email", "p1@x.com")])] == ("active", None)
     assert not any(("phone", "+8613800000000") in pair for pair in statuses)  # blocked: no edge at all
-    assert len(statuses) == 11
+    assert len(statuses) == 10
 
     history = {(r.event, r.customer_id, tuple(r.old_ids)) for r in result.identity_history.collect()}
     assert history == {("new", m, ()) for m in (m1, m2, m3, m4, m5, m6)}
