@@ -17,6 +17,7 @@ CORE = [
     "numpy>=1.26",
     "phonenumbers>=8.13",
     "scikit-learn>=1.5",
+    "scipy>=1.11",
     "matplotlib>=3.8",
 ]
 TEST = [

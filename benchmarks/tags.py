@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from jobs import features as features_job
+    from jobs import build_features as features_job
     from jobs import tag as tag_job
     from jobs import train as train_job
     from jobs.config import JobContext, Profile

@@ -10,7 +10,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "land": ("jobs.land", "raw files -> bronze Delta tables (+ quarantine)"),
     "standardize": ("jobs.standardize", "bronze -> silver canonical tables"),
     "stitch": ("jobs.stitch", "identity graph -> customer ids, identity map, golden profile"),
-    "features": ("jobs.features", "customer feature snapshot as of a date"),
+    "features": ("jobs.build_features", "customer feature snapshot as of a date"),
     "train": ("jobs.train", "train and register predictive tag models in MLflow"),
     "tag": ("jobs.tag", "compute every tag in the catalogue"),
     "tags": ("jobs.tags", "list / show the tag catalogue and lineage"),

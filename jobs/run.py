@@ -101,7 +101,7 @@ STEPS: tuple[Step, ...] = (
     Step("standardize", "jobs.standardize", "bronze -> silver canonical tables", ("bronze_*",)),
     Step("stitch", "jobs.stitch", "identity graph -> customer ids, identity map, golden profile",
          ("silver_identifiers",)),
-    Step("features", "jobs.features", "customer feature snapshot",
+    Step("features", "jobs.build_features", "customer feature snapshot",
          ("customer_profile", "silver_orders", "silver_events"), _offer_as_of),
     Step("train", "jobs.train", "train predictive tag models, promote champions", ("features_daily",),
          _offer_train),

@@ -18,8 +18,8 @@ from pyspark.sql import functions as F
 
 from jobs.config import JobContext
 from jobs.entry import JobFailed, job_main
-from jobs.features import TABLE as FEATURES
-from jobs.features import load_feature_config, parse_date
+from jobs.build_features import TABLE as FEATURES
+from jobs.build_features import load_feature_config, parse_date
 from jobs.lake import Lake
 from jobs.tags import load_catalogue
 from jobs.train import configure_mlflow

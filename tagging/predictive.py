@@ -72,7 +72,10 @@ class ClvModel(mlflow.pyfunc.PythonModel):
 
 def clv_arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """BG/NBD inputs in days: x repeat purchase days, t_x last minus first purchase, T age, m mean value."""
-    f = frame.astype("float64")
+    columns = ["orders_days_lifetime", "days_since_first_order", "days_since_last_order",
+               "orders_revenue_lifetime", "orders_count_lifetime"]
+    # only the numeric inputs: the frame may also hold customer_id and labels
+    f = frame[columns].astype("float64")
     x = np.maximum(np.nan_to_num(f["orders_days_lifetime"].to_numpy()) - 1, 0)
     T = np.nan_to_num(f["days_since_first_order"].to_numpy())
     t_x = np.clip(T - np.nan_to_num(f["days_since_last_order"].to_numpy()), 0, None)

@@ -123,7 +123,7 @@ def ctx(tmp_path, lake):
 def test_promotion_only_when_better_and_scoring_uses_alias(spark, lake, ctx):
     from mlflow.tracking import MlflowClient
 
-    from jobs import features as features_job
+    from jobs import build_features as features_job
     from jobs import tag as tag_job
     from jobs import train as train_job
 

@@ -1,4 +1,6 @@
-"""``cdp features --as-of YYYY-MM-DD``: the customer feature snapshot, one partition of features_daily."""
+"""``cdp features --as-of YYYY-MM-DD`` (this module is not named features.py so that, under
+spark-submit, the jobs/ folder on sys.path cannot shadow the features package): the customer feature
+snapshot, one partition of features_daily."""
 from __future__ import annotations
 
 import argparse
