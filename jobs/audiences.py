@@ -71,6 +71,17 @@ def audience_table(name: str) -> str:
 
 
 # -- configuration ------------------------------------------------------------------------------
+def select_audiences(conf_dir: Path, names: Sequence[str] | None) -> list[Audience]:
+    """The audiences in ``conf_dir``, or only the named ones (an unknown name is a ConfigError)."""
+    audiences = load_audiences(conf_dir)
+    if not names:
+        return audiences
+    unknown = sorted(set(names) - {a.name for a in audiences})
+    if unknown:
+        raise ConfigError(f"{conf_dir / 'audiences'}: no audience named {unknown[0]!r}")
+    return [a for a in audiences if a.name in names]
+
+
 def load_audiences(conf_dir: Path) -> list[Audience]:
     """Every ``conf/audiences/*.yaml`` (one audience per file, name defaults to the file name)."""
     folder = conf_dir / "audiences"
@@ -303,12 +314,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, as_of: date |
     from jobs.lake import Lake
 
     lake = lake or Lake(spark, ctx.lake_root)
-    audiences = load_audiences(ctx.conf_dir)
-    if names:
-        unknown = sorted(set(names) - {a.name for a in audiences})
-        if unknown:
-            raise ConfigError(f"{ctx.conf_dir / 'audiences'}: no audience named {unknown[0]!r}")
-        audiences = [a for a in audiences if a.name in names]
+    audiences = select_audiences(ctx.conf_dir, names)
     result = AudiencesResult()
     if not audiences:
         logger.warning("no audiences in %s", ctx.conf_dir / "audiences")

@@ -34,8 +34,8 @@ from pyspark.sql import functions as F
 from expectations.activation import export_frame
 from expectations.audience import Audience, Destination
 from expectations.privacy import ERASURE_LIST, consent_current, suppressed_customers
-from jobs.audiences import audience_table, load_audiences
-from jobs.config import ConfigError, JobContext
+from jobs.audiences import audience_table, select_audiences
+from jobs.config import JobContext
 from jobs.entry import JobFailed
 
 logger = logging.getLogger(__name__)
@@ -212,12 +212,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None,
     from jobs.lake import Lake
 
     lake = lake or Lake(spark, ctx.lake_root)
-    audiences = load_audiences(ctx.conf_dir)
-    if names:
-        unknown = sorted(set(names) - {a.name for a in audiences})
-        if unknown:
-            raise ConfigError(f"{ctx.conf_dir / 'audiences'}: no audience named {unknown[0]!r}")
-        audiences = [a for a in audiences if a.name in names]
+    audiences = select_audiences(ctx.conf_dir, names)
     result = ExportResult()
     todo = [a for a in audiences if a.destinations and lake.exists(audience_table(a.name))]
     for audience in audiences:

@@ -113,10 +113,6 @@ def _nullable_type(data_type: T.DataType) -> T.DataType:
     return data_type
 
 
-def _strip_nullability(data_type: T.DataType) -> T.DataType:
-    return _nullable_type(data_type)
-
-
 def _sql_literal(value: Any) -> str:
     if value is None:
         return "NULL"
@@ -303,7 +299,7 @@ def _check_schema_compatible(table_schema: T.StructType, df_schema: T.StructType
         existing = table_fields.get(field.name.lower())
         if existing is None:
             new_fields.append(field)
-        elif _strip_nullability(existing.dataType) != _strip_nullability(field.dataType):
+        elif _nullable_type(existing.dataType) != _nullable_type(field.dataType):
             raise SchemaMismatch(
                 f"{uri}: column {field.name!r} is {existing.dataType.simpleString()} in the table but "
                 f"{field.dataType.simpleString()} in the data; cast it, or overwrite the table")
@@ -641,8 +637,9 @@ class _EmbeddedBackend(_Backend):
         # fresh folder and the old ones stay until vacuum.
         target = self.read(uri, None)
         key_columns = [F.col(f"`{k}`") for k in keys]
-        kept = target if delete_unmatched is False else target.limit(0)
-        kept = kept.join(source.select(*key_columns), on=keys, how="left_anti")
+        # rows the source does not touch survive, unless unmatched rows are to be deleted
+        kept = target.limit(0) if delete_unmatched else target.join(source.select(*key_columns), on=keys,
+                                                                     how="left_anti")
         updated = target.join(source.select(*key_columns), on=keys, how="left_semi").count()
         deleted = 0 if not delete_unmatched else target.join(source.select(*key_columns), on=keys,
                                                              how="left_anti").count()
