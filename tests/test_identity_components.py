@@ -33,10 +33,11 @@ def union_find_labels(nodes: list[int], edges: list[tuple[int, int]]) -> dict[in
     return {n: smallest[find(n)] for n in nodes}
 
 
-def run_engine(spark, nodes, edges, engine="dataframe"):
+def run_engine(spark, nodes, edges, engine="dataframe", edges_per_partition=4_000_000):
     node_frame = spark.createDataFrame([(n,) for n in nodes], NODES)
     edge_frame = spark.createDataFrame(edges, EDGES)
-    return connected_components(node_frame, edge_frame, engine=engine, checkpoint_interval=2)
+    return connected_components(node_frame, edge_frame, engine=engine, checkpoint_interval=2,
+                                edges_per_partition=edges_per_partition)
 
 
 def test_chain_star_cycle_and_isolated_nodes(spark):
@@ -58,6 +59,24 @@ def test_dataframe_engine_agrees_with_union_find(spark, edges):
     expected = union_find_labels(nodes, edges)
     rows = run_engine(spark, nodes, edges).collect()
     assert {r.node: r.component for r in rows} == expected
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(-20, 20), st.integers(-20, 20)), min_size=1, max_size=40))
+def test_contraction_over_many_partitions_and_rounds_agrees_with_union_find(spark, edges):
+    # Six edges per partition: components span partitions, so roots must be merged across rounds.
+    nodes = list(range(-20, 21))
+    rows = run_engine(spark, nodes, edges, edges_per_partition=6).collect()
+    assert {r.node: r.component for r in rows} == union_find_labels(nodes, edges)
+
+
+def test_long_chain_split_over_partitions(spark):
+    # A path of 60 nodes, edges interleaved, 8 edges per partition: several rounds of contraction.
+    order = list(range(60))
+    edges = [(order[i], order[i + 1]) for i in range(59)]
+    edges = edges[1::2] + edges[::2]
+    rows = run_engine(spark, order, edges, edges_per_partition=8).collect()
+    assert {r.component for r in rows} == {0} and len(rows) == 60
 
 
 def test_engines_give_the_same_partition(spark):
