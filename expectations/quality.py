@@ -396,6 +396,13 @@ class ExpectationOutcome:
 
 
 @dataclass(frozen=True)
+class DataDocsPage:
+    """Great Expectations' own Data Docs page for the validation of one check (one view)."""
+    view: str
+    html: str
+
+
+@dataclass(frozen=True)
 class SuiteResult:
     suite: str
     table: str
@@ -403,6 +410,7 @@ class SuiteResult:
     warn_only: bool
     evaluated_at: datetime
     run_id: str = ""
+    data_docs: tuple[DataDocsPage, ...] = ()
 
     @property
     def failures(self) -> list[ExpectationOutcome]:
@@ -507,6 +515,7 @@ def validate_suite(suite: SuiteSpec, candidate: DataFrame, *, table: str,
         inputs.setdefault("previous", previous)
     params = dict(params or {})
     outcomes: list[ExpectationOutcome] = []
+    pages: list[DataDocsPage] = []
     context = _gx_context()
     source = context.data_sources.add_spark(name=f"cdp_{uuid.uuid4().hex[:12]}")
     try:
@@ -551,11 +560,32 @@ def validate_suite(suite: SuiteSpec, candidate: DataFrame, *, table: str,
                 validation = batch.validate(gx_suite, result_format=result_format)
                 for (spec, kwargs, note), res in zip(planned, validation.results, strict=True):
                     outcomes.append(_outcome(check.view, spec, kwargs, note, res))
+                page = render_data_docs(validation, f"{table}: {suite.name} / {check.view}")
+                if page is not None:
+                    pages.append(DataDocsPage(view=check.view, html=page))
             view_df.unpersist()
     finally:
         context.data_sources.delete(source.name)
     return SuiteResult(suite=suite.name, table=table, outcomes=tuple(outcomes), warn_only=suite.warn_only,
-                       evaluated_at=datetime.now(UTC), run_id=run_id)
+                       evaluated_at=datetime.now(UTC), run_id=run_id, data_docs=tuple(pages))
+
+
+def render_data_docs(validation: Any, title: str) -> str | None:
+    """Great Expectations' Data Docs HTML for one validation result (the page its Data Docs site shows).
+
+    Rendered with GX's own renderer and page view, straight from the result, so no GX project or
+    stores are needed. Returns None (and logs why) when GX cannot render it: the gate's own report
+    still has every outcome.
+    """
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    try:
+        document = ValidationResultsPageRenderer().render(validation)
+        return DefaultJinjaPageView().render(document)
+    except Exception:  # noqa: BLE001 - a rendering bug in GX must not block publishing
+        logger.warning("Great Expectations could not render Data Docs for %s", title, exc_info=True)
+        return None
 
 
 def _outcome(view: str, spec: ExpectationSpec, kwargs: dict[str, Any], note: str, res: Any) -> ExpectationOutcome:
@@ -578,8 +608,11 @@ def _jsonable(value: Any) -> Any:
 
 
 # -- report ---------------------------------------------------------------------------------------
-def render_report_html(result: SuiteResult) -> str:
-    """A self-contained HTML page: each expectation, its outcome, counts and sample failing rows."""
+def render_report_html(result: SuiteResult, data_docs_links: Mapping[str, str] | None = None) -> str:
+    """A self-contained HTML page: each expectation, its outcome, counts and sample failing rows.
+
+    ``data_docs_links`` (view -> relative URL) adds links to the Great Expectations Data Docs pages.
+    """
     status = "PASSED" if result.success and not result.warnings else "FAILED" if not result.success else "WARNINGS"
     colour = {"PASSED": "#2e7d32", "FAILED": "#c62828", "WARNINGS": "#ef6c00"}[status]
     rows = []
@@ -610,6 +643,7 @@ table.sample {{ margin-top: 4px; font-size: 90%; }}
 <p>Suite <b>{html.escape(result.suite)}</b> on table <b>{html.escape(result.table)}</b>, run {html.escape(result.run_id)},
 evaluated {html.escape(result.evaluated_at.isoformat())}{' (warn-only suite)' if result.warn_only else ''}.</p>
 <p>{len(result.outcomes)} expectations, {len(result.failures)} blocking failures, {len(result.warnings)} warnings.</p>
+{_data_docs_list(data_docs_links)}
 <table><tr><th>view</th><th>expectation</th><th>arguments</th><th>result</th><th>observed</th><th>rows</th>
 <th>unexpected</th><th>notes / sample failing rows</th></tr>
 {''.join(rows)}
@@ -617,5 +651,12 @@ evaluated {html.escape(result.evaluated_at.isoformat())}{' (warn-only suite)' if
 """
 
 
-__all__ = ["VIEWS", "CheckSpec", "ExpectationOutcome", "ExpectationSpec", "QualityConfig", "SuiteResult",
-           "SuiteSpec", "metric_value", "render_report_html", "validate_suite"]
+def _data_docs_list(links: Mapping[str, str] | None) -> str:
+    if not links:
+        return ""
+    items = "".join(f"<li><a href='{html.escape(url)}'>{html.escape(view)}</a></li>" for view, url in links.items())
+    return f"<p>Great Expectations Data Docs, per view:</p><ul>{items}</ul>"
+
+
+__all__ = ["VIEWS", "CheckSpec", "DataDocsPage", "ExpectationOutcome", "ExpectationSpec", "QualityConfig", "SuiteResult",
+           "SuiteSpec", "metric_value", "render_data_docs", "render_report_html", "validate_suite"]

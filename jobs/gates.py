@@ -10,7 +10,8 @@ Any job that publishes a table behind a gate calls :func:`publish_with_gates`::
    published, even when the frame is not deterministic);
 2. the suite from ``conf/quality.yaml`` runs on the staged table, with relative bounds taken from
    the currently published version;
-3. an HTML and a JSON report go to ``<lake>/_reports/quality/<run_id>/<table>.{html,json}``;
+3. an HTML and a JSON report go to ``<lake>/_reports/quality/<run_id>/<table>.{html,json}``, with
+   Great Expectations' Data Docs page of each check under ``data_docs/<table>/``;
 4. on success the staged data is written to ``<table>`` (``mode="overwrite"`` unless told
    otherwise); on a blocking failure nothing is published, the last good version stays current and
    :class:`jobs.entry.JobFailed` is raised (the job exits non-zero).
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -43,8 +44,9 @@ REPORTS_DIR = "_reports/quality"
 class GateOutcome:
     table: str
     version: int | None  # None when the write was skipped as an idempotent re-run
-    result: SuiteResult
+    result: SuiteResult  # the first suite's
     report_path: str
+    results: tuple[SuiteResult, ...] = ()  # every suite's, in order
 
 
 @lru_cache(maxsize=8)
@@ -84,12 +86,18 @@ def write_text(root: str, relative: str, text: str) -> str:
 def write_report(lake: Lake, run_id: str, result: SuiteResult, name: str | None = None) -> str:
     """HTML (for people) and JSON (for tools) reports of one gate; returns the HTML path.
 
-    Files are ``<name>.html`` / ``<name>.json`` (default name: the table).
+    Files are ``<name>.html`` / ``<name>.json`` (default name: the table), plus Great Expectations'
+    Data Docs page of each check under ``data_docs/<name>/<n>_<view>.html``, linked from the HTML.
     """
     folder = f"{REPORTS_DIR}/{run_id}"
     name = name or result.table
+    links = {}
+    for number, page in enumerate(result.data_docs, start=1):
+        relative = f"data_docs/{name}/{number:02d}_{page.view}.html"
+        write_text(lake.root, f"{folder}/{relative}", page.html)
+        links[f"{number:02d} {page.view}"] = relative
     write_text(lake.root, f"{folder}/{name}.json", json.dumps(result.to_dict(), indent=2, default=str))
-    return write_text(lake.root, f"{folder}/{name}.html", render_report_html(result))
+    return write_text(lake.root, f"{folder}/{name}.html", render_report_html(result, links))
 
 
 def audit(lake: Lake, candidate: DataFrame, table: str, suite_name: str, ctx: JobContext, *,
@@ -114,17 +122,18 @@ def audit(lake: Lake, candidate: DataFrame, table: str, suite_name: str, ctx: Jo
     return result, report
 
 
-def publish_with_gates(lake: Lake, df: DataFrame, table: str, suite_name: str, ctx: JobContext, *,
+def publish_with_gates(lake: Lake, df: DataFrame, table: str, suite_name: str | Sequence[str], ctx: JobContext, *,
                        inputs: Mapping[str, DataFrame] | None = None,
                        params: Mapping[str, Mapping[str, Any]] | None = None,
                        config: QualityConfig | None = None, **write_kwargs: Any) -> GateOutcome:
-    """Stage, validate and (only when the gate passes) publish ``df`` as ``table``.
+    """Stage, validate and (only when every gate passes) publish ``df`` as ``table``.
 
     Args:
         lake: the lake.
         df: the candidate table.
         table: the table to publish.
-        suite_name: a suite of ``conf/quality.yaml``.
+        suite_name: a suite of ``conf/quality.yaml``, or several run on the same staged candidate
+            (the first one's report is ``<table>.html``, the others' ``<table>.<suite>.html``).
         ctx: job context (conf dir, profile for thresholds, run id for the report folder).
         inputs: extra frames the suite's views need (e.g. ``consent_current``).
         params: runtime view params, e.g. ``{"identity_type_counts": {"limits": {...}}}``.
@@ -133,19 +142,30 @@ def publish_with_gates(lake: Lake, df: DataFrame, table: str, suite_name: str, c
     Raises:
         JobFailed: a blocking expectation failed; the message names it and the report path.
     """
+    suite_names = (suite_name,) if isinstance(suite_name, str) else tuple(suite_name)
     staging = staging_name(table)
     lake.write(df, staging, mode="overwrite", metadata={"run_id": ctx.run_id, "stage_of": table})
     candidate = lake.read(staging)
-    result, report = audit(lake, candidate, table, suite_name, ctx, inputs=inputs, params=params, config=config)
-    if not result.success:
-        logger.error("%s: quality gate %s failed; %s is unchanged; report %s", table, suite_name, table, report)
-        raise JobFailed(f"quality gate failed, {table} not published: {result.summary()} (report: {report})")
+    results, reports = [], []
+    for position, name in enumerate(suite_names):
+        result, report = audit(lake, candidate, table, name, ctx, inputs=inputs, params=params, config=config,
+                               report_name=None if position == 0 else f"{table}.{name}")
+        results.append(result)
+        reports.append(report)
+    failed = [(result, report) for result, report in zip(results, reports, strict=True) if not result.success]
+    if failed:
+        for result, report in failed:
+            logger.error("%s: quality gate %s failed; %s is unchanged; report %s", table, result.suite, table, report)
+        details = "; ".join(f"{result.summary()} (report: {report})" for result, report in failed)
+        raise JobFailed(f"quality gate failed, {table} not published: {details}")
     write_kwargs.setdefault("mode", "overwrite")
-    metadata = {"run_id": ctx.run_id, "quality_suite": suite_name, **dict(write_kwargs.pop("metadata", None) or {})}
+    metadata = {"run_id": ctx.run_id, "quality_suite": ",".join(suite_names),
+                **dict(write_kwargs.pop("metadata", None) or {})}
     version = lake.write(candidate, table, metadata=metadata, **write_kwargs)
-    logger.info("%s: gate %s passed (%d expectations), published version %s", table, suite_name,
-                len(result.outcomes), version)
-    return GateOutcome(table=table, version=version, result=result, report_path=report)
+    logger.info("%s: gates %s passed (%d expectations), published version %s", table, ", ".join(suite_names),
+                sum(len(result.outcomes) for result in results), version)
+    return GateOutcome(table=table, version=version, result=results[0], report_path=reports[0],
+                       results=tuple(results))
 
 
 __all__ = ["GateOutcome", "audit", "load_quality_config", "publish_with_gates", "staging_name", "write_report"]

@@ -1,6 +1,7 @@
 """``cdp tag``: compute every tag of the catalogue for one feature snapshot.
 
-Writes ``tags_wide`` and ``tags_long`` (overwritten each run; earlier runs stay readable as Delta
+Publishes ``tags_wide`` behind the ``tags_wide`` and ``tags_drift`` quality gates
+(``conf/quality.yaml``), then writes ``tags_long`` (overwritten each run; earlier runs stay readable as Delta
 versions) and appends per-tag coverage and distribution to ``tag_stats``. Predictive tags are scored
 with the registered model version carrying the alias (``models:/<name>@champion``), and that version
 is recorded on every predictive tag value.
@@ -16,10 +17,11 @@ from typing import Any
 from pyspark.sql import Column, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.config import JobContext
-from jobs.entry import JobFailed, job_main
 from jobs.build_features import TABLE as FEATURES
 from jobs.build_features import load_feature_config, parse_date
+from jobs.config import JobContext
+from jobs.entry import JobFailed, job_main
+from jobs.gates import publish_with_gates
 from jobs.lake import Lake
 from jobs.tags import load_catalogue
 from jobs.train import configure_mlflow
@@ -89,7 +91,10 @@ def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict
                 "models": ",".join(f"{k}/{v}" for k, v in sorted(model_versions.items()))}
     wide = wide.select("customer_id", "as_of", F.lit(computed_at).cast("timestamp").alias("computed_at"),
                        F.lit(ctx.run_id).alias("run_id"), *[t.name for t in catalogue.tags])
-    wide_version = lake.write(wide, "tags_wide", mode="overwrite", metadata=metadata)
+    # Write-audit-publish: coverage and drift against the previous run gate tags_wide; when a gate
+    # fails, nothing below is written and every tag table keeps its last good version.
+    wide_version = publish_with_gates(lake, wide, "tags_wide", ("tags_wide", "tags_drift"), ctx,
+                                      metadata=metadata).version
     stored_wide = lake.read("tags_wide")  # computed once: long form and statistics read the table
     long_version = lake.write(to_long(stored_wide, catalogue, versions, computed_at, ctx.run_id), "tags_long",
                               mode="overwrite", metadata=metadata)

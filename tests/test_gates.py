@@ -100,6 +100,12 @@ def test_failing_gate_keeps_previous_version_and_raises(spark, lake, tmp_path):
     assert "FAILED" in text and "expect_table_row_count_to_be_between" in text
     assert "bounds from the previous version&#x27;s value 4" in text
     assert "<td>c9</td>" in text  # the sample failing row, by customer_id
+    # Great Expectations' own Data Docs page per check, linked from the report
+    docs = sorted((report.parent / "data_docs" / "audience_vip").glob("*.html"))
+    assert [p.name for p in docs] == ["01_table.html", "02_audience_compliance.html"]
+    assert "data_docs/audience_vip/01_table.html" in text
+    compliance = docs[1].read_text()
+    assert "Great Expectations" in compliance and "has_consent" in compliance and "Failed" in compliance
     assertDataFrameEqual(lake.read("_staging_audience_vip"), bad)  # the rejected candidate stays for inspection
 
 
@@ -113,3 +119,28 @@ def test_warn_only_profile_publishes_despite_failures(spark, lake, tmp_path):
     failed = sorted(o.expectation for o in outcome.result.warnings)
     assert failed == ["expect_column_values_to_be_in_set", "expect_column_values_to_not_be_null"]
     assertDataFrameEqual(lake.read("audience_x"), members)
+
+
+def test_several_suites_gate_one_candidate_drift_blocks_publish(spark, lake, tmp_path):
+    # tags_wide is gated by coverage (tags_wide suite) and by drift against the last publish (tags_drift).
+    real = load_yaml(Path(__file__).resolve().parents[1] / "conf" / "quality.yaml")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "quality.yaml").write_text(yaml.safe_dump(real))
+    lake_root = str(tmp_path / "lake")
+    ctx = JobContext(conf_dir=conf, profile=Profile(name="cluster", lake=lake_root), lake_root=lake_root,
+                     run_id="run1")
+    schema = "customer_id string, is_vip boolean, spend double"
+    first = spark.createDataFrame([(f"c{i}", i % 2 == 0, float(i)) for i in range(10)], schema)
+    outcome = publish_with_gates(lake, first, "tags_wide", ("tags_wide", "tags_drift"), ctx)
+    assert outcome.version == 0 and [r.suite for r in outcome.results] == ["tags_wide", "tags_drift"]
+
+    # spend loses 80% of its coverage (max change 0.2 on the cluster profile): drift blocks the publish
+    drifted = spark.createDataFrame([(f"c{i}", i % 2 == 0, float(i) if i < 2 else None) for i in range(10)], schema)
+    ctx2 = JobContext(conf_dir=conf, profile=ctx.profile, lake_root=lake_root, run_id="run2")
+    with pytest.raises(JobFailed, match="suite tags_drift on tags_wide FAILED") as failure:
+        publish_with_gates(lake, drifted, "tags_wide", ("tags_wide", "tags_drift"), ctx2)
+    assert "tags_wide.tags_drift.html" in str(failure.value)
+    assert lake.version("tags_wide") == 0
+    report = Path(lake_root) / "_reports" / "quality" / "run2" / "tags_wide.tags_drift.html"
+    assert "<td>spend</td>" in report.read_text()  # the failing tag is named in the sample
