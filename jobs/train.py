@@ -22,9 +22,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from features import FeatureConfig, purchase_labels
+from jobs.build_features import build_snapshot, load_feature_config, parse_date, read_inputs
 from jobs.config import JobContext
 from jobs.entry import JobFailed, job_main
-from jobs.build_features import build_snapshot, load_feature_config, parse_date, read_inputs
 from jobs.lake import Lake
 from jobs.tags import load_catalogue
 from tagging import ModelSpec
