@@ -31,7 +31,10 @@ GRAPHFRAMES_CLASS = "org.graphframes.GraphFrame"
 _ROUND_SCHEMA = "kind byte, a long, b long"
 _ROUND_ARROW_SCHEMA = pa.schema([("kind", pa.int8()), ("a", pa.int64()), ("b", pa.int64())])
 _BATCH_ROWS = 1 << 20
+# Root of a "this node exists" row (never a real local root: those are the smallest of >= 2 nodes).
+_PRESENT = np.iinfo(np.int64).max
 DEFAULT_EDGES_PER_PARTITION = 4_000_000
+BROADCAST_LABELS = 2_000_000  # label rows of a later round small enough to broadcast (16 bytes each)
 
 
 def graphframes_available(spark: SparkSession) -> bool:
@@ -120,6 +123,8 @@ def _local_components(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBa
 def _contract(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """Merge the local roots a node received from different partitions. Input: (kind, node, root), by node.
 
+    A root of ``_PRESENT`` only says the node exists (so nodes without edges get a parent too).
+
     For each node, its ``parent`` is the smallest root it received. Yields the node's parent
     (kind 0: node, parent) and one edge per other root (kind 1: parent, root): the next round's
     graph, over roots only. A node seen in a single partition yields no edge, so finished
@@ -133,8 +138,9 @@ def _contract(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     node, root = node[order], root[order]
     starts = np.flatnonzero(np.r_[True, node[1:] != node[:-1]])
     parent = root[starts]  # rows are sorted by root within a node
+    parent = np.where(parent == _PRESENT, node[starts], parent)  # a node no edge touches is its own parent
     parent_of_row = np.repeat(parent, np.diff(np.r_[starts, len(node)]))
-    merging = root != parent_of_row
+    merging = (root != parent_of_row) & (root != _PRESENT)
     edges = np.unique(np.stack([parent_of_row[merging], root[merging]], axis=1), axis=0) if merging.any() \
         else np.empty((0, 2), dtype=np.int64)
     kind = np.r_[np.zeros(len(starts), dtype=np.int8), np.ones(len(edges), dtype=np.int8)]
@@ -166,7 +172,9 @@ def _dataframe_components(nodes: DataFrame, edges: DataFrame, *, max_iterations:
     current = (edges.select(F.col("a").cast("long").alias("a"), F.col("b").cast("long").alias("b"))
                .filter(F.col("a") != F.col("b")))
     edge_count: int | None = None  # unknown before the first round: counting would read the input twice
+    all_nodes = nodes.select(F.col("node").cast("long").alias("node"))
     parents: list[DataFrame] = []
+    node_counts: list[int] = []
     rounds = 0
     while edge_count is None or edge_count:
         rounds += 1
@@ -183,6 +191,9 @@ def _dataframe_components(nodes: DataFrame, edges: DataFrame, *, max_iterations:
             partitions = _partitions_for(edge_count, edges_per_partition)
             spread = current.repartition(partitions, "b")
         occurrences = spread.mapInArrow(_local_components, _ROUND_SCHEMA)
+        if rounds == 1:  # every node gets a parent row, isolated ones too: no join with nodes at the end
+            occurrences = occurrences.unionByName(all_nodes.select(
+                F.lit(0).cast("byte").alias("kind"), F.col("node").alias("a"), F.lit(int(_PRESENT)).alias("b")))
         contracted = _materialize(occurrences.repartition(partitions, "a").mapInArrow(_contract, _ROUND_SCHEMA),
                                   reliable)
         by_kind = {row["kind"]: row["count"] for row in contracted.groupBy("kind").count().collect()}
@@ -190,21 +201,18 @@ def _dataframe_components(nodes: DataFrame, edges: DataFrame, *, max_iterations:
                     rounds, partitions, by_kind.get(0, 0), by_kind.get(1, 0))
         parents.append(contracted.filter(F.col("kind") == 0).select(F.col("a").alias("node"),
                                                                      F.col("b").alias("parent")))
+        node_counts.append(by_kind.get(0, 0))
         current = contracted.filter(F.col("kind") == 1).select("a", "b")
         edge_count = by_kind.get(1, 0)
     logger.info("connected components (dataframe engine): converged in %d rounds", rounds)
-    labels = None
-    for parent in reversed(parents):
-        if labels is None:
-            labels = parent.select("node", F.col("parent").alias("component"))
-        else:
-            labels = (parent.join(labels.withColumnRenamed("node", "parent"), on="parent", how="left")
-                      .select("node", F.coalesce("component", "parent").alias("component")))
-    all_nodes = nodes.select(F.col("node").cast("long").alias("node")).distinct()
-    if labels is None:
-        return all_nodes.select("node", F.col("node").alias("component"))
-    return (all_nodes.join(labels, on="node", how="left")
-            .select("node", F.coalesce("component", "node").alias("component")))
+    labels = parents[-1].select("node", F.col("parent").alias("component"))
+    for parent, later_nodes in zip(reversed(parents[:-1]), reversed(node_counts[1:]), strict=True):
+        later = labels.withColumnRenamed("node", "parent")
+        if later_nodes <= BROADCAST_LABELS:  # a bounded table: spare the shuffle of the larger side
+            later = F.broadcast(later)
+        labels = (parent.join(later, on="parent", how="left")
+                  .select("node", F.coalesce("component", "parent").alias("component")))
+    return labels
 
 
 def _graphframes_components(nodes: DataFrame, edges: DataFrame, checkpoint_interval: int,
