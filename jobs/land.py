@@ -4,7 +4,8 @@ For each source in ``conf/sources.yaml`` the files matching its glob under ``--r
 fingerprinted (SHA-256). Files whose fingerprint is already in ``load_log`` are skipped, so a re-run
 over the same files adds nothing. New files are read by Spark tasks (one Python reader per file that
 keeps line numbers and decodes with the source's encoding) and parsed by Spark (``from_json`` /
-``from_csv`` with a corrupt-record column, then per-field checks). Good records go to
+``from_csv`` with a corrupt-record column, then per-field checks; a quoted CSV field may span
+lines). Good records go to
 ``bronze_<source>`` with every field as its raw string; the others go to ``quarantine`` with the
 file, line, raw text and a reason naming the field. Every raw record ends up in exactly one of the
 two: ``raw = bronze + quarantine`` is checked and reported per source.
@@ -76,6 +77,7 @@ LOAD_LOG_SCHEMA = T.StructType([
     T.StructField("run_id", T.StringType()),
 ])
 _BATCH_LINES = 20_000
+MAX_RECORD_LINES = 100  # a quoted CSV field may span this many lines at most
 
 
 @dataclass(frozen=True)
@@ -172,20 +174,33 @@ def read_header(raw_file: RawFile, encoding: str, sep: str) -> list[str]:
     return next(csv.reader([text], delimiter=sep), [])
 
 
-def _line_reader(encoding: str, skip_header: bool, files: list[tuple[str, str]]):
+def _line_reader(encoding: str, skip_header: bool, files: list[tuple[str, str]], csv_dialect: tuple[str, str] | None):
     """A ``mapInArrow`` function: file indexes in, (file, line number, text, decode error) out."""
 
     def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for index in batch.column("id").to_pylist():
                 path, relpath = files[index]
-                yield from _read_file(path, relpath, encoding, skip_header)
+                yield from _read_file(path, relpath, encoding, skip_header, csv_dialect)
 
     return read
 
 
-def _read_file(path: str, relpath: str, encoding: str, skip_header: bool) -> Iterator[pa.RecordBatch]:
-    names, numbers, texts, errors = [], [], [], []
+def _opens_quoted_field(text: str, csv_dialect: tuple[str, str]) -> bool:
+    """True when ``text`` ends inside a quoted CSV field (RFC 4180: the record goes on on the next line)."""
+    sep, quote = csv_dialect
+    if quote not in text:
+        return False
+    try:
+        for _ in csv.reader([text], delimiter=sep, quotechar=quote, strict=True):
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
+
+
+def _physical_lines(path: str, encoding: str, skip_header: bool) -> Iterator[tuple[int, str, str | None]]:
+    """(line number, decoded text, decode error) of every line but a skipped header; BOM removed."""
     utf8 = codecs.lookup(encoding).name.startswith("utf-8")
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
@@ -195,20 +210,54 @@ def _read_file(path: str, relpath: str, encoding: str, skip_header: bool) -> Ite
                 if skip_header:
                     continue
             try:
-                text = raw.decode(encoding).rstrip("\r\n")
-                error = None
+                yield number, raw.decode(encoding).rstrip("\r\n"), None
             except UnicodeDecodeError as exc:
-                text = raw.decode(encoding, errors="replace").rstrip("\r\n")
-                error = f"undecodable bytes for encoding {encoding} at byte {exc.start} of the line"
-            if not text.strip():
-                continue  # blank lines are not records
-            names.append(relpath)
-            numbers.append(number)
-            texts.append(text)
-            errors.append(error)
-            if len(texts) >= _BATCH_LINES:
-                yield _lines_batch(names, numbers, texts, errors)
-                names, numbers, texts, errors = [], [], [], []
+                yield (number, raw.decode(encoding, errors="replace").rstrip("\r\n"),
+                       f"undecodable bytes for encoding {encoding} at byte {exc.start} of the line")
+
+
+def _records(path: str, encoding: str, skip_header: bool,
+             csv_dialect: tuple[str, str] | None) -> Iterator[tuple[int, str, str | None]]:
+    """(first line number, record text, decode error) per record; blank lines are not records.
+
+    With ``csv_dialect`` (separator, quote), a quoted field may hold line breaks: its lines are
+    joined into one record, numbered by its first line. A quote still open after
+    ``MAX_RECORD_LINES`` lines or at the end of the file is a broken record, not a multi-line one:
+    its lines are then given back one by one, so one stray quote never swallows good records.
+    """
+    pending: list[tuple[int, str, str | None]] = []
+    for number, text, error in _physical_lines(path, encoding, skip_header):
+        if pending:
+            pending.append((number, text, error))
+            joined = "\n".join(part for _, part, _ in pending)
+            if not _opens_quoted_field(joined, csv_dialect):  # type: ignore[arg-type]
+                first_error = next((e for _, _, e in pending if e), None)
+                yield pending[0][0], joined, first_error
+                pending = []
+            elif len(pending) >= MAX_RECORD_LINES:
+                yield from (line for line in pending if line[1].strip())
+                pending = []
+            continue
+        if not text.strip():
+            continue
+        if csv_dialect is not None and _opens_quoted_field(text, csv_dialect):
+            pending = [(number, text, error)]
+            continue
+        yield number, text, error
+    yield from (line for line in pending if line[1].strip())
+
+
+def _read_file(path: str, relpath: str, encoding: str, skip_header: bool,
+               csv_dialect: tuple[str, str] | None = None) -> Iterator[pa.RecordBatch]:
+    names, numbers, texts, errors = [], [], [], []
+    for number, text, error in _records(path, encoding, skip_header, csv_dialect):
+        names.append(relpath)
+        numbers.append(number)
+        texts.append(text)
+        errors.append(error)
+        if len(texts) >= _BATCH_LINES:
+            yield _lines_batch(names, numbers, texts, errors)
+            names, numbers, texts, errors = [], [], [], []
     if texts:
         yield _lines_batch(names, numbers, texts, errors)
 
@@ -220,14 +269,18 @@ def _lines_batch(files: list[str], numbers: list[int], texts: list[str], errors:
         names=["_source_file", "_line", "_text", "_decode_error"])
 
 
-def read_lines(spark: SparkSession, files: list[RawFile], encoding: str, skip_header: bool) -> DataFrame:
-    """Lines of ``files`` as a DataFrame, read in parallel (one task per group of files)."""
+def read_lines(spark: SparkSession, files: list[RawFile], encoding: str, skip_header: bool,
+               csv_dialect: tuple[str, str] | None = None) -> DataFrame:
+    """Records of ``files`` as a DataFrame, read in parallel (one task per group of files).
+
+    One record per line; with ``csv_dialect`` (separator, quote) a quoted CSV field may span lines.
+    """
     listed = [(f.path, f.relpath) for f in files]
     # spark.range keeps the file list in the JVM (no Python serialisation, no shuffle); each task
     # reads its files with one Python reader.
     partitions = max(1, min(len(files), spark.sparkContext.defaultParallelism * 2))
     return (spark.range(0, len(files), 1, partitions)
-            .mapInArrow(_line_reader(encoding, skip_header, listed), LINES_SCHEMA))
+            .mapInArrow(_line_reader(encoding, skip_header, listed, csv_dialect), LINES_SCHEMA))
 
 
 def parse_source(spark: SparkSession, source: SourceSpec, files: list[RawFile]) -> DataFrame:
@@ -245,7 +298,8 @@ def parse_source(spark: SparkSession, source: SourceSpec, files: list[RawFile]) 
             if missing:
                 logger.warning("%s: files %s lack required columns %s; their rows go to quarantine",
                                source.name, [f.relpath for f in group][:3], missing)
-            lines = read_lines(spark, group, source.encoding, skip_header=True)
+            lines = read_lines(spark, group, source.encoding, skip_header=True,
+                               csv_dialect=(sep, source.csv_options.get("quote", '"')))
             parts.append(parse_lines(lines, source, list(header)))
         result = parts[0]
         for part in parts[1:]:

@@ -233,3 +233,43 @@ def test_unknown_source_and_missing_raw_path_fail_fast(spark: SparkSession, tmp_
     shutil.rmtree(raw / "crm")
     with pytest.raises(ConfigError, match=r"sources\.yaml: sources\.members\.path: .*crm does not exist"):
         land(spark, ctx, raw=str(raw), sources=["members"])
+
+
+def test_quoted_csv_fields_may_span_lines_and_a_stray_quote_swallows_nothing(tmp_path: Path) -> None:
+    from jobs.land import _read_file
+
+    lines = [
+        "member_no,name,note",
+        'M1,"Anna',           # a quoted field with a line break: lines 2-3 are one record
+        'Bell",vip',
+        'M2,Li "Na",plain',    # a quote inside an unquoted field is just a character
+        "",
+        'M3,"broken,x',        # never closed: lines 6-8 come back one by one
+        "M4,Zhou,ok",
+        "M5,Wu,ok",
+    ]
+    path = tmp_path / "members.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    batches = list(_read_file(str(path), "crm/members.csv", "utf-8", True, (",", '"')))
+    got = [(n, t) for b in batches for n, t in zip(b.column("_line").to_pylist(), b.column("_text").to_pylist(), strict=True)]
+    assert got == [(2, 'M1,"Anna\nBell",vip'), (4, 'M2,Li "Na",plain'), (6, 'M3,"broken,x'),
+                   (7, "M4,Zhou,ok"), (8, "M5,Wu,ok")]
+    # without a CSV dialect (JSON lines) every line is its own record
+    plain = [t for b in _read_file(str(path), "x", "utf-8", True) for t in b.column("_text").to_pylist()]
+    assert len(plain) == 6  # header and blank line are not records
+
+
+def test_multi_line_csv_record_lands_whole(spark: SparkSession, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    (raw / "crm").mkdir(parents=True)
+    text = ("member_no,name,mobile,updated,sms_ok\n"
+            'M1,"王\n芳",13800138000,2024/01/02 08:00:00,Y\n'
+            "M2,Li Na,,2024/01/03 08:00:00,N\n")
+    (raw / "crm" / "members.csv").write_bytes(text.encode("gbk"))
+    ctx = context(make_conf(tmp_path), str(tmp_path / "lake"))
+    lake = Lake(spark, ctx.lake_root)
+    result = land(spark, ctx, raw=str(raw), lake=lake, sources=["members"])
+    members = result.loads["members"]
+    assert (members.raw_records, members.bronze_rows, members.quarantined_rows) == (2, 2, 0)
+    names = {r["member_no"]: (r["name"], r["_line"]) for r in lake.read("bronze_members").collect()}
+    assert names == {"M1": ("王\n芳", 2), "M2": ("Li Na", 4)}
