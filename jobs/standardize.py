@@ -154,13 +154,20 @@ def _union(frames: list[DataFrame], spark: SparkSession, table: str) -> DataFram
     return reduce(lambda a, b: a.unionByName(b), frames)
 
 
-def build_silver(spark: SparkSession, records: dict[str, tuple[SourceSpec, DataFrame]],
-                 normalizers: dict[str, str], now: datetime) -> tuple[dict[str, DataFrame], DataFrame]:
-    """Deduplicated records per source -> the silver tables and the invalid-identifier quarantine."""
+def identifier_observations(records: dict[str, tuple[SourceSpec, DataFrame]],
+                            normalizers: dict[str, str]) -> DataFrame | None:
+    """Every identifier of every record, normalised (``id_value`` null when invalid); None without any."""
     raw_ids = [map_identifiers(df, spec) for spec, df in records.values() if spec.identifiers]
-    normalized = None
-    if raw_ids:
-        normalized = normalize_identifiers(reduce(DataFrame.unionByName, raw_ids), normalizers)
+    if not raw_ids:
+        return None
+    return normalize_identifiers(reduce(DataFrame.unionByName, raw_ids), normalizers)
+
+
+def build_silver(spark: SparkSession, records: dict[str, tuple[SourceSpec, DataFrame]],
+                 normalized: DataFrame | None, normalizers: dict[str, str],
+                 now: datetime) -> tuple[dict[str, DataFrame], DataFrame]:
+    """Deduplicated records per source and their normalised identifiers (:func:`identifier_observations`)
+    -> the silver tables and the invalid-identifier quarantine."""
     tables: dict[str, DataFrame] = {}
     tables["silver_identifiers"] = (silver_identifiers(normalized) if normalized is not None
                                     else spark.createDataFrame([], SILVER_SCHEMAS["silver_identifiers"]))
@@ -277,8 +284,12 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
         records[source.name] = (source, deduped)
         result.sources.append(source.name)
     now = datetime.now(UTC).replace(tzinfo=None)
+    # Normalised once (the phone normaliser is Python) and read three times: silver, quarantine, suppression.
+    normalized = identifier_observations(records, normalizers)
+    if normalized is not None:
+        normalized = normalized.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        tables, quarantine = build_silver(spark, records, normalizers, now)
+        tables, quarantine = build_silver(spark, records, normalized, normalizers, now)
         if lake.exists("suppression_list"):
             # a forgotten person must not be re-created by a later load
             tables = apply_suppression(tables, lake.read("suppression_list"))
@@ -299,6 +310,8 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
     finally:
         for _, deduped in records.values():
             deduped.unpersist()
+        if normalized is not None:
+            normalized.unpersist()
     for name, count in result.rows.items():
         logger.info("%-28s %10d rows", name, count)
     logger.info("invalid identifiers (quarantined): %d %s", sum(result.invalid_identifiers.values()),
