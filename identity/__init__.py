@@ -11,6 +11,7 @@ from identity.graph import (
     build_nodes,
     candidate_edges,
     classify_identifiers,
+    direct_hubs,
     flag_shared_identifiers,
     node_id,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "candidate_edges",
     "classify_identifiers",
     "connected_components",
+    "direct_hubs",
     "enforce_limits",
     "flag_shared_identifiers",
     "graphframes_available",

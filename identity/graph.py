@@ -162,12 +162,46 @@ def build_edges(observations: DataFrame) -> DataFrame:
                     F.lit(EDGE_RULE).alias("rule")))
 
 
-def flag_shared_identifiers(nodes: DataFrame, edges: DataFrame, config: IdentityConfig) -> DataFrame:
-    """Hub detection: flag identifiers linked to more higher-priority identifiers than a person holds.
+def direct_hubs(edges: DataFrame, config: IdentityConfig) -> DataFrame:
+    """Hub detection on direct links: identifiers seen with more higher-priority values than a person holds.
 
-    An identifier X is shared when, for some type T of higher priority than X's type, X was seen with
-    more distinct T values than ``T.limit`` (a family iPad with two member ids, a call-centre phone
-    with four unionids). Shared identifiers make no edges; they stay attached as attributes.
+    An identifier X is a direct hub when, for some type T of higher priority than X's type, X was seen
+    in records with more distinct T values than ``T.limit`` (a store tablet with four member ids, a
+    call-centre phone with four unionids). This needs only the edge list, so it runs over the whole
+    graph every run; hubs that reach a second person only through more trusted identifiers (a device
+    seen with one member id and with another member's email) are found inside the components by
+    :func:`identity.limits.enforce_limits`.
+
+    Args:
+        edges: at least a, a_type, b, b_type (output of :func:`build_edges`, or a published identity_graph).
+
+    Returns:
+        node long, shared_reason string ("linked to N <type> values (limit L)", "; "-joined).
+    """
+    limit = _type_lookup(config, "limit")
+    priority = _type_lookup(config, "priority")
+    directed = (edges.select(F.col("a").alias("node"), F.col("b_type").alias("other_type"),
+                             F.col("b").alias("other"), F.col("a_type").alias("own_type"))
+                .unionByName(edges.select(F.col("b").alias("node"), F.col("a_type").alias("other_type"),
+                                          F.col("a").alias("other"), F.col("b_type").alias("own_type"))))
+    return (directed
+            .filter(priority[F.col("other_type")] > priority[F.col("own_type")])
+            .groupBy("node", "other_type")
+            .agg(F.countDistinct("other").alias("n_linked"))
+            .withColumn("type_limit", limit[F.col("other_type")])
+            .filter(F.col("n_linked") > F.col("type_limit"))
+            .groupBy("node")
+            .agg(F.concat_ws("; ", F.sort_array(F.collect_list(F.format_string(
+                "linked to %d %s values (limit %d)", F.col("n_linked"), F.col("other_type"),
+                F.col("type_limit"))))).alias("shared_reason"))
+            .select("node", "shared_reason"))
+
+
+def flag_shared_identifiers(nodes: DataFrame, edges: DataFrame, config: IdentityConfig) -> DataFrame:
+    """Attach the direct hub flag (:func:`direct_hubs`) to every node.
+
+    Shared identifiers make no edges; they stay attached as attributes of the customers whose records
+    carry them.
 
     Args:
         nodes: output of :func:`build_nodes`; edges: output of :func:`build_edges`.
@@ -175,22 +209,7 @@ def flag_shared_identifiers(nodes: DataFrame, edges: DataFrame, config: Identity
     Returns:
         nodes' columns plus is_shared boolean and shared_reason string (null when not shared).
     """
-    limit = _type_lookup(config, "limit")
-    directed = (edges.select(F.col("a").alias("node"), F.col("b_type").alias("other_type"),
-                             F.col("b").alias("other"), F.col("a_type").alias("own_type"))
-                .unionByName(edges.select(F.col("b").alias("node"), F.col("a_type").alias("other_type"),
-                                          F.col("a").alias("other"), F.col("b_type").alias("own_type"))))
-    priority = _type_lookup(config, "priority")
-    violations = (directed
-                  .filter(priority[F.col("other_type")] > priority[F.col("own_type")])
-                  .groupBy("node", "other_type")
-                  .agg(F.countDistinct("other").alias("n_linked"))
-                  .withColumn("type_limit", limit[F.col("other_type")])
-                  .filter(F.col("n_linked") > F.col("type_limit"))
-                  .groupBy("node")
-                  .agg(F.concat_ws("; ", F.sort_array(F.collect_list(F.format_string(
-                      "linked to %d %s values (limit %d)", F.col("n_linked"), F.col("other_type"),
-                      F.col("type_limit"))))).alias("shared_reason")))
+    violations = direct_hubs(edges, config)
     return (nodes.join(violations, on="node", how="left")
             .select(*nodes.columns, F.col("shared_reason").isNotNull().alias("is_shared"), "shared_reason"))
 

@@ -1,14 +1,27 @@
 """Identity resolution end to end, pure: identifier observations (+ previous state) in, outputs out.
 
+Stages: classify observations, build edges, flag *direct* hubs (:func:`identity.graph.direct_hubs`),
+connected components over the remaining (candidate) edges, quarantine of oversized components, then
+inside components that break a limit: hubs through trusted links and limit splits
+(:func:`identity.limits.enforce_limits`), then stable ids (:func:`identity.stable_ids.assign_stable_ids`).
+
 Full mode recomputes every component. Incremental mode recomputes only the *region* touched by
 changes: the previous components that hold an endpoint of a candidate edge that appeared,
-disappeared or changed its weight, or an identifier that appeared, disappeared or changed its shared
-flag, plus every new identifier. Such a region is closed under the current edges (an unchanged edge
-lies inside one previous component), so every other component is unchanged and keeps its previous
-rows; the result equals a full recompute from the same previous state (tested).
+disappeared or changed its weight, or a candidate identifier that appeared or disappeared (became or
+stopped being a direct hub), plus every new identifier. Such a region is closed under the current
+candidate edges (an unchanged candidate edge lies inside one previous component), so every other
+component is unchanged and keeps its previous rows, and its identifiers found shared inside the
+component stay shared; the result equals a full recompute from the same previous state (tested).
 
-Edges and hub flags are one aggregation over all observations in both modes (they are linear and
-decide what changed); the iterative parts (components, limit splits, ids) run on the region only.
+The previous run's candidate graph is rebuilt from what it published: its direct hubs follow from
+its identity_graph (same rule, same config: a config change forces a full run); its candidate
+identifiers are its unshared identity_map rows plus the identifiers it found shared inside a
+component (an endpoint of a candidate edge without an unshared row), which belong to the component
+of their unshared neighbours and keep the reason written in identity_graph.
+
+Edges and direct hub flags are one aggregation over all observations in both modes (they are linear
+and decide what changed); the iterative parts (components, hubs inside components, limit splits,
+ids) run on the region only.
 """
 from __future__ import annotations
 
@@ -27,6 +40,7 @@ from identity.graph import (
     build_nodes,
     candidate_edges,
     classify_identifiers,
+    direct_hubs,
     flag_shared_identifiers,
     node_collisions,
     node_id,
@@ -82,17 +96,45 @@ def _changed_nodes(current: DataFrame, previous: DataFrame) -> DataFrame:
     return cur.subtract(prev).unionByName(prev.subtract(cur))
 
 
-def _touched_components(candidates: DataFrame, unshared_nodes: DataFrame, previous: PreviousState) -> DataFrame:
-    prev_nodes = (previous.identity_map.filter(~F.col("is_shared"))
-                  .select(node_id("id_type", "id_value").alias("node"), "component_id"))
-    prev_candidates = (previous.identity_graph.filter(F.col("status") != SHARED_ENDPOINT)
-                       .select(*_EDGE_STATE))
+@dataclass(frozen=True)
+class _PreviousCandidates:
+    nodes: DataFrame  # node, component_id: every candidate identifier of the previous run
+    edges: DataFrame  # _EDGE_STATE columns: the previous run's candidate edges
+    shared_inside: DataFrame  # node, component_id, shared_reason: hubs it found inside components
+
+
+def _previous_candidates(previous: PreviousState, config: IdentityConfig) -> _PreviousCandidates:
+    """The previous run's candidate graph, rebuilt from its identity_map and identity_graph (module docstring)."""
+    graph = previous.identity_graph
+    hubs = direct_hubs(graph, config).select(F.col("node").alias("hub"))
+    edges = (graph.join(hubs.withColumnRenamed("hub", "a"), on="a", how="left_anti")
+             .join(hubs.withColumnRenamed("hub", "b"), on="b", how="left_anti"))
+    unshared = (previous.identity_map.filter(~F.col("is_shared"))
+                .select(node_id("id_type", "id_value").alias("node"), "component_id"))
+    # An identifier shared inside a component has an unshared higher-priority neighbour, and the edge
+    # between them names only its endpoint as shared: "<type> is shared: <reason>".
+    ends = (edges.select(F.col("a").alias("node"), F.col("a_type").alias("id_type"), F.col("b").alias("other"),
+                         "status_reason")
+            .unionByName(edges.select(F.col("b").alias("node"), F.col("b_type").alias("id_type"),
+                                      F.col("a").alias("other"), "status_reason")))
+    shared_inside = (ends.join(unshared.select(F.col("node").alias("other"), "component_id"), on="other", how="inner")
+                     .join(unshared.select("node"), on="node", how="left_anti")
+                     .filter(F.col("status_reason").startswith(F.concat(F.col("id_type"), F.lit(" is shared: "))))
+                     .groupBy("node")
+                     .agg(F.min("component_id").alias("component_id"),
+                          F.min(F.expr("substring(status_reason, length(id_type) + 13)")).alias("shared_reason")))
+    nodes = unshared.unionByName(shared_inside.select("node", "component_id"))
+    return _PreviousCandidates(nodes=nodes, edges=edges.select(*_EDGE_STATE), shared_inside=shared_inside)
+
+
+def _touched_components(candidates: DataFrame, candidate_nodes: DataFrame, before: _PreviousCandidates) -> DataFrame:
+    """component_id of every previous component whose candidate identifiers or edges changed."""
     now = candidates.select(*_EDGE_STATE)
-    changed_edges = now.subtract(prev_candidates).unionByName(prev_candidates.subtract(now))
+    changed_edges = now.subtract(before.edges).unionByName(before.edges.subtract(now))
     endpoints = (changed_edges.select(F.col("a").alias("node"))
                  .unionByName(changed_edges.select(F.col("b").alias("node")))
-                 .unionByName(_changed_nodes(unshared_nodes, prev_nodes)))
-    return prev_nodes.join(endpoints, on="node", how="left_semi").select("component_id").distinct()
+                 .unionByName(_changed_nodes(candidate_nodes, before.nodes)))
+    return before.nodes.join(endpoints, on="node", how="left_semi").select("component_id").distinct()
 
 
 def resolve_identities(
@@ -126,18 +168,22 @@ def resolve_identities(
     nodes = flag_shared_identifiers(build_nodes(observations), edges, config).localCheckpoint(eager=True)
     candidates = candidate_edges(edges, nodes).localCheckpoint(eager=True)
     unshared = nodes.filter(~F.col("is_shared")).select("node", "id_type", "id_value", "priority")
+    direct = nodes.filter("is_shared").select("node", "shared_reason")
 
     incremental = mode == "incremental" and previous is not None
+    kept_shared = None
     if incremental:
         assert previous is not None
-        touched = _touched_components(candidates, unshared, previous).localCheckpoint(eager=True)
-        prev_unshared = previous.identity_map.filter(~F.col("is_shared"))
-        prev_components = prev_unshared.select(node_id("id_type", "id_value").alias("node"), "component_id")
-        region_nodes = (unshared.join(prev_components, on="node", how="left")
+        before = _previous_candidates(previous, config)
+        touched = _touched_components(candidates, unshared, before).localCheckpoint(eager=True)
+        region_nodes = (unshared.join(before.nodes, on="node", how="left")
                         .join(touched.withColumn("touched", F.lit(True)), on="component_id", how="left")
                         .filter(F.col("component_id").isNull() | F.col("touched"))
                         .select("node", "id_type", "id_value", "priority"))
+        prev_unshared = previous.identity_map.filter(~F.col("is_shared"))
         kept_map = prev_unshared.join(touched, on="component_id", how="left_anti")
+        kept_shared = (before.shared_inside.join(touched, on="component_id", how="left_anti")
+                       .select("node", "shared_reason"))
         region_previous = prev_unshared.join(touched, on="component_id", how="left_semi")
         kept_quarantine = previous.quarantine.join(touched.withColumnRenamed("component_id", "component"),
                                                    on="component", how="left_anti")
@@ -159,26 +205,41 @@ def resolve_identities(
     quarantine = quarantine_oversized(labelled, region_edges, config.max_component_size, run_id).localCheckpoint(eager=True)
     quarantined = quarantine.select("component")
     regular = labelled.join(quarantined, on="component", how="left_anti")
-    split_clusters, dropped = enforce_limits(regular.select("node", "id_type", "component"), region_edges, config)
+    split_clusters, dropped, shared_inside = enforce_limits(regular.select("node", "id_type", "component"),
+                                                            region_edges, config)
     clusters = (split_clusters
                 .unionByName(labelled.join(quarantined, on="component", how="left_semi")
                              .select("node", "component", F.col("node").alias("cluster")))
                 .join(labelled.select("node", "id_type", "id_value", "priority"), on="node", how="inner")
                 .localCheckpoint(eager=True))
+    shared_nodes = direct.unionByName(shared_inside.select("node", "shared_reason"))
+    if kept_shared is not None:
+        shared_nodes = shared_nodes.unionByName(kept_shared)
+    shared_nodes = shared_nodes.localCheckpoint(eager=True)
 
+    # Why a cluster was cut off from the rest of its component, for the history's reasons.
+    shared_types = shared_inside.join(labelled.select("node", "id_type"), on="node", how="inner")
+    shared_notes = (region_edges.select("a", "b").unionByName(region_edges.select(F.col("b").alias("a"),
+                                                                                  F.col("a").alias("b")))
+                    .join(shared_types.select(F.col("node").alias("a"), "id_type", "shared_reason"), on="a",
+                          how="inner")
+                    .join(clusters.select(F.col("node").alias("b"), "cluster"), on="b", how="inner")
+                    .select("cluster", F.concat(F.col("id_type"), F.lit(" is shared: "), F.col("shared_reason"))
+                            .alias("note")))
     notes = (dropped.join(clusters.select(F.col("node").alias("a"), "cluster"), on="a", how="inner")
              .select("cluster", F.col("reason").alias("note"))
              .unionByName(dropped.join(clusters.select(F.col("node").alias("b"), "cluster"), on="b", how="inner")
                           .select("cluster", F.col("reason").alias("note")))
+             .unionByName(shared_notes)
              .unionByName(clusters.join(quarantined, on="component", how="left_semi")
                           .select("cluster", F.lit("component quarantined as oversized").alias("note"))))
     issued = previous.issued_ids if previous is not None else None
     assigned, history = assign_stable_ids(clusters.select("id_type", "id_value", "priority", "cluster"),
                                           region_previous, run_id, taken_ids=issued, cluster_notes=notes)
 
-    prev_rows = (region_previous.filter(~F.col("is_shared")).select("id_type", "id_value", F.col("customer_id").alias("prev_customer"),
-                                        F.col("is_shared").alias("prev_shared"),
-                                        F.col("updated_run").alias("prev_updated"))
+    prev_rows = (region_previous.filter(~F.col("is_shared"))
+                 .select("id_type", "id_value", F.col("customer_id").alias("prev_customer"),
+                         F.col("is_shared").alias("prev_shared"), F.col("updated_run").alias("prev_updated"))
                  if previous is not None else None)
     region_map = (assigned.join(clusters.select("id_type", "id_value", F.col("component").alias("component_id")),
                                 on=["id_type", "id_value"], how="inner")
@@ -189,7 +250,7 @@ def resolve_identities(
     unshared_map = unshared_map.localCheckpoint(eager=True)
 
     customer_records = _customer_records(observations, unshared_map).localCheckpoint(eager=True)
-    shared_map = _shared_rows(observations, nodes, customer_records, unshared_map, previous, run_id)
+    shared_map = _shared_rows(observations, shared_nodes, customer_records, unshared_map, previous, run_id)
     identity_map = unshared_map.unionByName(shared_map).select(*IDENTITY_MAP_COLUMNS)
 
     all_quarantine = quarantine if kept_quarantine is None else kept_quarantine.unionByName(quarantine)
@@ -200,7 +261,7 @@ def resolve_identities(
                    .join(region_nodes.select(F.col("node").alias("a")), on="a", how="left_anti")
                    .select("a", "b", F.col("status_reason").alias("reason")))
         region_dropped = dropped.unionByName(outside)
-    identity_graph = _graph_with_status(edges, nodes, unshared_map, all_quarantine, region_dropped)
+    identity_graph = _graph_with_status(edges, shared_nodes, unshared_map, all_quarantine, region_dropped)
     return StitchResult(identity_map=identity_map, identity_graph=identity_graph, customer_records=customer_records,
                         identity_history=history, quarantine=all_quarantine, observations=observations,
                         region_nodes=region_nodes)
@@ -231,12 +292,12 @@ def _customer_records(observations: DataFrame, unshared_map: DataFrame) -> DataF
                     .alias("customer_id")))
 
 
-def _shared_rows(observations: DataFrame, nodes: DataFrame, customer_records: DataFrame, unshared_map: DataFrame,
-                 previous: PreviousState | None, run_id: str) -> DataFrame:
-    """One identity_map row per shared identifier and customer whose records carry it."""
+def _shared_rows(observations: DataFrame, shared_nodes: DataFrame, customer_records: DataFrame,
+                 unshared_map: DataFrame, previous: PreviousState | None, run_id: str) -> DataFrame:
+    """One identity_map row per shared identifier (shared_nodes: node) and customer whose records carry it."""
     created = unshared_map.groupBy("customer_id").agg(F.min("created_run").alias("created_run"))
     shared = (observations.filter(F.col("status") == VALID)
-              .join(nodes.filter("is_shared").select("node"), on="node", how="left_semi")
+              .join(shared_nodes.select("node"), on="node", how="left_semi")
               .join(customer_records, on=["source", "record_id"], how="inner")
               .join(created, on="customer_id", how="inner")  # anonymous record customers are left out
               .select("id_type", "id_value", "customer_id", F.lit(True).alias("is_shared"), "created_run",
@@ -250,10 +311,13 @@ def _shared_rows(observations: DataFrame, nodes: DataFrame, customer_records: Da
     return _carry_updated_run(shared, prev_rows, run_id, ["id_type", "id_value", "customer_id"])
 
 
-def _graph_with_status(edges: DataFrame, nodes: DataFrame, unshared_map: DataFrame, quarantine: DataFrame,
+def _graph_with_status(edges: DataFrame, shared_nodes: DataFrame, unshared_map: DataFrame, quarantine: DataFrame,
                        dropped: DataFrame) -> DataFrame:
-    """Every edge with its status: active, shared_endpoint, quarantined or dropped_limit (+ reason)."""
-    shared = nodes.filter("is_shared").select("node", "shared_reason")
+    """Every edge with its status: active, shared_endpoint, quarantined or dropped_limit (+ reason).
+
+    shared_nodes: node, shared_reason of every shared identifier (direct hubs and hubs inside components).
+    """
+    shared = shared_nodes.select("node", "shared_reason")
     owners = unshared_map.select(node_id("id_type", "id_value").alias("node"), "customer_id", "component_id")
     quarantined = quarantine.select(F.col("component").alias("a_component"), F.lit(True).alias("in_quarantine"))
     status_inputs = (edges

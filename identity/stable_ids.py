@@ -2,8 +2,11 @@
 
 Rules (issue 3):
 
-* a previous customer id stays with the cluster that holds most of its identifiers (its *home*;
-  ties: the larger cluster, then the smaller cluster label), so on a split the largest part keeps it;
+* a previous customer id stays with the cluster that holds most of its identifiers (its *home*), so
+  when a customer splits, the largest part keeps the id and the other parts get new ids. A tie
+  between parts goes to the part holding the customer's most trusted identifier among those it
+  still has (highest priority, then smallest type and value): unique, since an identifier is in one
+  cluster only, and it does not depend on node hashes or row order;
 * a cluster that is home to several previous customers (a merge) keeps the oldest one (earliest
   ``created_run``, then the smallest id); the others are recorded as merged into it;
 * a cluster that is home to none gets a new id: ``c`` + 20 hex digits of SHA-256 over its key
@@ -11,7 +14,8 @@ Rules (issue 3):
   collides with an id ever issued or with another new id of the same run.
 
 Nothing depends on row order or ``monotonically_increasing_id``, so a full recompute from the same
-previous map gives the same ids.
+previous map gives the same ids, and so does an incremental run (it applies these rules to the
+recomputed clusters and the previous rows of the same identifiers).
 """
 from __future__ import annotations
 
@@ -85,16 +89,18 @@ def assign_stable_ids(
     """
     spark = clusters.sparkSession
     sizes = (clusters.groupBy("cluster")
-             .agg(F.count(F.lit(1)).alias("cluster_size"),
-                  F.min(F.struct((-F.col("priority")).alias("neg_priority"), "id_type", "id_value")).alias("key"))
-             .select("cluster", "cluster_size", F.concat_ws(":", "key.id_type", "key.id_value").alias("key_text")))
+             .agg(F.min(F.struct((-F.col("priority")).alias("neg_priority"), "id_type", "id_value")).alias("key"))
+             .select("cluster", F.concat_ws(":", "key.id_type", "key.id_value").alias("key_text")))
     previous = (previous_map.filter(~F.col("is_shared"))
                 .select("id_type", "id_value", F.col("customer_id").alias("prev_id"),
                         F.col("created_run").alias("prev_created")))
     overlap = (clusters.join(previous, on=["id_type", "id_value"], how="inner")
-               .groupBy("cluster", "prev_id", "prev_created").agg(F.count(F.lit(1)).alias("overlap"))
-               .join(sizes.select("cluster", "cluster_size"), on="cluster", how="inner"))
-    home_order = Window.partitionBy("prev_id").orderBy(F.desc("overlap"), F.desc("cluster_size"), F.asc("cluster"))
+               .groupBy("cluster", "prev_id", "prev_created")
+               .agg(F.count(F.lit(1)).alias("overlap"),
+                    F.min(F.struct((-F.col("priority")).alias("neg_priority"), "id_type", "id_value"))
+                    .alias("best_kept")))
+    # Most identifiers first; a tie goes to the part holding the most trusted of them (unique per cluster).
+    home_order = Window.partitionBy("prev_id").orderBy(F.desc("overlap"), F.asc("best_kept"))
     overlap = overlap.withColumn("is_home", F.row_number().over(home_order) == 1)
     per_cluster = (overlap.groupBy("cluster")
                    .agg(F.min(F.when(F.col("is_home"), F.struct("prev_created", "prev_id"))).alias("survivor"),

@@ -6,6 +6,13 @@ tables; writes ``identity_graph``, ``identity_map``, ``customer_records``, ``ide
 components touched by changed data are recomputed; ``--full`` recomputes everything (the ids are
 carried from the previous identity map either way). A change of the identity configuration that
 decides components (types, limits, blocked values, quarantine size) forces a full recompute.
+
+Write-audit-publish: ``identity_map`` and ``customer_profile`` are staged (``_staging_<table>``)
+and validated with their suites of ``conf/quality.yaml`` (no customer over a type limit, no customer
+with two member ids, merge rate and component sizes within bounds of the published version, unique
+customers in the profile) before anything is published. If either gate fails, no identity table is
+written: the last good versions stay current (they are consistent with each other), the reports are
+in ``<lake>/_reports/quality/<run_id>/`` and the job exits non-zero.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from identity import IdentityConfig, PreviousState, build_profile, resolve_ident
 from identity.resolve import DROPPED_LIMIT, GRAPH_COLUMNS, IDENTITY_MAP_COLUMNS
 from jobs.config import JobContext, parse_file
 from jobs.entry import JobFailed, job_main
+from jobs.gates import audit, load_quality_config, staging_name
 from jobs.lake import Lake
 
 logger = logging.getLogger(__name__)
@@ -33,6 +41,8 @@ IDENTITY_HISTORY = "identity_history"
 IDENTITY_QUARANTINE = "identity_quarantine"
 CUSTOMER_PROFILE = "customer_profile"
 FINGERPRINT_KEY = "identity_config"
+# Gated tables and their suites in conf/quality.yaml, audited together before anything is published.
+GATES = ((IDENTITY_MAP, "identity_map"), (CUSTOMER_PROFILE, "customer_profile"))
 
 ATTRIBUTES_SCHEMA = ("source string, record_id string, observed_at timestamp, name string, gender string, "
                      "birth_date date, city string, province string, city_tier int, member_level string, "
@@ -98,12 +108,46 @@ def load_previous_state(spark: SparkSession, lake: Lake) -> PreviousState | None
     )
 
 
+def audit_identity_tables(lake: Lake, ctx: JobContext, candidates: dict[str, DataFrame],
+                          config: IdentityConfig) -> dict[str, DataFrame]:
+    """Stage and validate every gated table; return the staged frames, or raise if any gate fails.
+
+    Each candidate is written to ``_staging_<table>`` and validated as read back (what is validated is
+    exactly what gets published), against the published ``<table>`` for relative bounds. Every suite
+    runs, so every report is written, before a failure is raised.
+
+    Raises:
+        JobFailed: a blocking expectation failed; the message names it and the report paths.
+    """
+    quality = load_quality_config(ctx)
+    params = {IDENTITY_MAP: {"identity_type_counts": {"limits": {t.name: t.limit for t in config.types}}}}
+    staged: dict[str, DataFrame] = {}
+    failures: list[str] = []
+    for table, suite in GATES:
+        lake.write(candidates[table], staging_name(table), mode="overwrite",
+                   metadata={"run_id": ctx.run_id, "stage_of": table})
+        staged[table] = lake.read(staging_name(table))
+        result, report = audit(lake, staged[table], table, suite, ctx, params=params.get(table), config=quality)
+        if result.success:
+            logger.info("%s: gate %s passed (%d expectations), report %s", table, suite, len(result.outcomes), report)
+        else:
+            logger.error("%s: quality gate %s failed; report %s", table, suite, report)
+            failures.append(f"{result.summary()} (report: {report})")
+    if failures:
+        raise JobFailed("identity quality gates failed, no identity table published (the last good versions stay "
+                        "current): " + "; ".join(failures))
+    return staged
+
+
 def run(spark: SparkSession, ctx: JobContext, *, lake: Lake | None = None,
         mode: Literal["auto", "full", "incremental"] = "auto", config: IdentityConfig | None = None) -> StitchSummary:
-    """Stitch the lake's silver identifiers into customers and publish the identity tables.
+    """Stitch the lake's silver identifiers into customers and publish the identity tables behind gates.
 
     ``mode``: ``auto`` is incremental when a previous identity map made with the same identity
     configuration exists, else full; ``full`` recomputes every component.
+
+    Raises:
+        JobFailed: silver_identifiers is missing, or a quality gate failed (nothing published).
     """
     if config is None:
         config = parse_file(ctx.conf_path("identity.yaml"), IdentityConfig.from_dict)
@@ -138,17 +182,20 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Lake | None = None,
                   else spark.createDataFrame([], ATTRIBUTES_SCHEMA))
     profile = build_profile(attributes, result.observations, result.customer_records, identity_map, config)
 
+    staged = audit_identity_tables(lake, ctx, {IDENTITY_MAP: identity_map, CUSTOMER_PROFILE: profile}, config)
+
     commit = {"run_id": ctx.run_id, "job": "stitch", "mode": chosen}
     lake.write(identity_graph, IDENTITY_GRAPH, mode="overwrite", metadata=commit)
     lake.write(result.customer_records, CUSTOMER_RECORDS, mode="overwrite", metadata=commit)
     lake.write(quarantine, IDENTITY_QUARANTINE, mode="overwrite", metadata=commit)
-    lake.write(profile, CUSTOMER_PROFILE, mode="overwrite", metadata=commit)
+    lake.write(staged[CUSTOMER_PROFILE], CUSTOMER_PROFILE, mode="overwrite",
+               metadata={**commit, "quality_suite": "customer_profile"})
     lake.write(history, IDENTITY_HISTORY, mode="append", app_id=f"stitch-{ctx.run_id}", app_version=1,
                metadata=commit)
     # The identity map is the state the next incremental run starts from: written last, so a failed
     # run leaves the previous state in place, and stamped with the config that produced it.
-    lake.write(identity_map, IDENTITY_MAP, mode="overwrite",
-               metadata={**commit, FINGERPRINT_KEY: config.fingerprint()})
+    lake.write(staged[IDENTITY_MAP], IDENTITY_MAP, mode="overwrite",
+               metadata={**commit, "quality_suite": "identity_map", FINGERPRINT_KEY: config.fingerprint()})
 
     events = {row["event"]: row["n"] for row in history.groupBy("event").agg(F.count(F.lit(1)).alias("n")).collect()}
     graph_counts = {row["status"]: row["n"] for row in

@@ -68,23 +68,61 @@ def test_edges_carry_provenance_and_hubs_are_flagged(spark, config):
                               "id_type string, id_value string, shared_reason string"))
 
 
-def test_limit_split_drops_weakest_lowest_priority_edges(spark, config):
-    # One component: M1 - phone - email - M2, plus a cookie on the email. Two member ids (limit 1).
-    # Node ids are 64-bit hashes: values above 2**53 catch any float round trip in the split.
+LABELS = "node long, id_type string, component long"
+EDGES = "a long, b long, priority int, n_records long, last_seen timestamp"
+CLUSTERS = "node long, component long, cluster long"
+DROPPED = "a long, b long, reason string"
+SHARED = "node long, component long, shared_reason string"
+
+
+def test_hub_through_more_trusted_identifiers_is_shared(spark, config):
+    # One component: M1 - phone - email - M2, plus a cookie on the email. The email is seen with M2
+    # and, through the more trusted phone, with M1: it links two member ids, so it is shared, and
+    # nothing else needs to go. Node ids above 2**53 catch any float round trip in the pandas step.
     n = 2 ** 62
     labelled = spark.createDataFrame(
         [(n + 1, "member_id", n), (n + 2, "phone", n), (n + 3, "email", n), (n + 4, "member_id", n),
          (n + 5, "cookie_id", n),
          (10, "email", 10), (11, "member_id", 10)],   # a component within limits is left alone
-        "node long, id_type string, component long")
+        LABELS)
     edges = spark.createDataFrame(
         [(n + 1, n + 2, 70, 3, T2), (n + 2, n + 3, 60, 1, T1), (n + 3, n + 4, 60, 2, T2), (n + 3, n + 5, 20, 1, T2),
          (10, 11, 60, 1, T1)],
-        "a long, b long, priority int, n_records long, last_seen timestamp")
-    clusters, dropped = enforce_limits(labelled, edges, config)
+        EDGES)
+    clusters, dropped, shared = enforce_limits(labelled, edges, config)
     assertDataFrameEqual(clusters, spark.createDataFrame(
-        [(n + 1, n, n + 1), (n + 2, n, n + 1), (n + 3, n, n + 3), (n + 4, n, n + 3), (n + 5, n, n + 3),
-         (10, 10, 10), (11, 10, 10)],
-        "node long, component long, cluster long"))
-    assertDataFrameEqual(dropped, spark.createDataFrame(
-        [(n + 2, n + 3, "would join 2 member_id values (limit 1)")], "a long, b long, reason string"))
+        [(n + 1, n, n + 1), (n + 2, n, n + 1), (n + 4, n, n + 4), (n + 5, n, n + 5), (10, 10, 10), (11, 10, 10)],
+        CLUSTERS))
+    assertDataFrameEqual(dropped, spark.createDataFrame([], DROPPED))
+    assertDataFrameEqual(shared, spark.createDataFrame(
+        [(n + 3, n, "reaches 2 member_id values through more trusted identifiers (limit 1)")], SHARED))
+
+
+def test_limit_split_drops_weakest_lowest_priority_edges(spark, config):
+    # M1 - e1 - e2 - M2 (two emails seen in one record) plus a cookie on e1: neither email reaches
+    # two member ids through more trusted identifiers, so the weakest edge is dropped instead.
+    labelled = spark.createDataFrame(
+        [(1, "member_id", 1), (2, "email", 1), (3, "email", 1), (4, "member_id", 1), (5, "cookie_id", 1)], LABELS)
+    edges = spark.createDataFrame(
+        [(1, 2, 60, 3, T2), (2, 3, 60, 1, T1), (3, 4, 60, 2, T2), (2, 5, 20, 1, T2)], EDGES)
+    clusters, dropped, shared = enforce_limits(labelled, edges, config)
+    assertDataFrameEqual(clusters, spark.createDataFrame(
+        [(1, 1, 1), (2, 1, 1), (5, 1, 1), (3, 1, 3), (4, 1, 3)], CLUSTERS))
+    assertDataFrameEqual(dropped, spark.createDataFrame([(2, 3, "would join 2 member_id values (limit 1)")], DROPPED))
+    assertDataFrameEqual(shared, spark.createDataFrame([], SHARED))
+
+
+def test_a_violation_inside_one_part_is_split_not_blamed_on_the_joiner(spark, config):
+    # M1 holds four phones (limit 3). A device seen with one of those phones and with a lone email
+    # adds no phone to M1's part, so it is not a hub; the weakest phone edge is dropped instead.
+    labelled = spark.createDataFrame(
+        [(1, "member_id", 1), (2, "phone", 1), (3, "phone", 1), (4, "phone", 1), (5, "phone", 1),
+         (6, "email", 1), (7, "device_id", 1)], LABELS)
+    edges = spark.createDataFrame(
+        [(1, 2, 70, 3, T2), (1, 3, 70, 2, T2), (1, 4, 70, 2, T1), (1, 5, 70, 1, T1), (2, 7, 30, 2, T2),
+         (6, 7, 30, 1, T2)], EDGES)
+    clusters, dropped, shared = enforce_limits(labelled, edges, config)
+    assertDataFrameEqual(clusters, spark.createDataFrame(
+        [(1, 1, 1), (2, 1, 1), (3, 1, 1), (4, 1, 1), (6, 1, 1), (7, 1, 1), (5, 1, 5)], CLUSTERS))
+    assertDataFrameEqual(dropped, spark.createDataFrame([(1, 5, "would join 4 phone values (limit 3)")], DROPPED))
+    assertDataFrameEqual(shared, spark.createDataFrame([], SHARED))
