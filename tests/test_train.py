@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import shutil
 import sys
 import textwrap
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -116,6 +118,8 @@ def ctx(tmp_path, lake):
     (conf / "tags").mkdir(parents=True)
     (conf / "features.yaml").write_text(textwrap.dedent(FEATURES_YAML))
     (conf / "tags" / "predictive.yaml").write_text(textwrap.dedent(TAGS_YAML))
+    # cdp tag publishes tags_wide behind the quality gates of the shipped quality.yaml
+    shutil.copy(Path(__file__).resolve().parents[1] / "conf" / "quality.yaml", conf / "quality.yaml")
     return JobContext(conf_dir=conf, profile=Profile("test", lake.root), lake_root=lake.root, run_id="run1")
 
 
