@@ -332,10 +332,16 @@ def _tag_stats(df: DataFrame, skip: set[str]) -> DataFrame:
         aggs.append((F.count(col) / total).alias(f"{name}__coverage"))
         mean = F.avg(col.cast("double")) if dtype.startswith(numeric) else F.lit(None).cast("double")
         aggs.append(mean.alias(f"{name}__mean"))
-    row = df.agg(*aggs)
-    stacked = F.explode(F.array(*[F.struct(F.lit(n).alias("tag"), F.col(f"`{n}__coverage`").cast("double").alias("coverage"),
-                                           F.col(f"`{n}__mean`").cast("double").alias("mean")) for n, _ in tags]))
-    return row.select(stacked.alias("s")).select("s.tag", "s.coverage", "s.mean")
+    # One aggregation, its single row collected: left lazy, hundreds of aggregates exploded into rows
+    # and then joined (view_tag_drift) exhaust the driver heap in Spark's planner with the real tag
+    # catalogue (OutOfMemoryError with 4g for ~660 tags).
+    row = df.agg(*aggs).first()
+    stats = [(name, _as_float(row[f"{name}__coverage"]), _as_float(row[f"{name}__mean"])) for name, _ in tags]
+    return df.sparkSession.createDataFrame(stats, "tag string, coverage double, mean double")
+
+
+def _as_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def view_tag_drift(df: DataFrame, params: Mapping[str, Any], inputs: Mapping[str, DataFrame]) -> DataFrame:

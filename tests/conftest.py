@@ -34,6 +34,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
         .config("spark.sql.warehouse.dir", str(warehouse))  # never litter the repo
         .config("spark.driver.memory", "2g")
         .config("spark.sql.adaptive.enabled", "false")  # deterministic partition counts in tests
+        .config("spark.sql.codegen.wholeStage", "false")  # tiny data: compiling generated code costs more than it saves
         .getOrCreate()
     )
     session.sparkContext.setCheckpointDir(str(checkpoints))  # connected components checkpoint here

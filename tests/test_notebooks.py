@@ -1,7 +1,9 @@
 """Every notebook in notebooks/ runs end to end on a small generated lake, so a broken notebook fails CI.
 
-The equivalent of ``pytest --nbmake notebooks/``, but with one lake shared by the notebooks (the first
-builds it through ``cdp run``; the others reuse it) and MLflow kept in that lake, as in production.
+The equivalent of ``pytest --nbmake notebooks/``, but with one lake shared by the notebooks and MLflow
+kept in that lake, as in production. When the standalone-cluster test (tests/cluster/test_standalone.py,
+collected before this module) built its lake earlier in this session, the notebooks read that one;
+otherwise the first notebook builds a lake through ``cdp run`` and the others reuse it.
 """
 from __future__ import annotations
 
@@ -14,11 +16,17 @@ from nbclient.exceptions import CellExecutionError
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 pytestmark = pytest.mark.notebooks
-CUSTOMERS = "1500"  # enough for every model's population and non-empty audiences, cheap to build
+CUSTOMERS = "1000"  # as tests/cluster/run_standalone.sh: every model trains, the demo audience has members
+# Written by tests/cluster/test_standalone.py: <basetemp>/standalone-cluster/{lake, passed}
+CLUSTER_DIR, CLUSTER_PASSED = "standalone-cluster", "passed"
 
 
 @pytest.fixture(scope="module")
 def notebook_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The lake the cluster test built and checked in this session, else a fresh one the first notebook builds."""
+    cluster_run = tmp_path_factory.getbasetemp() / CLUSTER_DIR
+    if (cluster_run / CLUSTER_PASSED).is_file():
+        return cluster_run / "lake"
     return tmp_path_factory.mktemp("notebooks") / "lake"
 
 
