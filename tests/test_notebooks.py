@@ -16,7 +16,7 @@ from nbclient.exceptions import CellExecutionError
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 pytestmark = pytest.mark.notebooks
-CUSTOMERS = "1000"  # as tests/cluster/run_standalone.sh: every model trains, the demo audience has members
+CUSTOMERS = "500"  # as tests/cluster/run_standalone.sh: every model trains, the demo audience has members
 # Written by tests/cluster/test_standalone.py: <basetemp>/standalone-cluster/{lake, passed}
 CLUSTER_DIR, CLUSTER_PASSED = "standalone-cluster", "passed"
 

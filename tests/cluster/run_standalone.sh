@@ -4,7 +4,7 @@
 # and executors in one JVM) fails here.
 #
 #   tests/cluster/run_standalone.sh            # uses $PYTHON, else .venv/bin/python, else python3
-#   CDP_CLUSTER_CUSTOMERS=1000 CDP_CLUSTER_DIR=/tmp/cdp-ci CDP_CLUSTER_RUN_ARGS="--to land" tests/cluster/run_standalone.sh
+#   CDP_CLUSTER_CUSTOMERS=500 CDP_CLUSTER_DIR=/tmp/cdp-ci CDP_CLUSTER_RUN_ARGS="--to land" tests/cluster/run_standalone.sh
 #
 # CDP_CLUSTER_DIR: work folder (lake/, raw/, logs/, the wheel), kept afterwards; it must not hold a lake
 # yet. Without it a temporary folder is used and removed (unless CDP_CLUSTER_KEEP=1).
@@ -24,7 +24,7 @@ if [[ -z "$PY" ]]; then
 fi
 # Enough persons for every model's training population and for members in the published audiences
 # (and in the notebooks' demo audience); the run's cost is mostly fixed (planning, JIT), not per row.
-CUSTOMERS=${CDP_CLUSTER_CUSTOMERS:-1000}
+CUSTOMERS=${CDP_CLUSTER_CUSTOMERS:-500}
 SPARK_HOME=$("$PY" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
 if [[ -n "${CDP_CLUSTER_DIR:-}" ]]; then
   mkdir -p "$CDP_CLUSTER_DIR"
