@@ -53,9 +53,19 @@ def pairs(sizes: pd.Series) -> int:
     return int((sizes * (sizes - 1) // 2).sum())
 
 
+def clean_truth(truth: pd.DataFrame) -> pd.DataFrame:
+    """One person per (source, record_id), every key a string."""
+    return truth.astype({"source": str, "record_id": str, "person_id": str}).drop_duplicates(["source", "record_id"])
+
+
+def valid_observations(silver: pd.DataFrame, valid: pd.DataFrame) -> pd.DataFrame:
+    """The rows of silver_identifiers whose identifier stitching accepted as valid."""
+    return silver.merge(valid.drop_duplicates(), on=["id_type", "id_value"], how="inner")
+
+
 def evaluate(truth: pd.DataFrame, predicted: pd.DataFrame) -> dict[str, float | int]:
     """Pairwise same-person metrics over records present in both tables."""
-    truth = truth.astype({"source": str, "record_id": str, "person_id": str}).drop_duplicates(["source", "record_id"])
+    truth = clean_truth(truth)
     predicted = predicted.astype({"source": str, "record_id": str, "customer_id": str})
     joined = truth.merge(predicted, on=["source", "record_id"], how="inner")
     true_pairs = pairs(joined.groupby("person_id").size())
@@ -97,7 +107,7 @@ def linkage_ceiling(silver: pd.DataFrame, valid: pd.DataFrame) -> pd.DataFrame:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    usable = silver.merge(valid.drop_duplicates(), on=["id_type", "id_value"], how="inner")
+    usable = valid_observations(silver, valid)
     node, _ = pd.factorize(usable["id_type"] + "\x1f" + usable["id_value"])
     record, records = pd.factorize(usable["source"] + "\x1f" + usable["record_id"])
     # One vertex per identifier and per record; a record links to each identifier it carries.
@@ -124,9 +134,7 @@ def identifiable_records(silver: pd.DataFrame, valid: pd.DataFrame, truth: pd.Da
     precision and recall from outside the stitcher. Metrics over identifiable records only measure
     the stitcher's own decisions.
     """
-    truth = truth.astype({"source": str, "record_id": str, "person_id": str}).drop_duplicates(["source", "record_id"])
-    usable = silver.merge(valid.drop_duplicates(), on=["id_type", "id_value"], how="inner")
-    usable = usable.merge(truth, on=["source", "record_id"], how="inner")
+    usable = valid_observations(silver, valid).merge(clean_truth(truth), on=["source", "record_id"], how="inner")
     persons = usable.groupby(["id_type", "id_value"])["person_id"].nunique().rename("persons").reset_index()
     usable = usable.merge(persons, on=["id_type", "id_value"])
     return usable.loc[usable["persons"] == 1, ["source", "record_id"]].drop_duplicates()
