@@ -273,14 +273,7 @@ def view_identity_summary(df: DataFrame, params: Mapping[str, Any],
 def view_tag_coverage(df: DataFrame, params: Mapping[str, Any], inputs: Mapping[str, DataFrame]) -> DataFrame:
     """tags_wide -> tag, coverage (non-null share). params: ``exclude`` extra columns to skip."""
     skip = {"customer_id", "as_of", "computed_at", "run_id", *(params.get("exclude") or [])}
-    tags = [c for c in df.columns if c not in skip]
-    if not tags:
-        return df.sparkSession.createDataFrame([], "tag string, coverage double")
-    total = F.count(F.lit(1))
-    row = df.agg(*[(F.count(F.col(f"`{t}`")) / total).alias(t) for t in tags])
-    stacked = F.explode(F.array(*[F.struct(F.lit(t).alias("tag"), F.col(f"`{t}`").cast("double").alias("coverage"))
-                                  for t in tags]))
-    return row.select(stacked.alias("s")).select("s.tag", "s.coverage")
+    return _tag_stats(df, skip).select("tag", "coverage")
 
 
 def view_audience_compliance(df: DataFrame, params: Mapping[str, Any],
@@ -321,22 +314,30 @@ def view_identifier_formats(df: DataFrame, params: Mapping[str, Any],
 
 
 def _tag_stats(df: DataFrame, skip: set[str]) -> DataFrame:
+    """tag, coverage, mean (numeric and boolean columns) of every column not in ``skip``.
+
+    The wide table is unpivoted into (column index, present, value) rows, aggregated by column, and
+    the small result is collected and returned as a local frame. One SQL expression builds the
+    unpivot: hundreds of Column objects would cost a py4j round trip each, and hundreds of aggregates
+    per row (or the same left lazy and joined, as view_tag_drift does) exhaust the planner's heap
+    with the real catalogue (OutOfMemoryError with 4g for ~660 tags).
+    """
     numeric = ("int", "bigint", "double", "float", "boolean", "smallint", "tinyint", "decimal")
     tags = [(c, t) for c, t in df.dtypes if c not in skip]
     if not tags:
         return df.sparkSession.createDataFrame([], "tag string, coverage double, mean double")
-    total = F.count(F.lit(1))
-    aggs = []
-    for name, dtype in tags:
-        col = F.col(f"`{name}`")
-        aggs.append((F.count(col) / total).alias(f"{name}__coverage"))
-        mean = F.avg(col.cast("double")) if dtype.startswith(numeric) else F.lit(None).cast("double")
-        aggs.append(mean.alias(f"{name}__mean"))
-    # One aggregation, its single row collected: left lazy, hundreds of aggregates exploded into rows
-    # and then joined (view_tag_drift) exhaust the driver heap in Spark's planner with the real tag
-    # catalogue (OutOfMemoryError with 4g for ~660 tags).
-    row = df.agg(*aggs).first()
-    stats = [(name, _as_float(row[f"{name}__coverage"]), _as_float(row[f"{name}__mean"])) for name, _ in tags]
+    entries = ", ".join(
+        f"named_struct('i', {i}, 'present', `{name}` IS NOT NULL, 'x', "
+        f"{f'CAST(`{name}` AS DOUBLE)' if dtype.startswith(numeric) else 'CAST(NULL AS DOUBLE)'})"
+        for i, (name, dtype) in enumerate(tags))
+    rows = {row["i"]: row for row in df.select(F.expr(f"inline(array({entries}))")).groupBy("i").agg(
+        F.count(F.lit(1)).alias("rows"), F.count(F.when(F.col("present"), 1)).alias("covered"),
+        F.avg("x").alias("mean")).collect()}
+    stats = []
+    for i, (name, _) in enumerate(tags):
+        row = rows.get(i)  # none when the table is empty: coverage undefined
+        coverage = int(row["covered"]) / int(row["rows"]) if row is not None else None
+        stats.append((name, coverage, _as_float(row["mean"]) if row is not None else None))
     return df.sparkSession.createDataFrame(stats, "tag string, coverage double, mean double")
 
 

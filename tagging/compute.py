@@ -78,8 +78,16 @@ def compute_tags(features: DataFrame, catalogue: Catalogue, lists: Mapping[str, 
         level0[tag.name] = _predictive_column(tag, catalogue, scorers or {})
     tagged = tagged.withColumns(level0) if level0 else tagged
     for level in dependency_order({t.name: t for t in catalogue.tags}):
-        tagged = tagged.withColumns({t.name: F.expr(t.sql or "").cast(SPARK_TYPES[t.value_type]) for t in level})
+        # SQL text, one string per tag: building hundreds of Column objects costs a py4j round trip
+        # per call (seconds per level); selectExpr parses the whole level on the JVM side.
+        tagged = tagged.selectExpr("*", *[f"CAST(({t.sql}\n) AS {SPARK_TYPES[t.value_type]}) AS `{t.name}`"
+                                          for t in level])
     return tagged.select("customer_id", "as_of", *[t.name for t in catalogue.tags]), info
+
+
+def _sql_string(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _predictive_column(tag: Tag, catalogue: Catalogue, scorers: Mapping[str, Scorer]) -> Column:
@@ -108,19 +116,29 @@ def to_long(wide: DataFrame, catalogue: Catalogue, versions: Mapping[str, str], 
 
     Output: customer_id, tag, value string, kind, version, computed_at, as_of, run_id.
     """
+    if not catalogue.tags:
+        return wide.sparkSession.createDataFrame([], TAGS_LONG_SCHEMA)
     entries = []
     for tag in catalogue.tags:
-        value = F.col(tag.name)
-        text = F.when(value, F.lit("true")) if tag.value_type == "boolean" else value.cast("string")
-        entries.append(F.struct(F.lit(tag.name).alias("tag"), text.alias("value"), F.lit(tag.kind).alias("kind"),
-                                F.lit(versions[tag.name]).alias("version")))
-    exploded = wide.select("customer_id", "as_of", F.explode(
-        F.filter(F.array(*entries), lambda e: e["value"].isNotNull())).alias("t"))
+        column = f"`{tag.name}`"
+        text = f"CASE WHEN {column} THEN 'true' END" if tag.value_type == "boolean" else f"CAST({column} AS STRING)"
+        entries.append(f"named_struct('tag', {_sql_string(tag.name)}, 'value', {text}, 'kind', "
+                       f"{_sql_string(tag.kind)}, 'version', {_sql_string(versions[tag.name])})")
+    # one SQL expression for the whole catalogue (see compute_tags: Columns cost a round trip each)
+    exploded = wide.select("customer_id", "as_of", F.expr(
+        f"explode(filter(array({', '.join(entries)}), e -> e.value IS NOT NULL))").alias("t"))
     return exploded.select("customer_id", F.col("t.tag").alias("tag"), F.col("t.value").alias("value"),
                            F.col("t.kind").alias("kind"), F.col("t.version").alias("version"),
                            F.lit(computed_at).cast("timestamp").alias("computed_at"), "as_of",
                            F.lit(run_id).alias("run_id"))
 
+
+TAGS_LONG_SCHEMA = T.StructType([
+    T.StructField("customer_id", T.StringType()), T.StructField("tag", T.StringType()),
+    T.StructField("value", T.StringType()), T.StructField("kind", T.StringType()),
+    T.StructField("version", T.StringType()), T.StructField("computed_at", T.TimestampType()),
+    T.StructField("as_of", T.DateType()), T.StructField("run_id", T.StringType()),
+])
 
 TAG_STATS_SCHEMA = T.StructType([
     T.StructField("run_id", T.StringType()), T.StructField("computed_at", T.TimestampType()),
@@ -139,33 +157,44 @@ def tag_stats(wide: DataFrame, long: DataFrame, catalogue: Catalogue, versions: 
               computed_at: datetime, run_id: str, top_n: int = 20) -> DataFrame:
     """Coverage and distribution per tag: one aggregation over tags_wide, one over tags_long.
 
+    tags_wide is unpivoted into (tag index, value) rows and aggregated by tag: a few aggregates over
+    one narrow column scale to hundreds of tags, where hundreds of aggregates per row do not.
     Output: the columns of ``TAG_STATS_SCHEMA`` (one row per tag).
     """
-    exprs: list[Column] = [F.count(F.lit(1)).alias("_n"), F.first("as_of").alias("_as_of")]
-    for i, tag in enumerate(catalogue.tags):
-        col = F.col(tag.name)
-        exprs += [F.count(col).alias(f"c{i}"), F.approx_count_distinct(col).alias(f"d{i}")]
-        if tag.value_type == "boolean":
-            exprs.append(F.sum(F.when(col, 1).otherwise(0)).alias(f"t{i}"))
-        if tag.value_type in ("int", "double"):
-            exprs += [F.min(col).cast("double").alias(f"min{i}"), F.avg(col).alias(f"mean{i}"),
-                      F.percentile_approx(col, 0.5, 1000).cast("double").alias(f"p{i}"),
-                      F.max(col).cast("double").alias(f"max{i}")]
-    totals = wide.agg(*exprs).first().asDict()
-    categorical = [t.name for t in catalogue.tags if t.value_type != "double"]
+    tags = catalogue.tags
+    if not tags:
+        return wide.sparkSession.createDataFrame([], TAG_STATS_SCHEMA)
+    entries = []
+    for i, tag in enumerate(tags):
+        column = f"`{tag.name}`"
+        number = f"CAST({column} AS DOUBLE)" if tag.value_type in ("boolean", "int", "double") else "CAST(NULL AS DOUBLE)"
+        entries.append(f"named_struct('i', {i}, 'text', CAST({column} AS STRING), 'x', {number})")
+    customers, as_of = wide.agg(F.count(F.lit(1)), F.first("as_of")).first()
+    per_tag = {row["i"]: row for row in wide.select(F.expr(f"inline(array({', '.join(entries)}))")).groupBy("i").agg(
+        F.count("text").alias("covered"), F.approx_count_distinct("text").alias("distinct_values"),
+        F.sum("x").alias("total"), F.min("x").alias("min"), F.avg("x").alias("mean"),
+        F.percentile_approx("x", 0.5, 1000).alias("p50"), F.max("x").alias("max")).collect()}
+    categorical = [t.name for t in tags if t.value_type != "double"]
     counts = (long.where(F.col("tag").isin(categorical)).groupBy("tag", "value").count().collect()
               if categorical else [])
     top: dict[str, list[tuple[str, int]]] = {}
     for row in counts:
         top.setdefault(row["tag"], []).append((row["value"], int(row["count"])))
     rows = []
-    customers = int(totals["_n"])
-    for i, tag in enumerate(catalogue.tags):
-        covered = int(totals[f"c{i}"])
+    for i, tag in enumerate(tags):
+        stats = per_tag.get(i)
+        covered = int(stats["covered"]) if stats else 0
+        numeric = tag.value_type in ("int", "double")
         values = sorted(top.get(tag.name, []), key=lambda kv: (-kv[1], kv[0]))[:top_n]
-        rows.append((run_id, computed_at, totals["_as_of"], tag.name, tag.kind, tag.value_type, versions[tag.name],
+
+        def stat(key: str, stats: Any = stats, numeric: bool = numeric) -> float | None:
+            return float(stats[key]) if numeric and stats and stats[key] is not None else None
+
+        rows.append((run_id, computed_at, as_of, tag.name, tag.kind, tag.value_type, versions[tag.name],
                      customers, covered, covered / customers if customers else None,
-                     int(totals[f"t{i}"] or 0) if tag.value_type == "boolean" else None,
-                     int(totals[f"d{i}"]), dict(values) if tag.value_type != "double" else None,
-                     totals.get(f"min{i}"), totals.get(f"mean{i}"), totals.get(f"p{i}"), totals.get(f"max{i}")))
+                     int(stats["total"] or 0) if tag.value_type == "boolean" and stats else
+                     (0 if tag.value_type == "boolean" else None),
+                     int(stats["distinct_values"]) if stats else 0,
+                     dict(values) if tag.value_type != "double" else None,
+                     stat("min"), stat("mean"), stat("p50"), stat("max")))
     return wide.sparkSession.createDataFrame(rows, TAG_STATS_SCHEMA)

@@ -28,6 +28,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
         .config("spark.sql.shuffle.partitions", "2")  # tiny data: 200 partitions would only add overhead
         .config("spark.default.parallelism", "2")
         .config("spark.ui.enabled", "false")  # no port binding, faster start
+        .config("spark.python.sql.dataFrameDebugging.enabled", "false")  # as jobs.session: no call-site capture per Column
         .config("spark.ui.showConsoleProgress", "false")  # keep test logs readable
         .config("spark.sql.session.timeZone", "UTC")  # expected values are written in UTC
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")  # readable by delta-rs

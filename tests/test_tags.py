@@ -1,14 +1,15 @@
 """Tag catalogue validation and rule / algorithmic tag values on tiny hand-built feature tables."""
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 import pytest
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
 from features.config import ListItem
-from tagging import CatalogueError, compute_tags, merge, parse_file, validate_catalogue
+from tagging import CatalogueError, compute_tags, merge, parse_file, tag_stats, to_long, validate_catalogue
+from tagging.compute import TAGS_LONG_SCHEMA
 
 AS_OF = date(2024, 3, 1)
 LISTS = {"cats": tuple(ListItem.from_dict(v, "cats") for v in ("a", "b", "c"))}
@@ -186,3 +187,34 @@ def test_shipped_catalogue_is_valid_and_broad(spark, conf_dir):
     assert len(validated.tags) >= 600 and kinds["algorithmic"] >= 20 and kinds["predictive"] == 3
     assert all(t.display_zh and t.display_en and t.description and t.inputs for t in validated.tags)
     assert validated.get("valuable_at_risk").inputs == ("clv_12m", "churn_propensity")
+
+
+def test_long_form_and_per_tag_statistics(spark):
+    features = _features(spark, SPEND, [("c1", 12000.0, 5), ("c2", 300.0, 1), ("c3", 0.0, 0), ("c4", None, 2)])
+    catalogue = _catalogue(spark, features, ("conf/tags/t.yaml", {"tags": [
+        _tag("vip", "orders_revenue_365d >= 10000"),
+        _tag("band", "CASE WHEN orders_revenue_365d > 0 THEN 'buyer' END", "string"),
+        _tag("spend", "orders_revenue_365d", "double"),
+        _tag("orders", "orders_count_lifetime", "int"),
+        _tag("repeat", "orders_count_lifetime > 1"),
+    ]}))
+    wide, _ = compute_tags(features, catalogue, LISTS)
+    versions = {t.name: f"def:{t.name}'s" for t in catalogue.tags}  # a quote survives the SQL text
+    at = datetime(2024, 3, 1, 6, 0)
+    long = to_long(wide, catalogue, versions, at, "r1")
+    expected_long = [  # null values and false flags are left out
+        ("c1", "vip", "true"), ("c1", "band", "buyer"), ("c1", "spend", "12000.0"), ("c1", "orders", "5"),
+        ("c1", "repeat", "true"), ("c2", "band", "buyer"), ("c2", "spend", "300.0"), ("c2", "orders", "1"),
+        ("c3", "spend", "0.0"), ("c3", "orders", "0"), ("c4", "orders", "2"), ("c4", "repeat", "true")]
+    assertDataFrameEqual(long, spark.createDataFrame(
+        [(c, t, v, "rule", f"def:{t}'s", at, AS_OF, "r1") for c, t, v in expected_long], TAGS_LONG_SCHEMA))
+    stats = {r["tag"]: r for r in tag_stats(wide, long, catalogue, versions, at, "r1").collect()}
+    assert {t: (r["customers"], r["covered"], r["true_count"], r["distinct_values"]) for t, r in stats.items()} == {
+        "vip": (4, 3, 1, 2), "band": (4, 2, None, 1), "spend": (4, 3, None, 3), "orders": (4, 4, None, 4),
+        "repeat": (4, 4, 2, 2)}
+    assert (stats["spend"]["min"], stats["spend"]["mean"], stats["spend"]["p50"], stats["spend"]["max"]) == \
+        (0.0, 4100.0, 300.0, 12000.0)
+    assert (stats["orders"]["min"], stats["orders"]["mean"], stats["orders"]["max"]) == (0.0, 2.0, 5.0)
+    assert stats["vip"]["min"] is None and stats["band"]["mean"] is None
+    assert stats["band"]["top_values"] == {"buyer": 2} and stats["vip"]["top_values"] == {"true": 1}
+    assert stats["spend"]["top_values"] is None and stats["vip"]["coverage"] == 0.75
