@@ -23,6 +23,8 @@ or missed, not links the data never had.
 
     /work/venv/bin/python benchmarks/identity_accuracy.py --customers 10000
     /work/venv/bin/python benchmarks/identity_accuracy.py --customers 100000 --workdir /data/bench
+    /work/venv/bin/python benchmarks/identity_accuracy.py --workdir /tmp/pb --evaluate-only  # after
+        benchmarks/pipeline.py --lake /tmp/pb/lake --keep: score that run's stitch as it is
 
 Goal (issue 3): precision >= 0.999, recall >= 0.99.
 """
@@ -181,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--reuse", action="store_true", help="reuse raw data / lake already in --workdir")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the unguarded linkage ceiling")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="score the lake already in --workdir as it is (e.g. one benchmarks/pipeline.py built)")
     args = parser.parse_args(argv)
+    if args.evaluate_only and not args.workdir:
+        parser.error("--evaluate-only needs --workdir (the folder holding raw/ and lake/)")
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="identity-bench-"))
     raw, lake = workdir / "raw", workdir / "lake"
@@ -189,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("PYSPARK_PYTHON", sys.executable)  # Spark workers must use this venv
     timings = {}
     try:
+        args.reuse = args.reuse or args.evaluate_only
         if not (args.reuse and (raw / "_truth" / "records.csv").exists()):
             shutil.rmtree(raw, ignore_errors=True)
             timings["generate"] = step("generate", ["--out", str(raw), "--customers", str(args.customers),
@@ -197,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(lake, ignore_errors=True)
             timings["land"] = step("land", ["--raw", str(raw), "--lake", str(lake)], env)
             timings["standardize"] = step("standardize", ["--lake", str(lake)], env)
-        timings["stitch"] = step("stitch", ["--lake", str(lake), "--full"], env)
+        if not args.evaluate_only:
+            timings["stitch"] = step("stitch", ["--lake", str(lake), "--full"], env)
 
         from deltalake import DeltaTable
 

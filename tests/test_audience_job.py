@@ -124,15 +124,29 @@ def build_lake(spark, lake) -> None:
         "bronze_crm_members")
 
 
+_PRISTINE: dict[Path, tuple[Path, object]] = {}  # repo conf -> (untouched copy of the scenario, its run result)
+
+
 def publish_scenario(spark, root: Path, repo_conf: Path):
-    """A lake with every input and both audiences published once (run 'run1')."""
+    """A lake with every input and both audiences published once (run 'run1'), in ``root``.
+
+    Built once per test session; later callers (export, forget) get a copy of the untouched folder,
+    lake and conf, which is a valid lake: Delta logs address their files relative to the table.
+    """
     from jobs import audiences
     from jobs.lake import Lake
 
+    if repo_conf in _PRISTINE:
+        pristine, result = _PRISTINE[repo_conf]
+        shutil.copytree(pristine, root, dirs_exist_ok=True)
+        return Lake(spark, str(root / "lake")), root / "conf", result
     lake = Lake(spark, str(root / "lake"))
     build_lake(spark, lake)
     conf = make_conf(root, repo_conf, [VIP_EMAIL, CART_SMS])
     result = audiences.run(spark, make_ctx(conf, lake.root, "run1"), lake=lake, as_of=AS_OF)
+    pristine = root.parent / f"{root.name}-pristine"  # in pytest's temp folder, cleaned with it
+    shutil.copytree(root, pristine)
+    _PRISTINE[repo_conf] = (pristine, result)
     return lake, conf, result
 
 
