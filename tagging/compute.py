@@ -169,8 +169,10 @@ def tag_stats(wide: DataFrame, long: DataFrame, catalogue: Catalogue, versions: 
         column = f"`{tag.name}`"
         number = f"CAST({column} AS DOUBLE)" if tag.value_type in ("boolean", "int", "double") else "CAST(NULL AS DOUBLE)"
         entries.append(f"named_struct('i', {i}, 'text', CAST({column} AS STRING), 'x', {number})")
-    customers, as_of = wide.agg(F.count(F.lit(1)), F.first("as_of")).first()
-    per_tag = {row["i"]: row for row in wide.select(F.expr(f"inline(array({', '.join(entries)}))")).groupBy("i").agg(
+    # one pass: every row yields one entry per tag, so each tag's row count is the customer count
+    per_tag = {row["i"]: row for row in wide.select("as_of", F.expr(f"inline(array({', '.join(entries)}))"))
+               .groupBy("i").agg(
+        F.count(F.lit(1)).alias("rows"), F.first("as_of").alias("as_of"),
         F.count("text").alias("covered"), F.approx_count_distinct("text").alias("distinct_values"),
         F.sum("x").alias("total"), F.min("x").alias("min"), F.avg("x").alias("mean"),
         F.percentile_approx("x", 0.5, 1000).alias("p50"), F.max("x").alias("max")).collect()}
@@ -180,6 +182,8 @@ def tag_stats(wide: DataFrame, long: DataFrame, catalogue: Catalogue, versions: 
     top: dict[str, list[tuple[str, int]]] = {}
     for row in counts:
         top.setdefault(row["tag"], []).append((row["value"], int(row["count"])))
+    first = per_tag.get(0)  # none when tags_wide is empty
+    customers, as_of = (int(first["rows"]), first["as_of"]) if first else (0, None)
     rows = []
     for i, tag in enumerate(tags):
         stats = per_tag.get(i)
@@ -192,8 +196,7 @@ def tag_stats(wide: DataFrame, long: DataFrame, catalogue: Catalogue, versions: 
 
         rows.append((run_id, computed_at, as_of, tag.name, tag.kind, tag.value_type, versions[tag.name],
                      customers, covered, covered / customers if customers else None,
-                     int(stats["total"] or 0) if tag.value_type == "boolean" and stats else
-                     (0 if tag.value_type == "boolean" else None),
+                     (int(stats["total"] or 0) if stats else 0) if tag.value_type == "boolean" else None,
                      int(stats["distinct_values"]) if stats else 0,
                      dict(values) if tag.value_type != "double" else None,
                      stat("min"), stat("mean"), stat("p50"), stat("max")))
