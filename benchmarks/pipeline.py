@@ -1,6 +1,11 @@
 """Whole-pipeline benchmark: per-step wall time, rows and peak memory at N generated customers.
 
     python benchmarks/pipeline.py --customers 20000 [--lake DIR] [--driver-memory 8g] [--keep]
+    python benchmarks/pipeline.py --customers 1000000 --lake DIR --from stitch   # resume on a kept lake
+
+``--from STEP`` continues on an existing lake (for example one kept by ``benchmarks/land.py --keep``,
+whose ``lake-N`` folder holds bronze and silver) without generating: a 1M-customer run can be measured
+in parts. ``--customers`` then only labels the output.
 
 Runs ``cdp run`` in this process (generate -> ... -> export) on a fresh lake and prints, per step:
 wall time, rows in / out, peak RSS of the Python processes (this driver, the generator's workers and
@@ -18,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import date, timedelta
 from pathlib import Path
 
 import psutil
@@ -25,6 +31,7 @@ import psutil
 from jobs import run as pipeline
 from jobs.config import JobContext, Profile
 from jobs.entry import setup_logging
+from jobs.generate import DEFAULT_END
 from jobs.session import build_session
 
 MB = 1024 * 1024
@@ -93,10 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lake", help="lake folder (default: a temp folder, removed unless --keep)")
     parser.add_argument("--driver-memory", default="8g")
     parser.add_argument("--shuffle-partitions", default="8")
+    parser.add_argument("--from", dest="from_step", help="first step, on an existing --lake (default: generate)")
     parser.add_argument("--to", dest="to_step", help="last step (default: export)")
+    parser.add_argument("--as-of", dest="as_of", help="snapshot date (default: the day after the generated history)")
     parser.add_argument("--keep", action="store_true", help="keep the lake and raw files")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.from_step and not args.lake:
+        parser.error("--from continues on an existing lake: give --lake")
     # Python workers must be this interpreter (with pyarrow, pandas and the package), not the PATH's python3
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     setup_logging(args.verbose)
@@ -117,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_session(profile, "cdp-benchmark")
     session_seconds = time.perf_counter() - started
     try:
-        summary = pipeline.run(spark, ctx, customers=args.customers, seed=args.seed, raw=str(work / "raw"),
-                               to_step=args.to_step, report=False, observer=sampler)
+        generate = args.from_step in (None, "generate")
+        as_of = args.as_of or (date.fromisoformat(DEFAULT_END) + timedelta(days=1)).isoformat()
+        summary = pipeline.run(spark, ctx, customers=args.customers if generate else None,
+                               seed=args.seed if generate else None, raw=str(work / "raw"), as_of=as_of,
+                               from_step=args.from_step, to_step=args.to_step, report=False, observer=sampler)
     finally:
         sampler.stop()
         spark.stop()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
@@ -52,14 +53,43 @@ def _ts_literal(instant: datetime) -> str:
     return f"TIMESTAMP '{instant:%Y-%m-%d %H:%M:%S}'"
 
 
-def prepare_sources(inputs: FeatureInputs, as_of: date) -> dict[str, DataFrame]:
+def as_of_dates(as_of: date | Sequence[date]) -> list[date]:
+    """One snapshot date or several, as a sorted list of distinct dates (at least one)."""
+    dates = sorted({as_of} if isinstance(as_of, date) else set(as_of))
+    if not dates:
+        raise ValueError("features: no as-of date given")
+    return dates
+
+
+def _dates_frame(spark: SparkSession, dates: list[date]) -> DataFrame:
+    """(as_of, _cut): each snapshot date and its instant, joined to every source row in a multi-date build."""
+    return F.broadcast(spark.createDataFrame([(d, as_of_instant(d)) for d in dates], "as_of date, _cut timestamp"))
+
+
+def prepare_sources(inputs: FeatureInputs, as_of: date | Sequence[date]) -> dict[str, DataFrame]:
     """Attach ``customer_id`` (through customer_records) and the event time ``_t`` to each source,
     keeping only rows strictly before the as-of instant.
 
     Output: source name -> DataFrame with the source's columns plus ``customer_id`` and ``_t``.
     Orders and events of records that identity did not map to a customer are dropped.
+
+    Several dates: each row is repeated for every date it precedes, with that date as ``as_of`` and
+    its instant as ``_cut``; the aggregations then group by (customer_id, as_of).
     """
-    cutoff = F.lit(as_of_instant(as_of)).cast("timestamp")
+    dates = as_of_dates(as_of)
+    multi = len(dates) > 1
+    if multi:
+        snapshot_dates = _dates_frame(inputs.orders.sparkSession, dates)
+        cutoff = F.col("_cut")
+
+        def before_cutoff(df: DataFrame) -> DataFrame:
+            return df.crossJoin(snapshot_dates).where(F.col("_t") < cutoff)
+    else:
+        cutoff = F.lit(as_of_instant(dates[0])).cast("timestamp")
+
+        def before_cutoff(df: DataFrame) -> DataFrame:
+            return df.where(F.col("_t") < cutoff)
+    per_date = ["as_of", "_cut"] if multi else []
 
     def slug(column: str) -> Column:
         return F.regexp_replace(F.lower(F.trim(F.col(column))), "[^a-z0-9]+", "_")
@@ -73,32 +103,38 @@ def prepare_sources(inputs: FeatureInputs, as_of: date) -> dict[str, DataFrame]:
     records = inputs.customer_records.select("source", "record_id", "customer_id")
     orders = (inputs.orders.join(records, on=["source", "record_id"], how="inner")
               .withColumn("_t", F.col("order_time"))
-              .where(F.col("_t") < cutoff)
+              .transform(before_cutoff)
               .withColumn("_pay", slug("payment_method"))
               .transform(with_time_parts))
-    order_keys = orders.select("order_id", "customer_id", "_t", F.col("status").alias("order_status"))
+    order_keys = orders.select("order_id", "customer_id", "_t", F.col("status").alias("order_status"), *per_date)
     lines = (inputs.order_lines.join(order_keys, on="order_id", how="inner")
              .withColumn("_cat", slug("category")))
-    returns = (inputs.returns.join(order_keys.select("order_id", "customer_id"), on="order_id", how="inner")
+    # a return counts for a snapshot when both its order and the return itself precede the cut-off
+    returns = (inputs.returns.join(order_keys.select("order_id", "customer_id", *per_date), on="order_id", how="inner")
                .withColumn("_t", F.col("return_time"))
                .where(F.col("_t") < cutoff))
     events = (inputs.events.join(records, on=["source", "record_id"], how="inner")
               .withColumn("_t", F.col("event_time"))
-              .where(F.col("_t") < cutoff)
+              .transform(before_cutoff)
               .withColumn("_cat", slug("category"))
               .transform(with_time_parts))
     consent = (inputs.consent.join(records, on=["source", "record_id"], how="inner")
                .withColumn("_t", F.col("event_time"))
-               .where(F.col("_t") < cutoff))
+               .transform(before_cutoff))
     return {"orders": orders, "order_lines": lines, "returns": returns, "events": events,
             "consent": consent}
 
 
-def _aggregate_expr(feature: Feature, as_of: date) -> Column:
+def _aggregate_expr(feature: Feature, as_of: date | None) -> Column:
+    """The feature's aggregate; its window starts ``window`` days before the cut-off: a literal for one
+    snapshot date, the ``_cut`` column of each row when ``as_of`` is None (a multi-date build)."""
     conditions = []
     if feature.window not in (None, LIFETIME):
-        start = as_of_instant(as_of) - timedelta(days=int(feature.window))  # type: ignore[arg-type]
-        conditions.append(f"_t >= {_ts_literal(start)}")
+        if as_of is None:
+            conditions.append(f"_t >= _cut - INTERVAL {int(feature.window)} DAYS")  # type: ignore[arg-type]
+        else:
+            start = as_of_instant(as_of) - timedelta(days=int(feature.window))  # type: ignore[arg-type]
+            conditions.append(f"_t >= {_ts_literal(start)}")
     if feature.where:
         conditions.append(f"({feature.where})")
     cond = " AND ".join(conditions)
@@ -121,24 +157,36 @@ def _aggregate_expr(feature: Feature, as_of: date) -> Column:
     return F.expr(sql).alias(feature.name)
 
 
-def build_features(inputs: FeatureInputs, config: FeatureConfig, as_of: date) -> DataFrame:
+def build_features(inputs: FeatureInputs, config: FeatureConfig, as_of: date | Sequence[date]) -> DataFrame:
     """The customer feature snapshot as of ``as_of`` (only data strictly before its midnight UTC).
 
     One ``groupBy(customer_id)`` per source table computes every windowed aggregate of that source
     as conditional aggregates; derived features are one projection over the joined aggregates.
 
+    Several dates (training snapshots): the same passes, grouped by (customer_id, as_of), so the
+    inputs are read and the plan built once for all of them; each date's rows equal its own
+    single-date snapshot.
+
     Input: see :class:`FeatureInputs`. Output columns: ``customer_id``, ``as_of`` and every public
-    feature of ``config`` in declaration order (one row per customer of ``customer_profile``).
+    feature of ``config`` in declaration order (one row per customer of ``customer_profile`` and date).
     """
-    sources = prepare_sources(inputs, as_of)
+    dates = as_of_dates(as_of)
+    multi = len(dates) > 1
+    sources = prepare_sources(inputs, dates)
     profile = inputs.customer_profile.dropDuplicates(["customer_id"])
-    snapshot = profile.withColumn("as_of", F.lit(as_of).cast("date"))
+    if multi:
+        keys = ["customer_id", "as_of"]
+        snapshot = profile.crossJoin(_dates_frame(profile.sparkSession, dates).select("as_of"))
+    else:
+        keys = ["customer_id"]
+        snapshot = profile.withColumn("as_of", F.lit(dates[0]).cast("date"))
     for source_name, source_df in sources.items():
         aggregates = [f for f in config.features if f.source == source_name and f.is_aggregate]
         if not aggregates:
             continue
-        by_customer = source_df.groupBy("customer_id").agg(*[_aggregate_expr(f, as_of) for f in aggregates])
-        snapshot = snapshot.join(by_customer, on="customer_id", how="left")
+        by_customer = source_df.groupBy(*keys).agg(
+            *[_aggregate_expr(f, None if multi else dates[0]) for f in aggregates])
+        snapshot = snapshot.join(by_customer, on=keys, how="left")
         logger.debug("features: %d aggregates over %s in one pass", len(aggregates), source_name)
     zero_filled = {f.name: F.coalesce(F.col(f.name), F.lit(0).cast("bigint" if f.agg != "sum" else "double"))
                    for f in config.features if f.agg in ZERO_FILLED}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -58,7 +59,9 @@ def warn_unknown_categories(lake: Lake, config: FeatureConfig) -> None:
                        "their spend counts in totals but has no category features", sorted(found - known))
 
 
-def build_snapshot(spark: SparkSession, lake: Lake, config: FeatureConfig, as_of: date) -> DataFrame:
+def build_snapshot(spark: SparkSession, lake: Lake, config: FeatureConfig,
+                   as_of: date | Sequence[date]) -> DataFrame:
+    """The feature snapshot of one date, or of several dates in one pass (rows keyed by as_of)."""
     return build_features(read_inputs(spark, lake), config, as_of)
 
 

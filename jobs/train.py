@@ -80,10 +80,17 @@ def data_end(lake: Lake) -> date:
 
 
 def _to_pandas(df: DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """The labelled snapshot (sampled down to ``max_rows``) in customer_id order: a model's fit (its
+    validation split, for one) must not depend on the order Spark happens to return rows in."""
     total = df.count()
     if total > max_rows:
         df = df.sample(fraction=min(1.0, 1.2 * max_rows / total), seed=seed).limit(max_rows)
-    return df.toPandas()
+    return df.toPandas().sort_values("customer_id", kind="stable").reset_index(drop=True)
+
+
+def eval_horizon(spec: ModelSpec) -> int:
+    """Days of the label window a model is trained and evaluated on."""
+    return int(spec.params.get("eval_horizon_days", spec.horizon_days))
 
 
 def split_dates(end: date, horizon_days: int) -> tuple[date, date]:
@@ -94,8 +101,7 @@ def split_dates(end: date, horizon_days: int) -> tuple[date, date]:
 def evaluate(model: Any, spec: ModelSpec, frame: pd.DataFrame) -> dict[str, float]:
     """Metrics of a fitted model (ProbabilityModel or ClvModel) on a labelled snapshot."""
     if isinstance(model, ClvModel):
-        horizon = int(spec.params.get("eval_horizon_days", spec.horizon_days))
-        return regression_metrics(frame["label"].to_numpy(), model.expected(frame, horizon))
+        return regression_metrics(frame["label"].to_numpy(), model.expected(frame, eval_horizon(spec)))
     return classification_metrics(frame["label"].to_numpy(), model.predict(None, frame))
 
 
@@ -119,7 +125,7 @@ def train_model(spark: SparkSession, lake: Lake, config: FeatureConfig, spec: Mo
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
-    horizon = int(spec.params.get("eval_horizon_days", spec.horizon_days))
+    horizon = eval_horizon(spec)
     t_train, t_eval = split_dates(end, horizon)
     inputs = read_inputs(spark, lake)
     frames = {}
@@ -190,11 +196,14 @@ def run(spark: SparkSession, ctx: JobContext, end: date | None = None, models: l
     unknown = [m for m in wanted if m not in catalogue.models]
     if unknown:
         raise JobFailed(f"train: unknown models {unknown}; known: {sorted(catalogue.models)}")
-    snapshots: dict[date, DataFrame] = {}
+    # Every model's train and eval snapshot in one pass over the inputs (rows keyed by as_of), cached
+    # once; each model reads its dates' slices. Models keep their own split dates.
+    dates = sorted({d for name in wanted for d in split_dates(end, eval_horizon(catalogue.models[name]))})
+    combined = build_snapshot(spark, lake, config, dates).cache()
+    snapshots: dict[date, DataFrame] = {d: combined.where(F.col("as_of") == F.lit(d)) for d in dates}
     results = [train_model(spark, lake, config, catalogue.models[name], end, snapshots, artifact_root,
                            ctx.run_id, max_rows) for name in wanted]
-    for df in snapshots.values():
-        df.unpersist()
+    combined.unpersist()
     return results
 
 

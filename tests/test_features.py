@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from functools import reduce
 
 import pytest
-from pyspark.sql import Row
+from pyspark.sql import DataFrame, Row
+from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from features import FeatureConfig, FeatureInputs, build_features
@@ -107,7 +109,8 @@ def full_config(conf_dir):
     return parse_file(conf_dir / "features.yaml", FeatureConfig.from_dict)
 
 
-def test_full_catalogue_families(spark, full_config):
+def _full_inputs(spark):
+    """One customer touching every family (c1), one with a profile only (c2)."""
     ts = datetime
     orders = [
         _order("o1", ts(2024, 2, 20, 9), 100.0, discount=20.0, coupon="C1", channel="online", pay="WeChat Pay"),
@@ -138,7 +141,11 @@ def test_full_catalogue_families(spark, full_config):
     ]
     consent = [("web", "w1", "email", True, ts(2023, 1, 1)), ("web", "w1", "email", False, ts(2024, 1, 1)),
                ("pos", "r1", "sms", True, ts(2024, 1, 1)), ("pos", "r1", "sms", False, ts(2024, 3, 2))]
-    result = build_features(_inputs(spark, orders, lines, returns, events, consent), full_config, AS_OF)
+    return _inputs(spark, orders, lines, returns, events, consent)
+
+
+def test_full_catalogue_families(spark, full_config):
+    result = build_features(_full_inputs(spark), full_config, AS_OF)
     columns = ["customer_id", "orders_count_lifetime", "orders_revenue_90d", "orders_aov_lifetime",
                "orders_discount_share_30d", "orders_coupon_share_lifetime", "orders_online_count_30d",
                "orders_pay_wechat_pay_count_lifetime", "orders_category_count_lifetime", "cat_spend_beauty_lifetime",
@@ -156,3 +163,23 @@ def test_full_catalogue_families(spark, full_config):
          False, None, None, None, None, 0, 0, None, None, None, None, None, None, None),
     ], result.select(columns).schema)
     assertDataFrameEqual(result.select(columns), expected)
+
+
+def test_several_dates_in_one_pass_equal_each_single_date_snapshot(spark, full_config):
+    inputs = _full_inputs(spark)
+    # the usual as-of, and a later date that sees the late return, SMS opt-out and WeChat unfollow
+    dates = [AS_OF, date(2024, 3, 10)]
+    combined = build_features(inputs, full_config, dates)
+    one_by_one = reduce(DataFrame.unionByName, [build_features(inputs, full_config, day) for day in dates])
+
+    def comparable(df):  # collect_set order is not defined: sort arrays before comparing
+        arrays = [f.name for f in df.schema.fields if f.dataType.typeName() == "array"]
+        return df.withColumns({name: F.array_sort(name) for name in arrays})
+
+    assertDataFrameEqual(comparable(combined), comparable(one_by_one))  # 2 customers x 2 dates, every feature
+
+    def aggregates(df):
+        return df._jdf.queryExecution().optimizedPlan().toString().count("Aggregate [customer_id#")
+
+    # still one aggregation per source table, now keyed by (customer_id, as_of)
+    assert aggregates(combined) == aggregates(build_features(inputs, full_config, AS_OF))
