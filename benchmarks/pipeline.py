@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", dest="to_step", help="last step (default: export)")
     parser.add_argument("--as-of", dest="as_of", help="snapshot date (default: the day after the generated history)")
     parser.add_argument("--keep", action="store_true", help="keep the lake and raw files")
+    parser.add_argument("--force-unlock", action="store_true",
+                        help="break the lock a killed benchmark run left in --lake (never a live run's)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.from_step and not args.lake:
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         as_of = args.as_of or (date.fromisoformat(DEFAULT_END) + timedelta(days=1)).isoformat()
         summary = pipeline.run(spark, ctx, customers=args.customers if generate else None,
                                seed=args.seed if generate else None, raw=str(work / "raw"), as_of=as_of,
-                               from_step=args.from_step, to_step=args.to_step, report=False, observer=sampler)
+                               from_step=args.from_step, to_step=args.to_step, report=False, observer=sampler,
+                               force_unlock=args.force_unlock)
     finally:
         sampler.stop()
         spark.stop()
