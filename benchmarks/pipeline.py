@@ -5,7 +5,8 @@
 
 ``--from STEP`` continues on an existing lake (for example one kept by ``benchmarks/land.py --keep``,
 whose ``lake-N`` folder holds bronze and silver) without generating: a 1M-customer run can be measured
-in parts. ``--customers`` then only labels the output.
+in parts. ``--customers`` then only labels the output. ``--read-once`` first times one full scan of
+the tables ``cdp features`` reads: the yardstick the features and tag steps are measured against.
 
 Runs ``cdp run`` in this process (generate -> ... -> export) on a fresh lake and prints, per step:
 wall time, rows in / out, peak RSS of the Python processes (this driver, the generator's workers and
@@ -93,6 +94,20 @@ class MemorySampler:
         self._thread.join()
 
 
+def read_feature_inputs_once(spark, lake: str) -> float:
+    """Seconds for one full scan of every table `cdp features` reads (its projected columns)."""
+    from dataclasses import fields
+
+    from jobs.build_features import read_inputs
+    from jobs.lake import Lake
+
+    start = time.perf_counter()
+    inputs = read_inputs(spark, Lake(spark, lake))
+    for table in (getattr(inputs, f.name) for f in fields(inputs)):
+        table.write.format("noop").mode("overwrite").save()  # full scan, no output
+    return time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, required=True)
@@ -106,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the lake and raw files")
     parser.add_argument("--force-unlock", action="store_true",
                         help="break the lock a killed benchmark run left in --lake (never a live run's)")
+    parser.add_argument("--read-once", action="store_true",
+                        help="first time a full scan of the feature inputs (the #4 yardstick for features + tag)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.from_step and not args.lake:
@@ -130,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_session(profile, "cdp-benchmark")
     session_seconds = time.perf_counter() - started
     try:
+        if args.read_once:
+            print(f"read the feature inputs once: {read_feature_inputs_once(spark, lake):.1f} s", flush=True)
         generate = args.from_step in (None, "generate")
         as_of = args.as_of or (date.fromisoformat(DEFAULT_END) + timedelta(days=1)).isoformat()
         summary = pipeline.run(spark, ctx, customers=args.customers if generate else None,

@@ -31,6 +31,7 @@ import html
 import json
 import logging
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -313,6 +314,12 @@ def view_identifier_formats(df: DataFrame, params: Mapping[str, Any],
                      F.coalesce(valid & check, F.lit(False)).alias("valid_format"))
 
 
+# per candidate frame: the statistics rows of each skip set. The tags_wide and tags_drift gates audit
+# the same staged frame; without this, each would unpivot the whole table again.
+_TAG_STATS_BY_FRAME: weakref.WeakKeyDictionary[DataFrame, dict[frozenset[str], list[tuple]]] = \
+    weakref.WeakKeyDictionary()
+
+
 def _tag_stats(df: DataFrame, skip: set[str]) -> DataFrame:
     """tag, coverage, mean (numeric and boolean columns) of every column not in ``skip``.
 
@@ -320,12 +327,22 @@ def _tag_stats(df: DataFrame, skip: set[str]) -> DataFrame:
     the small result is collected and returned as a local frame. One SQL expression builds the
     unpivot: hundreds of Column objects would cost a py4j round trip each, and hundreds of aggregates
     per row (or the same left lazy and joined, as view_tag_drift does) exhaust the planner's heap
-    with the real catalogue (OutOfMemoryError with 4g for ~660 tags).
+    with the real catalogue (OutOfMemoryError with 4g for ~660 tags). The rows are computed once per
+    frame object and skip set (frames of a published or staged table do not change under them).
     """
+    schema = "tag string, coverage double, mean double"
+    memo = _TAG_STATS_BY_FRAME.setdefault(df, {})
+    key = frozenset(skip)
+    if key not in memo:
+        memo[key] = _tag_stats_rows(df, skip)
+    return df.sparkSession.createDataFrame(memo[key], schema)
+
+
+def _tag_stats_rows(df: DataFrame, skip: set[str]) -> list[tuple]:
     numeric = ("int", "bigint", "double", "float", "boolean", "smallint", "tinyint", "decimal")
     tags = [(c, t) for c, t in df.dtypes if c not in skip]
     if not tags:
-        return df.sparkSession.createDataFrame([], "tag string, coverage double, mean double")
+        return []
     entries = ", ".join(
         f"named_struct('i', {i}, 'present', `{name}` IS NOT NULL, 'x', "
         f"{f'CAST(`{name}` AS DOUBLE)' if dtype.startswith(numeric) else 'CAST(NULL AS DOUBLE)'})"
@@ -338,7 +355,7 @@ def _tag_stats(df: DataFrame, skip: set[str]) -> DataFrame:
         row = rows.get(i)  # none when the table is empty: coverage undefined
         coverage = int(row["covered"]) / int(row["rows"]) if row is not None else None
         stats.append((name, coverage, _as_float(row["mean"]) if row is not None else None))
-    return df.sparkSession.createDataFrame(stats, "tag string, coverage double, mean double")
+    return stats
 
 
 def _as_float(value: Any) -> float | None:
@@ -500,6 +517,24 @@ def _relative_bounds(spec: ExpectationSpec, previous_value: float) -> tuple[floa
     return low, high
 
 
+_ROW_COUNT_EXPECTATIONS = {"expect_table_row_count_to_be_between", "expect_table_row_count_to_equal"}
+
+
+def columns_needed(check: CheckSpec) -> set[str] | None:
+    """The view columns a check's expectations and id columns read, or None when some expectation
+    may read others (table-level expectations on the columns, multi-column ones, row conditions)."""
+    needed = set(check.id_columns)
+    for spec in check.expectations:
+        if spec.expectation in _ROW_COUNT_EXPECTATIONS:
+            continue
+        named = [spec.kwargs[k] for k in ("column", "column_A", "column_B") if k in spec.kwargs]
+        if not spec.expectation.startswith("expect_column_") or not named or "row_condition" in spec.kwargs \
+                or not all(isinstance(name, str) for name in named):
+            return None
+        needed.update(named)
+    return needed
+
+
 def validate_suite(suite: SuiteSpec, candidate: DataFrame, *, table: str,
                    previous: DataFrame | None = None, inputs: Mapping[str, DataFrame] | None = None,
                    params: Mapping[str, Mapping[str, Any]] | None = None, run_id: str = "") -> SuiteResult:
@@ -529,8 +564,16 @@ def validate_suite(suite: SuiteSpec, candidate: DataFrame, *, table: str,
         for check in suite.checks:
             view_params = {**check.params, **dict(params.get(check.view, {}))}
             view = VIEWS[check.view]
-            view_df = view(candidate, view_params, inputs).cache()
-            previous_view = view(previous, view_params, inputs) if previous is not None else None
+            view_df = view(candidate, view_params, inputs)
+            needed = columns_needed(check)
+            if needed is not None and needed <= set(view_df.columns):
+                # cache only what the expectations read: a wide table (tags_wide) would be cached whole
+                view_df = view_df.select(*[c for c in view_df.columns if c in needed])
+            view_df = view_df.cache()
+            # the previous version's view only serves relative bounds; views such as tag_drift scan
+            # whole tables, so a check without relative bounds does not build it
+            needs_previous = previous is not None and any(spec.relative is not None for spec in check.expectations)
+            previous_view = view(previous, view_params, inputs) if needs_previous else None
             gx_suite = gx.ExpectationSuite(name=f"{suite.name}.{check.view}.{uuid.uuid4().hex[:8]}")
             planned: list[tuple[ExpectationSpec, dict[str, Any], str]] = []
             for spec in check.expectations:

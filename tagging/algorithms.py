@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pyspark.sql import Column, DataFrame
@@ -31,6 +32,7 @@ RFM_SEGMENTS = (
     ("hibernating", (1, 2), (1, 2)),
 )
 LIFECYCLE_STAGES = ("prospect", "new", "active", "at_risk", "lapsing", "churned")
+KMEANS_PARALLEL_FITS = 8  # k-means fits (one per candidate k) running at the same time
 
 
 def _p(params: Mapping[str, Any], key: str, where: str) -> Any:
@@ -244,6 +246,7 @@ class KMeansClusters:
         from pyspark.ml.clustering import KMeans
         from pyspark.ml.evaluation import ClusteringEvaluator
         from pyspark.ml.feature import StandardScaler, VectorAssembler
+        from pyspark.util import inheritable_thread_target
 
         features = self.inputs(params, lists, where)
         seed = int(params.get("seed", 42))
@@ -260,19 +263,27 @@ class KMeansClusters:
         prep_model = Pipeline(stages=[assembler, scaler]).fit(sample)
         sample_vec = prep_model.transform(sample).select(f"{prefix}vec").cache()
         evaluator = ClusteringEvaluator(featuresCol=f"{prefix}vec", predictionCol=f"{prefix}k")
-        best = None
-        silhouettes: dict[int, float] = {}
         n_sample = sample_vec.count()
-        for k in k_values:
-            if k >= n_sample:
-                break
+        k_values = [k for k in k_values if k < n_sample]
+
+        @inheritable_thread_target(df.sparkSession)  # the fits' jobs keep the caller's job group and properties
+        def fit(k: int) -> tuple[float, Any]:
             model = KMeans(k=k, seed=seed, featuresCol=f"{prefix}vec", predictionCol=f"{prefix}k",
                            maxIter=int(params.get("max_iter", 20))).fit(sample_vec)
-            score = evaluator.evaluate(model.transform(sample_vec))
+            return evaluator.evaluate(model.transform(sample_vec)), model
+
+        # One fit per k, side by side: each is a chain of small jobs on the cached sample, bound by
+        # job scheduling more than by the cores, so the fits overlap well. Each fit is seeded and
+        # independent of the others, so the choice does not depend on the threads.
+        with ThreadPoolExecutor(max_workers=max(1, min(len(k_values), KMEANS_PARALLEL_FITS))) as pool:
+            fitted = dict(zip(k_values, pool.map(fit, k_values), strict=True))
+        sample_vec.unpersist()
+        best = None
+        silhouettes: dict[int, float] = {}
+        for k, (score, model) in fitted.items():  # ascending k: a tie keeps the smaller k
             silhouettes[k] = round(score, 4)
             if best is None or score > best[1] + 1e-9:
                 best = (k, score, model)
-        sample_vec.unpersist()
         if best is None:
             raise ValueError(f"{where}: not enough customers ({n_sample}) for k-means with k in {k_values}")
         k, score, model = best

@@ -154,8 +154,9 @@ def _check_sql(spark: SparkSession, schema: T.StructType, sql: str, where: str) 
 
 def _check_rule_sql(rules: list[Tag], tags: dict[str, Tag], feature_schema: T.StructType,
                     spark: SparkSession) -> None:
-    tag_fields = [T.StructField(t.name, T._parse_datatype_string(SPARK_TYPES[t.value_type]))
-                  for t in tags.values()]
+    # parse each value type once: a parse is a py4j round trip, and a catalogue has hundreds of tags
+    spark_types = {v: T._parse_datatype_string(ddl) for v, ddl in SPARK_TYPES.items()}
+    tag_fields = [T.StructField(t.name, spark_types[t.value_type]) for t in tags.values()]
     schema = T.StructType([*feature_schema.fields, *tag_fields])
     empty = spark.createDataFrame([], schema)
     try:  # all at once: one analysis for the whole catalogue in the usual case

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from pyspark.testing import assertDataFrameEqual
 
-from expectations.quality import QualityConfig
+from expectations.quality import QualityConfig, columns_needed
 from jobs.config import ConfigError, JobContext, Profile, load_yaml
 from jobs.entry import JobFailed
 from jobs.gates import load_quality_config, publish_with_gates
@@ -50,6 +50,18 @@ def test_real_quality_yaml_parses_for_every_profile(conf_dir):
     rel = cluster.suite("audience").checks[0].expectations[2].relative
     assert rel == {"min_ratio": 0.5, "max_ratio": 2.0}
     assert {"bronze", "silver_identifiers", "identity_map", "tags_wide", "audience"} <= set(cluster.suites)
+
+
+def test_checks_cache_only_the_columns_their_expectations_read(conf_dir):
+    config = QualityConfig.from_dict(load_yaml(conf_dir / "quality.yaml"), "local")
+    assert columns_needed(config.suite("tags_wide").checks[0]) == {"customer_id"}  # unique + row count
+    assert columns_needed(config.suite("bronze").checks[0]) == {"_load_id", "_source_file", "_ingested_at"}
+    members = QualityConfig.from_dict(GATE_CONF, "strict").suite("members")
+    assert columns_needed(members.checks[1]) == {"customer_id", "has_consent"}
+    table_level = {"suites": {"t": {"checks": [{"view": "table", "expectations": [
+        {"expectation": "expect_column_values_to_not_be_null", "kwargs": {"column": "a"}},
+        {"expectation": "expect_table_columns_to_match_set", "kwargs": {"column_set": ["a", "b"]}}]}]}}}
+    assert columns_needed(QualityConfig.from_dict(table_level, "local").suite("t").checks[0]) is None
 
 
 @pytest.mark.parametrize(("mutate", "message"), [

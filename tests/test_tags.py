@@ -197,6 +197,7 @@ def test_long_form_and_per_tag_statistics(spark):
         _tag("spend", "orders_revenue_365d", "double"),
         _tag("orders", "orders_count_lifetime", "int"),
         _tag("repeat", "orders_count_lifetime > 1"),
+        _tag("never", "orders_count_lifetime < 0"),
     ]}))
     wide, _ = compute_tags(features, catalogue, LISTS)
     versions = {t.name: f"def:{t.name}'s" for t in catalogue.tags}  # a quote survives the SQL text
@@ -211,10 +212,11 @@ def test_long_form_and_per_tag_statistics(spark):
     stats = {r["tag"]: r for r in tag_stats(wide, long, catalogue, versions, at, "r1").collect()}
     assert {t: (r["customers"], r["covered"], r["true_count"], r["distinct_values"]) for t, r in stats.items()} == {
         "vip": (4, 3, 1, 2), "band": (4, 2, None, 1), "spend": (4, 3, None, 3), "orders": (4, 4, None, 4),
-        "repeat": (4, 4, 2, 2)}
+        "repeat": (4, 4, 2, 2), "never": (4, 4, 0, 1)}
     assert (stats["spend"]["min"], stats["spend"]["mean"], stats["spend"]["p50"], stats["spend"]["max"]) == \
         (0.0, 4100.0, 300.0, 12000.0)
-    assert (stats["orders"]["min"], stats["orders"]["mean"], stats["orders"]["max"]) == (0.0, 2.0, 5.0)
+    assert (stats["orders"]["min"], stats["orders"]["mean"], stats["orders"]["p50"], stats["orders"]["max"]) == \
+        (0.0, 2.0, 1.0, 5.0)
     assert stats["vip"]["min"] is None and stats["band"]["mean"] is None
     assert stats["band"]["top_values"] == {"buyer": 2} and stats["vip"]["top_values"] == {"true": 1}
     assert stats["spend"]["top_values"] is None and stats["vip"]["coverage"] == 0.75
