@@ -264,7 +264,7 @@ class KMeansClusters:
         sample_vec = prep_model.transform(sample).select(f"{prefix}vec").cache()
         evaluator = ClusteringEvaluator(featuresCol=f"{prefix}vec", predictionCol=f"{prefix}k")
         n_sample = sample_vec.count()
-        k_values = [k for k in k_values if k < n_sample]
+        candidates = [k for k in k_values if k < n_sample]
 
         @inheritable_thread_target(df.sparkSession)  # the fits' jobs keep the caller's job group and properties
         def fit(k: int) -> tuple[float, Any]:
@@ -275,8 +275,8 @@ class KMeansClusters:
         # One fit per k, side by side: each is a chain of small jobs on the cached sample, bound by
         # job scheduling more than by the cores, so the fits overlap well. Each fit is seeded and
         # independent of the others, so the choice does not depend on the threads.
-        with ThreadPoolExecutor(max_workers=max(1, min(len(k_values), KMEANS_PARALLEL_FITS))) as pool:
-            fitted = dict(zip(k_values, pool.map(fit, k_values), strict=True))
+        with ThreadPoolExecutor(max_workers=max(1, min(len(candidates), KMEANS_PARALLEL_FITS))) as pool:
+            fitted = dict(zip(candidates, pool.map(fit, candidates), strict=True))
         sample_vec.unpersist()
         best = None
         silhouettes: dict[int, float] = {}

@@ -189,8 +189,7 @@ def tag_stats(wide: DataFrame, long: DataFrame, catalogue: Catalogue, versions: 
         medians = ", ".join(f"named_struct('i', {i}, 'x', CAST(`{t.name}` AS DOUBLE))" for i, t in numeric_tags)
         for row in (wide.select(F.expr(f"inline(array({medians}))")).groupBy("i")
                     .agg(F.percentile_approx("x", 0.5, 1000).alias("p50")).collect()):
-            if row["i"] in per_tag:
-                per_tag[row["i"]]["p50"] = row["p50"]
+            per_tag[row["i"]]["p50"] = row["p50"]  # every tag with a median row has its main row
     categorical = [t.name for t in tags if t.value_type != "double"]
     counts = (long.where(F.col("tag").isin(categorical)).groupBy("tag", "value").count().collect()
               if categorical else [])
