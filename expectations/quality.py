@@ -272,9 +272,13 @@ def view_identity_summary(df: DataFrame, params: Mapping[str, Any],
 
 
 def view_tag_coverage(df: DataFrame, params: Mapping[str, Any], inputs: Mapping[str, DataFrame]) -> DataFrame:
-    """tags_wide -> tag, coverage (non-null share). params: ``exclude`` extra columns to skip."""
+    """tags_wide -> tag, coverage (non-null share). params: ``exclude`` extra columns to skip.
+
+    ``inputs['tag_profile']`` (tag, coverage, mean of every tag of ``df``), when the caller computed
+    it already, saves a pass over the table.
+    """
     skip = {"customer_id", "as_of", "computed_at", "run_id", *(params.get("exclude") or [])}
-    return _tag_stats(df, skip).select("tag", "coverage")
+    return _tag_stats(df, skip, inputs.get("tag_profile")).select("tag", "coverage")
 
 
 def view_audience_compliance(df: DataFrame, params: Mapping[str, Any],
@@ -320,7 +324,7 @@ _TAG_STATS_BY_FRAME: weakref.WeakKeyDictionary[DataFrame, dict[frozenset[str], l
     weakref.WeakKeyDictionary()
 
 
-def _tag_stats(df: DataFrame, skip: set[str]) -> DataFrame:
+def _tag_stats(df: DataFrame, skip: set[str], profile: DataFrame | None = None) -> DataFrame:
     """tag, coverage, mean (numeric and boolean columns) of every column not in ``skip``.
 
     The wide table is unpivoted into (column index, present, value) rows, aggregated by column, and
@@ -329,8 +333,19 @@ def _tag_stats(df: DataFrame, skip: set[str]) -> DataFrame:
     per row (or the same left lazy and joined, as view_tag_drift does) exhaust the planner's heap
     with the real catalogue (OutOfMemoryError with 4g for ~660 tags). The rows are computed once per
     frame object and skip set (frames of a published or staged table do not change under them).
+
+    ``profile``: the same statistics computed by the caller (a small frame with tag, coverage, mean);
+    used when it covers exactly the columns asked for, otherwise they are computed here.
     """
     schema = "tag string, coverage double, mean double"
+    if profile is not None:
+        wanted = {c for c in df.columns if c not in skip}
+        given = {row["tag"]: (row["coverage"], row["mean"]) for row in profile.select("tag", "coverage", "mean").collect()}
+        if set(given) == wanted:
+            return df.sparkSession.createDataFrame(
+                [(c, *given[c]) for c in df.columns if c in wanted], schema)
+        logger.warning("tag statistics supplied for %d columns, the table has %d others; computing them",
+                       len(given), len(wanted - set(given)) + len(set(given) - wanted))
     memo = _TAG_STATS_BY_FRAME.setdefault(df, {})
     key = frozenset(skip)
     if key not in memo:
@@ -367,12 +382,14 @@ def view_tag_drift(df: DataFrame, params: Mapping[str, Any], inputs: Mapping[str
 
     Output: tag, coverage, previous_coverage, coverage_change (absolute, null on the first run),
     mean, previous_mean, mean_change (|mean - previous| / max(|previous|, 1e-9), null when undefined).
-    ``inputs['previous']`` (the published version) is supplied by :func:`validate_suite`.
+    ``inputs['previous']`` (the published version) is supplied by :func:`validate_suite`;
+    ``inputs['tag_profile']`` and ``inputs['previous_tag_profile']`` (tag, coverage, mean), when the
+    caller has them (``cdp tag`` keeps them in ``tag_stats``), save a pass over each table.
     """
     skip = {"customer_id", "as_of", "computed_at", "run_id", *(params.get("exclude") or [])}
-    now = _tag_stats(df, skip)
+    now = _tag_stats(df, skip, inputs.get("tag_profile"))
     if "previous" in inputs:
-        before = _tag_stats(inputs["previous"], skip).select(
+        before = _tag_stats(inputs["previous"], skip, inputs.get("previous_tag_profile")).select(
             "tag", F.col("coverage").alias("previous_coverage"), F.col("mean").alias("previous_mean"))
     else:
         before = now.select("tag", F.lit(None).cast("double").alias("previous_coverage"),
@@ -385,6 +402,9 @@ def view_tag_drift(df: DataFrame, params: Mapping[str, Any], inputs: Mapping[str
         (F.abs(F.col("mean") - F.col("previous_mean"))
          / F.greatest(F.abs(F.col("previous_mean")), F.lit(1e-9))).alias("mean_change"))
 
+
+# inputs computed from the candidate itself; a view of the previous version must not read them
+CANDIDATE_INPUTS = frozenset({"tag_profile"})
 
 VIEWS: dict[str, View] = {
     "table": view_table,
@@ -573,7 +593,9 @@ def validate_suite(suite: SuiteSpec, candidate: DataFrame, *, table: str,
             # the previous version's view only serves relative bounds; views such as tag_drift scan
             # whole tables, so a check without relative bounds does not build it
             needs_previous = previous is not None and any(spec.relative is not None for spec in check.expectations)
-            previous_view = view(previous, view_params, inputs) if needs_previous else None
+            # inputs that describe the candidate (CANDIDATE_INPUTS) do not hold for the previous version
+            previous_inputs = {k: v for k, v in inputs.items() if k not in CANDIDATE_INPUTS}
+            previous_view = view(previous, view_params, previous_inputs) if needs_previous else None
             gx_suite = gx.ExpectationSuite(name=f"{suite.name}.{check.view}.{uuid.uuid4().hex[:8]}")
             planned: list[tuple[ExpectationSpec, dict[str, Any], str]] = []
             for spec in check.expectations:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -125,7 +125,9 @@ def audit(lake: Lake, candidate: DataFrame, table: str, suite_name: str, ctx: Jo
 def publish_with_gates(lake: Lake, df: DataFrame, table: str, suite_name: str | Sequence[str], ctx: JobContext, *,
                        inputs: Mapping[str, DataFrame] | None = None,
                        params: Mapping[str, Mapping[str, Any]] | None = None,
-                       config: QualityConfig | None = None, **write_kwargs: Any) -> GateOutcome:
+                       config: QualityConfig | None = None,
+                       candidate_inputs: Callable[[DataFrame], Mapping[str, DataFrame]] | None = None,
+                       **write_kwargs: Any) -> GateOutcome:
     """Stage, validate and (only when every gate passes) publish ``df`` as ``table``.
 
     Args:
@@ -137,6 +139,8 @@ def publish_with_gates(lake: Lake, df: DataFrame, table: str, suite_name: str | 
         ctx: job context (conf dir, profile for thresholds, run id for the report folder).
         inputs: extra frames the suite's views need (e.g. ``consent_current``).
         params: runtime view params, e.g. ``{"identity_type_counts": {"limits": {...}}}``.
+        candidate_inputs: builds more inputs from the staged candidate, once, before the suites run
+            (``cdp tag`` computes its tag statistics here and keeps them for ``tag_stats``).
         write_kwargs: passed to ``lake.write`` for the publish (default ``mode="overwrite"``).
 
     Raises:
@@ -146,6 +150,8 @@ def publish_with_gates(lake: Lake, df: DataFrame, table: str, suite_name: str | 
     staging = staging_name(table)
     lake.write(df, staging, mode="overwrite", metadata={"run_id": ctx.run_id, "stage_of": table})
     candidate = lake.read(staging)
+    if candidate_inputs is not None:
+        inputs = {**dict(inputs or {}), **dict(candidate_inputs(candidate))}
     results, reports = [], []
     for position, name in enumerate(suite_names):
         result, report = audit(lake, candidate, table, name, ctx, inputs=inputs, params=params, config=config,

@@ -14,7 +14,7 @@ import sys
 from datetime import UTC, date, datetime
 from typing import Any
 
-from pyspark.sql import Column, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.build_features import TABLE as FEATURES
@@ -25,7 +25,15 @@ from jobs.gates import publish_with_gates
 from jobs.lake import Lake
 from jobs.tags import load_catalogue
 from jobs.train import configure_mlflow
-from tagging import Catalogue, compute_tags, tag_stats, tag_versions, to_long
+from tagging import (
+    Catalogue,
+    compute_tags,
+    profile_from_tag_stats,
+    tag_profile,
+    tag_stats,
+    tag_versions,
+    to_long,
+)
 from tagging.compute import Scorer
 
 logger = logging.getLogger(__name__)
@@ -66,6 +74,18 @@ def model_scorers(spark: SparkSession, catalogue: Catalogue) -> tuple[dict[str, 
     return scorers, versions
 
 
+def previous_tag_profile(lake: Lake) -> DataFrame | None:
+    """tag, coverage, mean of the published tags_wide, from the ``tag_stats`` rows of the run that
+    wrote it (None when there is no such table or run: the drift gate then computes them)."""
+    if not (lake.exists("tags_wide") and lake.exists("tag_stats")):
+        return None
+    last = lake.read("tags_wide").select("run_id").first()
+    if last is None:
+        return None
+    stats = lake.read("tag_stats").where(F.col("run_id") == F.lit(last["run_id"]))
+    return profile_from_tag_stats(stats).localCheckpoint()
+
+
 def latest_as_of(lake: Lake) -> date:
     latest = lake.read(FEATURES).agg(F.max("as_of")).first()[0]
     if latest is None:
@@ -92,13 +112,24 @@ def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict
     wide = wide.select("customer_id", "as_of", F.lit(computed_at).cast("timestamp").alias("computed_at"),
                        F.lit(ctx.run_id).alias("run_id"), *[t.name for t in catalogue.tags])
     # Write-audit-publish: coverage and drift against the previous run gate tags_wide; when a gate
-    # fails, nothing below is written and every tag table keeps its last good version.
-    wide_version = publish_with_gates(lake, wide, "tags_wide", ("tags_wide", "tags_drift"), ctx,
-                                      metadata=metadata).version
-    stored_wide = lake.read("tags_wide")  # computed once: long form and statistics read the table
+    # fails, nothing below is written and every tag table keeps its last good version. The staged
+    # table's statistics are computed once, for the gates and for tag_stats (the published table is
+    # the staged one); the previous version's come from tag_stats of the run that wrote it.
+    profiles: dict[str, DataFrame] = {}
+
+    def profile_staged(staged: DataFrame) -> dict[str, DataFrame]:
+        profiles["staged"] = tag_profile(staged, catalogue)
+        return {"tag_profile": profiles["staged"]}
+
+    previous = previous_tag_profile(lake)
+    wide_version = publish_with_gates(lake, wide, "tags_wide", ("tags_wide", "tags_drift"), ctx, metadata=metadata,
+                                      inputs={"previous_tag_profile": previous} if previous is not None else None,
+                                      candidate_inputs=profile_staged).version
+    stored_wide = lake.read("tags_wide")
     long_version = lake.write(to_long(stored_wide, catalogue, versions, computed_at, ctx.run_id), "tags_long",
                               mode="overwrite", metadata=metadata)
-    stats = tag_stats(stored_wide, lake.read("tags_long"), catalogue, versions, computed_at, ctx.run_id)
+    stats = tag_stats(stored_wide, lake.read("tags_long"), catalogue, versions, computed_at, ctx.run_id,
+                      profile=profiles["staged"])
     lake.write(stats, "tag_stats", mode="append", metadata=metadata)
     customers = stats.first()["customers"] if catalogue.tags else 0
     logger.info("tag: %d tags for %d customers as of %s -> tags_wide v%s, tags_long v%s; k-means %s",

@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 from tagging.catalogue import Algorithm, Catalogue, CatalogueError, ModelSpec, Tag, merge, parse_file
-from tagging.compute import TagRunInfo, compute_tags, tag_stats, tag_versions, to_long
+from tagging.compute import (
+    TagRunInfo,
+    compute_tags,
+    profile_from_tag_stats,
+    tag_profile,
+    tag_stats,
+    tag_versions,
+    to_long,
+)
 from tagging.validate import dependency_order, validate_catalogue
 
 __all__ = ["Algorithm", "Catalogue", "CatalogueError", "ModelSpec", "Tag", "TagRunInfo", "compute_tags",
-           "dependency_order", "merge", "parse_file", "tag_stats", "tag_versions", "to_long",
-           "validate_catalogue"]
+           "dependency_order", "merge", "parse_file", "profile_from_tag_stats", "tag_profile", "tag_stats",
+           "tag_versions", "to_long", "validate_catalogue"]

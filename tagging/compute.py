@@ -85,11 +85,6 @@ def compute_tags(features: DataFrame, catalogue: Catalogue, lists: Mapping[str, 
     return tagged.select("customer_id", "as_of", *[t.name for t in catalogue.tags]), info
 
 
-def _sql_string(text: str) -> str:
-    """A SQL string literal."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _predictive_column(tag: Tag, catalogue: Catalogue, scorers: Mapping[str, Scorer]) -> Column:
     spec = catalogue.models[tag.model or ""]
     scorer = scorers.get(spec.name)
@@ -118,19 +113,23 @@ def to_long(wide: DataFrame, catalogue: Catalogue, versions: Mapping[str, str], 
     """
     if not catalogue.tags:
         return wide.sparkSession.createDataFrame([], TAGS_LONG_SCHEMA)
+    spark = wide.sparkSession
     entries = []
-    for tag in catalogue.tags:
+    for i, tag in enumerate(catalogue.tags):
         column = f"`{tag.name}`"
         text = f"CASE WHEN {column} THEN 'true' END" if tag.value_type == "boolean" else f"CAST({column} AS STRING)"
-        entries.append(f"named_struct('tag', {_sql_string(tag.name)}, 'value', {text}, 'kind', "
-                       f"{_sql_string(tag.kind)}, 'version', {_sql_string(versions[tag.name])})")
-    # one SQL expression for the whole catalogue (see compute_tags: Columns cost a round trip each)
+        entries.append(f"named_struct('i', {i}, 'value', {text})")
+    # one SQL expression for the whole catalogue (see compute_tags: Columns cost a round trip each);
+    # each entry carries the tag's index only, and a broadcast join adds name, kind and version:
+    # building 4-field entries for every tag of every row took twice as long
+    metadata = spark.createDataFrame(
+        [(i, tag.name, tag.kind, versions[tag.name]) for i, tag in enumerate(catalogue.tags)],
+        "i int, tag string, kind string, version string")
     exploded = wide.select("customer_id", "as_of", F.expr(
-        f"explode(filter(array({', '.join(entries)}), e -> e.value IS NOT NULL))").alias("t"))
-    return exploded.select("customer_id", F.col("t.tag").alias("tag"), F.col("t.value").alias("value"),
-                           F.col("t.kind").alias("kind"), F.col("t.version").alias("version"),
-                           F.lit(computed_at).cast("timestamp").alias("computed_at"), "as_of",
-                           F.lit(run_id).alias("run_id"))
+        f"inline(filter(array({', '.join(entries)}), e -> e.value IS NOT NULL))"))
+    return exploded.join(F.broadcast(metadata), on="i").select(
+        "customer_id", "tag", "value", "kind", "version", F.lit(computed_at).cast("timestamp").alias("computed_at"),
+        "as_of", F.lit(run_id).alias("run_id"))
 
 
 TAGS_LONG_SCHEMA = T.StructType([
@@ -153,17 +152,30 @@ TAG_STATS_SCHEMA = T.StructType([
 ])
 
 
-def tag_stats(wide: DataFrame, long: DataFrame, catalogue: Catalogue, versions: Mapping[str, str],
-              computed_at: datetime, run_id: str, top_n: int = 20) -> DataFrame:
-    """Coverage and distribution per tag: one aggregation over tags_wide, one over tags_long.
+TAG_PROFILE_SCHEMA = T.StructType([
+    T.StructField("tag", T.StringType()), T.StructField("as_of", T.DateType()),
+    T.StructField("customers", T.LongType()), T.StructField("covered", T.LongType()),
+    T.StructField("coverage", T.DoubleType()), T.StructField("true_count", T.LongType()),
+    T.StructField("distinct_values", T.LongType()), T.StructField("min", T.DoubleType()),
+    T.StructField("mean", T.DoubleType()), T.StructField("p50", T.DoubleType()),
+    T.StructField("max", T.DoubleType()),
+])
+
+
+def tag_profile(wide: DataFrame, catalogue: Catalogue) -> DataFrame:
+    """Per tag of tags_wide: customers, covered, coverage, true count (booleans), distinct values,
+    min / mean / p50 / max (int and double tags; ``mean`` of a boolean is its true share, as the
+    quality gates compare it).
 
     tags_wide is unpivoted into (tag index, value) rows and aggregated by tag: a few aggregates over
-    one narrow column scale to hundreds of tags, where hundreds of aggregates per row do not.
-    Output: the columns of ``TAG_STATS_SCHEMA`` (one row per tag).
+    one narrow column scale to hundreds of tags, where hundreds of aggregates per row do not. The
+    result is small and returned as a local frame (``TAG_PROFILE_SCHEMA``), so the quality gates and
+    :func:`tag_stats` can share one pass over the table.
     """
+    spark = wide.sparkSession
     tags = catalogue.tags
     if not tags:
-        return wide.sparkSession.createDataFrame([], TAG_STATS_SCHEMA)
+        return spark.createDataFrame([], TAG_PROFILE_SCHEMA)
     no_text = "CAST(NULL AS STRING)"
     entries = []
     for i, tag in enumerate(tags):
@@ -185,39 +197,67 @@ def tag_stats(wide: DataFrame, long: DataFrame, catalogue: Catalogue, versions: 
         F.max("x").alias("max")).collect()}
     # medians of the numeric tags, a second pass over their columns alone
     numeric_tags = [(i, t) for i, t in enumerate(tags) if t.value_type in ("int", "double")]
-    if numeric_tags:
+    if numeric_tags and per_tag:
         medians = ", ".join(f"named_struct('i', {i}, 'x', CAST(`{t.name}` AS DOUBLE))" for i, t in numeric_tags)
         for row in (wide.select(F.expr(f"inline(array({medians}))")).groupBy("i")
                     .agg(F.percentile_approx("x", 0.5, 1000).alias("p50")).collect()):
             per_tag[row["i"]]["p50"] = row["p50"]  # every tag with a median row has its main row
+    first = per_tag.get(0)  # none when tags_wide is empty
+    customers, as_of = (int(first["rows"]), first["as_of"]) if first else (0, None)
+    rows = []
+    for i, tag in enumerate(tags):
+        stats = per_tag.get(i) or {}
+        covered = int(stats.get("covered") or 0)
+        numeric = tag.value_type in ("int", "double")
+        true_count = int(stats.get("total") or 0) if tag.value_type == "boolean" else None
+
+        def stat(key: str, stats: Any = stats, numeric: bool = numeric) -> float | None:
+            return float(stats[key]) if numeric and stats.get(key) is not None else None
+
+        mean = true_count / covered if true_count is not None and covered else stat("mean")
+        rows.append((tag.name, as_of, customers, covered, covered / customers if customers else None, true_count,
+                     _distinct_values(tag.value_type, stats, covered), stat("min"), mean, stat("p50"), stat("max")))
+    return spark.createDataFrame(rows, TAG_PROFILE_SCHEMA)
+
+
+def profile_from_tag_stats(stats: DataFrame) -> DataFrame:
+    """tag_stats rows of one run -> tag, coverage, mean as :func:`tag_profile` gives them (a boolean's
+    mean is its true share), for the drift gate's previous version."""
+    true_share = F.when(F.col("covered") > 0, F.col("true_count") / F.col("covered"))
+    return stats.select("tag", "coverage", F.when(F.col("value_type") == "boolean", true_share)
+                        .otherwise(F.col("mean")).cast("double").alias("mean"))
+
+
+def tag_stats(wide: DataFrame, long: DataFrame, catalogue: Catalogue, versions: Mapping[str, str],
+              computed_at: datetime, run_id: str, top_n: int = 20, profile: DataFrame | None = None) -> DataFrame:
+    """Coverage and distribution per tag: :func:`tag_profile` of tags_wide (or ``profile``, when the
+    caller already has it) and the most frequent values from tags_long.
+
+    Output: the columns of ``TAG_STATS_SCHEMA`` (one row per tag).
+    """
+    tags = catalogue.tags
+    if not tags:
+        return wide.sparkSession.createDataFrame([], TAG_STATS_SCHEMA)
+    by_tag = {row["tag"]: row for row in (profile if profile is not None else tag_profile(wide, catalogue)).collect()}
     categorical = [t.name for t in tags if t.value_type != "double"]
     counts = (long.where(F.col("tag").isin(categorical)).groupBy("tag", "value").count().collect()
               if categorical else [])
     top: dict[str, list[tuple[str, int]]] = {}
     for row in counts:
         top.setdefault(row["tag"], []).append((row["value"], int(row["count"])))
-    first = per_tag.get(0)  # none when tags_wide is empty
-    customers, as_of = (int(first["rows"]), first["as_of"]) if first else (0, None)
     rows = []
-    for i, tag in enumerate(tags):
-        stats = per_tag.get(i)
-        covered = int(stats["covered"]) if stats else 0
+    for tag in tags:
+        p = by_tag[tag.name]
         numeric = tag.value_type in ("int", "double")
         values = sorted(top.get(tag.name, []), key=lambda kv: (-kv[1], kv[0]))[:top_n]
-
-        def stat(key: str, stats: Any = stats, numeric: bool = numeric) -> float | None:
-            return float(stats[key]) if numeric and stats and stats.get(key) is not None else None
-
-        rows.append((run_id, computed_at, as_of, tag.name, tag.kind, tag.value_type, versions[tag.name],
-                     customers, covered, covered / customers if customers else None,
-                     (int(stats["total"] or 0) if stats else 0) if tag.value_type == "boolean" else None,
-                     _distinct_values(tag.value_type, stats, covered),
+        rows.append((run_id, computed_at, p["as_of"], tag.name, tag.kind, tag.value_type, versions[tag.name],
+                     p["customers"], p["covered"], p["coverage"], p["true_count"], p["distinct_values"],
                      dict(values) if tag.value_type != "double" else None,
-                     stat("min"), stat("mean"), stat("p50"), stat("max")))
+                     p["min"], p["mean"] if numeric else None, p["p50"], p["max"]))
     return wide.sparkSession.createDataFrame(rows, TAG_STATS_SCHEMA)
 
 
-def _distinct_values(value_type: str, stats: Any, covered: int) -> int:
+def _distinct_values(value_type: str, stats: Mapping[str, Any], covered: int) -> int:
     """Distinct non-null values of a tag: counted (approximately) for non-boolean tags; for a boolean,
     whether any value is true plus whether any is false."""
     if not stats:

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from pyspark.testing import assertDataFrameEqual
 
-from expectations.quality import QualityConfig, columns_needed
+from expectations.quality import QualityConfig, columns_needed, view_tag_coverage, view_tag_drift
 from jobs.config import ConfigError, JobContext, Profile, load_yaml
 from jobs.entry import JobFailed
 from jobs.gates import load_quality_config, publish_with_gates
@@ -156,3 +156,24 @@ def test_several_suites_gate_one_candidate_drift_blocks_publish(spark, lake, tmp
     assert lake.version("tags_wide") == 0
     report = Path(lake_root) / "_reports" / "quality" / "run2" / "tags_wide.tags_drift.html"
     assert "<td>spend</td>" in report.read_text()  # the failing tag is named in the sample
+
+
+def test_tag_views_use_supplied_statistics_only_when_they_cover_the_table(spark):
+    schema = "customer_id string, is_vip boolean, spend double"
+    now = spark.createDataFrame([("c1", True, 10.0), ("c2", False, None)], schema)
+    before = spark.createDataFrame([("c1", True, 4.0), ("c2", True, 2.0)], schema)
+    stats = "tag string, coverage double, mean double"
+    # supplied statistics are taken as they are (these differ from the frames on purpose)
+    supplied = {"tag_profile": spark.createDataFrame([("is_vip", 0.9, 0.1), ("spend", 0.8, 7.0)], stats),
+                "previous_tag_profile": spark.createDataFrame([("is_vip", 0.7, 0.2), ("spend", 0.6, 5.0)], stats)}
+    assertDataFrameEqual(view_tag_coverage(now, {}, supplied), spark.createDataFrame(
+        [("is_vip", 0.9), ("spend", 0.8)], "tag string, coverage double"))
+    drift = {r["tag"]: r for r in view_tag_drift(now, {}, {"previous": before, **supplied}).collect()}
+    assert (drift["spend"]["coverage"], drift["spend"]["previous_coverage"], drift["spend"]["mean_change"]) == \
+        (0.8, 0.6, pytest.approx(0.4))
+    # statistics that miss a column of the table (or name one it lacks) are computed from the table
+    partial = {"tag_profile": supplied["tag_profile"].where("tag = 'spend'"),
+               "previous_tag_profile": spark.createDataFrame([("is_vip", 0.7, 0.2), ("gone", 1.0, 1.0)], stats)}
+    drift = {r["tag"]: r for r in view_tag_drift(now, {}, {"previous": before, **partial}).collect()}
+    assert {t: (r["coverage"], r["previous_coverage"], r["mean"], r["previous_mean"]) for t, r in drift.items()} == {
+        "is_vip": (1.0, 1.0, 0.5, 1.0), "spend": (0.5, 1.0, 10.0, 3.0)}

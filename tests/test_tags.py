@@ -8,7 +8,17 @@ from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
 from features.config import ListItem
-from tagging import CatalogueError, compute_tags, merge, parse_file, tag_stats, to_long, validate_catalogue
+from tagging import (
+    CatalogueError,
+    compute_tags,
+    merge,
+    parse_file,
+    profile_from_tag_stats,
+    tag_profile,
+    tag_stats,
+    to_long,
+    validate_catalogue,
+)
 from tagging.compute import TAGS_LONG_SCHEMA
 
 AS_OF = date(2024, 3, 1)
@@ -209,7 +219,8 @@ def test_long_form_and_per_tag_statistics(spark):
         ("c3", "spend", "0.0"), ("c3", "orders", "0"), ("c4", "orders", "2"), ("c4", "repeat", "true")]
     assertDataFrameEqual(long, spark.createDataFrame(
         [(c, t, v, "rule", f"def:{t}'s", at, AS_OF, "r1") for c, t, v in expected_long], TAGS_LONG_SCHEMA))
-    stats = {r["tag"]: r for r in tag_stats(wide, long, catalogue, versions, at, "r1").collect()}
+    stats_frame = tag_stats(wide, long, catalogue, versions, at, "r1")
+    stats = {r["tag"]: r for r in stats_frame.collect()}
     assert {t: (r["customers"], r["covered"], r["true_count"], r["distinct_values"]) for t, r in stats.items()} == {
         "vip": (4, 3, 1, 2), "band": (4, 2, None, 1), "spend": (4, 3, None, 3), "orders": (4, 4, None, 4),
         "repeat": (4, 4, 2, 2), "never": (4, 4, 0, 1)}
@@ -220,3 +231,10 @@ def test_long_form_and_per_tag_statistics(spark):
     assert stats["vip"]["min"] is None and stats["band"]["mean"] is None
     assert stats["band"]["top_values"] == {"buyer": 2} and stats["vip"]["top_values"] == {"true": 1}
     assert stats["spend"]["top_values"] is None and stats["vip"]["coverage"] == 0.75
+    # the profile the quality gates share: a boolean's mean is its true share
+    profile = tag_profile(wide, catalogue)
+    assert {r["tag"]: r["mean"] for r in profile.collect()} == {
+        "vip": 1 / 3, "band": None, "spend": 4100.0, "orders": 2.0, "repeat": 0.5, "never": 0.0}
+    assertDataFrameEqual(tag_stats(wide, long, catalogue, versions, at, "r1", profile=profile), stats_frame)
+    # stored tag_stats give the drift gate the same coverage and mean as the profile
+    assertDataFrameEqual(profile_from_tag_stats(stats_frame), profile.select("tag", "coverage", "mean"))

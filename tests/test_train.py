@@ -15,6 +15,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from expectations.quality import view_tag_drift
 from features import schemas as S
 from jobs.config import JobContext, Profile
 from tagging.clv import fit_bgnbd, fit_gamma_gamma
@@ -154,6 +155,10 @@ def test_promotion_only_when_better_and_scoring_uses_alias(spark, lake, ctx):
                          wide.select("customer_id", (F.col("purchase_propensity_30d") >= 0.5).alias("likely_buyer")))
     stats = lake.read("tag_stats").where("tag = 'purchase_propensity_30d'").first()
     assert (stats["customers"], stats["covered"], stats["coverage"]) == (400, 400, 1.0)
+    # the next run's drift gate takes this run's coverage and means from tag_stats, as it would compute them
+    stored = {(r["tag"], k): r[k] for r in tag_job.previous_tag_profile(lake).collect() for k in ("coverage", "mean")}
+    computed = {(r["tag"], k): r[k] for r in view_tag_drift(wide, {}, {}).collect() for k in ("coverage", "mean")}
+    assert stored == pytest.approx(computed)
 
     client.set_registered_model_alias("cdp_purchase_30d", "champion", "2")  # move the alias
     tag_job.run(spark, ctx)
