@@ -141,7 +141,8 @@ def publish_with_gates(lake: Lake, df: DataFrame, table: str, suite_name: str | 
         params: runtime view params, e.g. ``{"identity_type_counts": {"limits": {...}}}``.
         candidate_inputs: builds more inputs from the staged candidate, once, before the suites run
             (``cdp tag`` computes its tag statistics here and keeps them for ``tag_stats``).
-        write_kwargs: passed to ``lake.write`` for the publish (default ``mode="overwrite"``).
+        write_kwargs: passed to ``lake.write`` for the publish (default ``mode="overwrite"``). A plain
+            overwrite publishes with ``lake.copy_overwrite`` (the staged files, copied).
 
     Raises:
         JobFailed: a blocking expectation failed; the message names it and the report path.
@@ -167,7 +168,11 @@ def publish_with_gates(lake: Lake, df: DataFrame, table: str, suite_name: str | 
     write_kwargs.setdefault("mode", "overwrite")
     metadata = {"run_id": ctx.run_id, "quality_suite": ",".join(suite_names),
                 **dict(write_kwargs.pop("metadata", None) or {})}
-    version = lake.write(candidate, table, metadata=metadata, **write_kwargs)
+    if set(write_kwargs) == {"mode"} and write_kwargs["mode"] == "overwrite":
+        # the staged table is what was audited: publish its files as they are
+        version = lake.copy_overwrite(staging, table, metadata=metadata)
+    else:
+        version = lake.write(candidate, table, metadata=metadata, **write_kwargs)
     logger.info("%s: gates %s passed (%d expectations), published version %s", table, ", ".join(suite_names),
                 sum(len(result.outcomes) for result in results), version)
     return GateOutcome(table=table, version=version, result=results[0], report_path=reports[0],

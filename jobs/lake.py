@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -240,6 +241,16 @@ class Lake:
         return self._impl.write(df, uri, mode, list(partition_by or []), dict(replace_where or {}),
                                 app_id, app_version, evolve_schema, dict(metadata or {}))
 
+    def copy_overwrite(self, source: str, name: str, *, metadata: Mapping[str, Any] | None = None) -> int:
+        """Replace table ``name`` with the current contents of table ``source``: one overwrite commit,
+        the same as ``write(read(source), name, mode="overwrite")``.
+
+        The embedded backend copies the data files into ``name`` (no decode and re-encode) when
+        neither table is partitioned; otherwise, and on delta-spark, the rows are read and written.
+        Used to publish a staged table once its gates pass. Returns the new version of ``name``.
+        """
+        return self._impl.copy_overwrite(self._existing(source), self.uri(name), dict(metadata or {}))
+
     def merge(self, df: DataFrame, name: str, keys: Sequence[str], *, delete_unmatched: bool = False,
               metadata: Mapping[str, Any] | None = None) -> MergeResult:
         """Upsert ``df`` into the table on ``keys``; creates the table when it does not exist.
@@ -286,6 +297,11 @@ class _Backend:
               evolve_schema: bool, metadata: dict[str, Any]) -> int | None: ...
     def merge(self, df: DataFrame, uri: str, keys: list[str], delete_unmatched: bool,
               metadata: dict[str, Any]) -> MergeResult: ...
+
+    def copy_overwrite(self, source_uri: str, uri: str, metadata: dict[str, Any]) -> int:
+        version = self.write(self.read(source_uri, None), uri, "overwrite", [], {}, None, None, False, metadata)
+        assert version is not None  # only a write with an app id is ever skipped
+        return version
     def delete(self, uri: str, condition: str, metadata: dict[str, Any]) -> int: ...
     def vacuum(self, uri: str, retention_hours: int) -> list[str]: ...
 
@@ -491,9 +507,6 @@ class _EmbeddedBackend(_Backend):
 
     def write(self, df, uri, mode, partition_by, replace_where, app_id, app_version, evolve_schema,
               metadata):
-        from deltalake import Schema as DeltaSchema
-        from deltalake.transaction import create_table_with_add_actions
-
         exists = self.exists(uri)
         table = self._table(uri) if exists else None
         df_schema = _as_nullable(df.schema)
@@ -542,39 +555,71 @@ class _EmbeddedBackend(_Backend):
                 if stray.limit(1).count():
                     raise LakeError(f"{uri}: data holds rows outside replace_where {column}={value!r}")
 
-        folder = f"w-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+        folder = _new_folder()
         target = f"{uri}/{folder}"
         writer = df.write.mode("errorifexists").option("compression", "snappy")
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         try:
             writer.parquet(_spark_path(target))
-            add_actions = self._add_actions(uri, folder, partition_by)
-            properties = self._commit_properties(app_id, app_version, metadata)
-            delta_schema = DeltaSchema.from_json(commit_schema.json())
-            if table is None:
-                create_table_with_add_actions(
-                    _delta_rs_uri(uri), delta_schema, add_actions, mode="append",
-                    partition_by=partition_by or None, storage_options=self.storage_options or None,
-                    commit_properties=properties)
-            else:
-                filters = None
-                if replace_where:
-                    filters = []
-                    for column, value in replace_where.items():
-                        if isinstance(value, (list, tuple, set)):
-                            filters.append((column, "in", [_partition_string(v) for v in value]))
-                        else:
-                            filters.append((column, "=", _partition_string(value)))
-                table.create_write_transaction(
-                    add_actions, mode=mode, schema=delta_schema, partition_by=partition_by or None,
-                    partition_filters=filters, commit_properties=properties)
+            filters = None
+            if replace_where:
+                filters = []
+                for column, value in replace_where.items():
+                    if isinstance(value, (list, tuple, set)):
+                        filters.append((column, "in", [_partition_string(v) for v in value]))
+                    else:
+                        filters.append((column, "=", _partition_string(value)))
+            return self._commit_folder(uri, table, folder, mode, commit_schema, partition_by, filters,
+                                       self._commit_properties(app_id, app_version, metadata))
         except Exception:
             self._remove_folder(target)
             raise
+
+    def _commit_folder(self, uri, table, folder, mode, schema: T.StructType, partition_by, filters,
+                       properties) -> int:
+        """Commit every Parquet file under ``<uri>/<folder>`` as one version of the table."""
+        from deltalake import Schema as DeltaSchema
+        from deltalake.transaction import create_table_with_add_actions
+
+        add_actions = self._add_actions(uri, folder, partition_by)
+        delta_schema = DeltaSchema.from_json(schema.json())
+        if table is None:
+            create_table_with_add_actions(
+                _delta_rs_uri(uri), delta_schema, add_actions, mode="append",
+                partition_by=partition_by or None, storage_options=self.storage_options or None,
+                commit_properties=properties)
+        else:
+            table.create_write_transaction(
+                add_actions, mode=mode, schema=delta_schema, partition_by=partition_by or None,
+                partition_filters=filters, commit_properties=properties)
         version = self.version(uri)
         logger.debug("%s: committed version %d (%d files, %s)", uri, version, len(add_actions), mode)
         return version
+
+    def copy_overwrite(self, source_uri, uri, metadata):
+        from pyarrow import fs as pafs
+
+        source = self._table(source_uri)
+        table = self._table(uri) if self.exists(uri) else None
+        if source.metadata().partition_columns or (table is not None and table.metadata().partition_columns):
+            # partition values live in the log, not in the files: read and write the rows
+            return super().copy_overwrite(source_uri, uri, metadata)
+        folder = _new_folder()
+        target = f"{uri}/{folder}"
+        destination, base = pafs.FileSystem.from_uri(_spark_path(target) if target.startswith("/") else target)
+        try:
+            destination.create_dir(base, recursive=True)
+            for position, file_uri in enumerate(source.file_uris()):
+                origin, path = pafs.FileSystem.from_uri(_spark_path(file_uri) if file_uri.startswith("/") else file_uri)
+                # a position prefix: files of several source folders may share a name
+                pafs.copy_files(path, f"{base}/{position:05d}-{posixpath.basename(path)}",
+                                source_filesystem=origin, destination_filesystem=destination)
+            return self._commit_folder(uri, table, folder, "overwrite", self._spark_schema(source), [], None,
+                                       self._commit_properties(None, None, metadata))
+        except Exception:
+            self._remove_folder(target)
+            raise
 
     def _add_columns(self, table, new_fields: list[T.StructField], uri: str) -> None:
         from deltalake import Schema as DeltaSchema
@@ -671,6 +716,11 @@ class _EmbeddedBackend(_Backend):
                             os.remove(os.path.join(dirpath, name))
                         if not os.listdir(dirpath):
                             os.rmdir(dirpath)
+
+
+def _new_folder() -> str:
+    """A fresh folder in a table for one commit's data files."""
+    return f"w-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
 
 
 def _partition_string(value: Any) -> str | None:

@@ -11,6 +11,7 @@ import os
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 from pyspark.sql import Row
@@ -257,3 +258,33 @@ def test_embedded_refuses_tables_with_deletion_vectors(lake, spark):
 def test_invalid_table_name_is_refused(lake, spark):
     with pytest.raises(LakeError, match="invalid table name"):
         lake.write(spark.createDataFrame([Row(a=1)]), "../escape")
+
+
+def test_copy_overwrite_publishes_a_table_as_one_independent_commit(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE]), "published", metadata={"run_id": "r0"})
+    any_lake.write(_people(spark, [BOB, CAROL]), "staged")
+    version = any_lake.copy_overwrite("staged", "published", metadata={"run_id": "r1"})
+    assert version == 1 and any_lake.history("published")[0]["run_id"] == "r1"
+    assertDataFrameEqual(any_lake.read("published"), _people(spark, [BOB, CAROL]))
+    assertDataFrameEqual(any_lake.read("published", version=0), _people(spark, [ALICE]))
+    # the copy owns its files: overwriting and vacuuming the source leaves it whole
+    any_lake.write(_people(spark, [ALICE]), "staged", mode="overwrite")
+    any_lake.vacuum("staged", retention_hours=0)
+    assertDataFrameEqual(any_lake.read("published"), _people(spark, [BOB, CAROL]))
+    # into a new table, and from a partitioned source (rows read and written)
+    any_lake.write(_people(spark, [ALICE, CAROL]), "by_city", partition_by=["city"])
+    any_lake.copy_overwrite("by_city", "fresh")
+    assertDataFrameEqual(any_lake.read("fresh"), _people(spark, [ALICE, CAROL]))
+    with pytest.raises(TableNotFound):
+        any_lake.copy_overwrite("nowhere", "fresh")
+
+
+def test_embedded_copy_overwrite_copies_files_with_statistics(lake, spark):
+    lake.write(_people(spark, [ALICE, BOB]), "staged")
+    lake.copy_overwrite("staged", "published")
+    source, copied = DeltaTable(lake.uri("staged")), DeltaTable(lake.uri("published"))
+    assert sorted(os.path.basename(u).split("-", 1)[1] for u in copied.file_uris()) == \
+        sorted(os.path.basename(u) for u in source.file_uris())
+    assert all(u.startswith(lake.uri("published")) for u in copied.file_uris())
+    stats = pa.table(copied.get_add_actions(flatten=True)).to_pylist()
+    assert sum(s["num_records"] for s in stats) == 2
