@@ -344,8 +344,8 @@ def _tag_stats(df: DataFrame, skip: set[str], profile: DataFrame | None = None) 
         if set(given) == wanted:
             return df.sparkSession.createDataFrame(
                 [(c, *given[c]) for c in df.columns if c in wanted], schema)
-        logger.warning("tag statistics supplied for %d columns, the table has %d others; computing them",
-                       len(given), len(wanted - set(given)) + len(set(given) - wanted))
+        logger.warning("supplied tag statistics do not match the table (%d tags missing, %d not in it); "
+                       "computing them from the table", len(wanted - set(given)), len(set(given) - wanted))
     memo = _TAG_STATS_BY_FRAME.setdefault(df, {})
     key = frozenset(skip)
     if key not in memo:
