@@ -83,7 +83,7 @@ def previous_tag_profile(lake: Lake) -> DataFrame | None:
     if last is None:
         return None
     stats = lake.read("tag_stats").where(F.col("run_id") == F.lit(last["run_id"]))
-    return profile_from_tag_stats(stats).localCheckpoint()
+    return profile_from_tag_stats(stats)  # the drift gate collects it once
 
 
 def latest_as_of(lake: Lake) -> date:

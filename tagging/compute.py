@@ -214,7 +214,8 @@ def tag_profile(wide: DataFrame, catalogue: Catalogue) -> DataFrame:
         def stat(key: str, stats: Any = stats, numeric: bool = numeric) -> float | None:
             return float(stats[key]) if numeric and stats.get(key) is not None else None
 
-        mean = true_count / covered if true_count is not None and covered else stat("mean")
+        # the mean of a boolean's 0/1 value ('x') is its true share
+        mean = float(stats["mean"]) if tag.value_type != "string" and stats.get("mean") is not None else None
         rows.append((tag.name, as_of, customers, covered, covered / customers if customers else None, true_count,
                      _distinct_values(tag.value_type, stats, covered), stat("min"), mean, stat("p50"), stat("max")))
     return spark.createDataFrame(rows, TAG_PROFILE_SCHEMA)
