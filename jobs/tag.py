@@ -128,8 +128,7 @@ def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict
     stored_wide = lake.read("tags_wide")
     long_version = lake.write(to_long(stored_wide, catalogue, versions, computed_at, ctx.run_id), "tags_long",
                               mode="overwrite", metadata=metadata)
-    stats = tag_stats(stored_wide, lake.read("tags_long"), catalogue, versions, computed_at, ctx.run_id,
-                      profile=profiles["staged"])
+    stats = tag_stats(stored_wide, catalogue, versions, computed_at, ctx.run_id, profile=profiles["staged"])
     lake.write(stats, "tag_stats", mode="append", metadata=metadata)
     customers = stats.first()["customers"] if catalogue.tags else 0
     logger.info("tag: %d tags for %d customers as of %s -> tags_wide v%s, tags_long v%s; k-means %s",

@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 import pytest
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
@@ -219,7 +220,7 @@ def test_long_form_and_per_tag_statistics(spark):
         ("c3", "spend", "0.0"), ("c3", "orders", "0"), ("c4", "orders", "2"), ("c4", "repeat", "true")]
     assertDataFrameEqual(long, spark.createDataFrame(
         [(c, t, v, "rule", f"def:{t}'s", at, AS_OF, "r1") for c, t, v in expected_long], TAGS_LONG_SCHEMA))
-    stats_frame = tag_stats(wide, long, catalogue, versions, at, "r1")
+    stats_frame = tag_stats(wide, catalogue, versions, at, "r1")
     stats = {r["tag"]: r for r in stats_frame.collect()}
     assert {t: (r["customers"], r["covered"], r["true_count"], r["distinct_values"]) for t, r in stats.items()} == {
         "vip": (4, 3, 1, 2), "band": (4, 2, None, 1), "spend": (4, 3, None, 3), "orders": (4, 4, None, 4),
@@ -231,10 +232,19 @@ def test_long_form_and_per_tag_statistics(spark):
     assert stats["vip"]["min"] is None and stats["band"]["mean"] is None
     assert stats["band"]["top_values"] == {"buyer": 2} and stats["vip"]["top_values"] == {"true": 1}
     assert stats["spend"]["top_values"] is None and stats["vip"]["coverage"] == 0.75
+    assert stats["never"]["top_values"] == {} and stats["orders"]["top_values"] == {"0": 1, "1": 1, "2": 1, "5": 1}
+    # the value counts are those of tags_long (booleans: their true values)
+    long_counts = {}
+    for row in long.where(F.col("tag") != "spend").groupBy("tag", "value").count().collect():
+        long_counts.setdefault(row["tag"], {})[row["value"]] = row["count"]
+    assert {t: r["top_values"] for t, r in stats.items() if t != "spend" and r["top_values"]} == long_counts
+    # the most frequent values first, ties by value
+    top_two = {r["tag"]: r["top_values"] for r in tag_profile(wide, catalogue, top_n=2).collect()}
+    assert top_two["orders"] == {"0": 1, "1": 1} and top_two["band"] == {"buyer": 2}
     # the profile the quality gates share: a boolean's mean is its true share
     profile = tag_profile(wide, catalogue)
     assert {r["tag"]: r["mean"] for r in profile.collect()} == {
         "vip": 1 / 3, "band": None, "spend": 4100.0, "orders": 2.0, "repeat": 0.5, "never": 0.0}
-    assertDataFrameEqual(tag_stats(wide, long, catalogue, versions, at, "r1", profile=profile), stats_frame)
+    assertDataFrameEqual(tag_stats(wide, catalogue, versions, at, "r1", profile=profile), stats_frame)
     # stored tag_stats give the drift gate the same coverage and mean as the profile
     assertDataFrameEqual(profile_from_tag_stats(stats_frame), profile.select("tag", "coverage", "mean"))
