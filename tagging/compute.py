@@ -273,9 +273,9 @@ def tag_profile(wide: DataFrame, catalogue: Catalogue, top_n: int = TOP_VALUES) 
     One pass summarises each partition's columns with Arrow (``mapInArrow``): the JVM's row-wise
     aggregation of hundreds of columns, or of an unpivot into one row per customer and tag, was three
     to four times slower. The partitions' summaries are merged by Spark; a second pass over the int
-    and double columns alone gives their medians (and the doubles' approximate distinct counts). The
-    result is small and returned as a local frame (``TAG_PROFILE_SCHEMA``), so the quality gates and
-    :func:`tag_stats` share one profile of the table.
+    and double columns alone gives their medians (and the doubles' distinct counts, approximate to
+    about 1%). The result is small and returned as a local frame (``TAG_PROFILE_SCHEMA``), so the
+    quality gates and :func:`tag_stats` share one profile of the table.
     """
     from pyspark.sql import Window
 
@@ -307,7 +307,7 @@ def tag_profile(wide: DataFrame, catalogue: Catalogue, top_n: int = TOP_VALUES) 
         medians = ", ".join(f"named_struct('i', {i}, 'x', CAST(`{t.name}` AS DOUBLE))" for i, t in numeric)
         for row in (wide.select(F.expr(f"inline(array({medians}))")).groupBy("i")
                     .agg(F.percentile_approx("x", 0.5, 1000).alias("p50"),
-                         F.approx_count_distinct("x").alias("approx_distinct")).collect()):
+                         F.approx_count_distinct("x", 0.01).alias("approx_distinct")).collect()):
             per_tag[row["i"]].update(row.asDict())  # every tag with a median row has its main row
     first = per_tag.get(0)  # none when tags_wide is empty
     customers, as_of = (int(first["rows"]), first["as_of"]) if first else (0, None)
