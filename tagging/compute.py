@@ -193,8 +193,11 @@ TAG_PROFILE_SCHEMA = T.StructType([
 
 # what each partition of tags_wide reports: per tag one statistics row (value null), and per string or
 # int tag one row per distinct value with its count (n)
-_PARTIAL_PROFILE_SCHEMA = ("i int, value string, n long, rows long, covered long, total double, min double, "
-                           "max double, as_of date")
+_PARTIAL_PROFILE_SCHEMA = T.StructType([
+    T.StructField("i", T.IntegerType()), T.StructField("value", T.StringType()), T.StructField("n", T.LongType()),
+    T.StructField("rows", T.LongType()), T.StructField("covered", T.LongType()), T.StructField("total", T.DoubleType()),
+    T.StructField("min", T.DoubleType()), T.StructField("max", T.DoubleType()), T.StructField("as_of", T.DateType()),
+])
 
 TOP_VALUES = 20
 
@@ -208,7 +211,9 @@ def _partial_profile(value_types: Sequence[str]) -> Callable[[Iterator[Any]], It
     def profile(batches: Iterator[Any]) -> Iterator[Any]:
         import pyarrow as pa
         import pyarrow.compute as pc
+        from pyspark.sql.pandas.types import to_arrow_schema
 
+        schema = to_arrow_schema(_PARTIAL_PROFILE_SCHEMA)
         rows, as_of = 0, None
         covered = [0] * len(value_types)
         total = [0.0] * len(value_types)
@@ -241,7 +246,7 @@ def _partial_profile(value_types: Sequence[str]) -> Callable[[Iterator[Any]], It
         yield pa.RecordBatch.from_pydict({
             "i": index, "value": [None] * len(index), "n": [None] * len(index), "rows": [rows] * len(index),
             "covered": covered, "total": total, "min": low, "max": high, "as_of": [as_of] * len(index)},
-            schema=_arrow_partial_schema())
+            schema=schema)
         for i, parts in counts.items():
             batches_of_counts = [pa.RecordBatch.from_struct_array(p) for p in parts if len(p)]
             if not batches_of_counts:
@@ -251,17 +256,8 @@ def _partial_profile(value_types: Sequence[str]) -> Callable[[Iterator[Any]], It
             yield from pa.table({
                 "i": [i] * size, "value": by_value.column("values"), "n": by_value.column("counts_sum"),
                 "rows": [None] * size, "covered": [None] * size, "total": [None] * size, "min": [None] * size,
-                "max": [None] * size, "as_of": [None] * size}, schema=_arrow_partial_schema()).to_batches()
+                "max": [None] * size, "as_of": [None] * size}, schema=schema).to_batches()
     return profile
-
-
-def _arrow_partial_schema() -> Any:
-    """``_PARTIAL_PROFILE_SCHEMA`` as an Arrow schema (built where pyarrow is imported: the workers)."""
-    import pyarrow as pa
-
-    return pa.schema([("i", pa.int32()), ("value", pa.string()), ("n", pa.int64()), ("rows", pa.int64()),
-                      ("covered", pa.int64()), ("total", pa.float64()), ("min", pa.float64()),
-                      ("max", pa.float64()), ("as_of", pa.date32())])
 
 
 def tag_profile(wide: DataFrame, catalogue: Catalogue, top_n: int = TOP_VALUES) -> DataFrame:
@@ -325,8 +321,8 @@ def tag_profile(wide: DataFrame, catalogue: Catalogue, top_n: int = TOP_VALUES) 
         # the mean of a boolean is its true share
         mean = total / covered if tag.value_type != "string" and covered else None
         if tag.value_type == "boolean":
-            distinct = int(true_count > 0) + int(covered - true_count > 0) if true_count is not None else 0
-            top_values: dict[str, int] | None = {"true": true_count} if true_count else {}
+            distinct = int(total > 0) + int(covered - total > 0)
+            top_values: dict[str, int] | None = {"true": int(total)} if total else {}
         elif tag.value_type == "double":
             distinct, top_values = int(stats.get("approx_distinct") or 0), None
         else:
