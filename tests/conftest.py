@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,3 +77,75 @@ def lake(spark: SparkSession, tmp_path: Path):
 @pytest.fixture(scope="session")
 def conf_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "conf"
+
+
+# --- the standalone-cluster run (tests/cluster/, marker `cluster`) -----------------------------------
+# It spark-submits the whole pipeline to its own master and worker: minutes of mostly fixed cost
+# (JVM starts, planning, small jobs). It starts in the background when the session's first test
+# starts and runs while the other tests do; the cluster test, collected last, waits for it and
+# checks it, and the notebooks, last of all, read the lake it built.
+STANDALONE_SCRIPT = Path(__file__).resolve().parent / "cluster" / "run_standalone.sh"
+STANDALONE_DIR = "standalone-cluster"  # under the session's base temp; tests/test_notebooks.py names it too
+STANDALONE_TIMEOUT_SECONDS = 40 * 60  # a hung cluster must not hang CI; a normal run takes a few minutes
+_LAST = ("cluster", "notebooks")  # markers of the tests that run after all others, in this order
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every other test first, then the cluster test, then the notebooks (stable within each group)."""
+    def rank(item: pytest.Item) -> int:
+        return next((i + 1 for i, marker in enumerate(_LAST) if item.get_closest_marker(marker)), 0)
+
+    items.sort(key=rank)
+
+
+class StandaloneRun:
+    """``run_standalone.sh`` as a background process group, its output in ``log``."""
+
+    def __init__(self, work: Path, log: Path):
+        self.work, self.log = work, log
+        # The script's own settings, not the per-test MLflow store: the run keeps its models in the lake.
+        env = {key: value for key, value in os.environ.items()
+               if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+        env.update(PYTHON=sys.executable, CDP_CLUSTER_DIR=str(work))
+        self.started = time.monotonic()
+        with log.open("w") as output:
+            self.process = subprocess.Popen(["bash", str(STANDALONE_SCRIPT)], stdout=output,
+                                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def wait(self) -> int | None:
+        """The script's exit code, or None when it ran past the timeout (it is then stopped)."""
+        remaining = STANDALONE_TIMEOUT_SECONDS - (time.monotonic() - self.started)
+        try:
+            return self.process.wait(timeout=max(remaining, 1))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return None
+        except BaseException:  # Ctrl-C in pytest: still stop the cluster
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Terminate the script's whole process group: spark-submit ends, then its trap stops the daemons."""
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def standalone_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[StandaloneRun | None]:
+    """The background cluster run when this session selected the cluster test, else None."""
+    if not any(item.get_closest_marker("cluster") for item in request.session.items):
+        yield None
+        return
+    work = tmp_path_factory.getbasetemp() / STANDALONE_DIR
+    run = StandaloneRun(work, tmp_path_factory.mktemp("standalone-log") / "run_standalone.log")
+    try:
+        yield run
+    finally:
+        run.stop()

@@ -2,8 +2,8 @@
 
 The equivalent of ``pytest --nbmake notebooks/``, but with one lake shared by the notebooks and MLflow
 kept in that lake, as in production. When the standalone-cluster test (tests/cluster/test_standalone.py,
-collected before this module) built its lake earlier in this session, the notebooks read that one;
-otherwise the first notebook builds a lake through ``cdp run`` and the others reuse it.
+which tests/conftest.py runs just before the notebooks) built its lake in this session, the notebooks
+read that one; otherwise the first notebook builds a lake through ``cdp run`` and the others reuse it.
 """
 from __future__ import annotations
 
