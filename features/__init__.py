@@ -1,4 +1,4 @@
-"""Customer features as of a date: configuration, compilation into one aggregation per source."""
+"""Customer features as of a date: configuration, compilation into at most two aggregations per source."""
 from __future__ import annotations
 
 from features.build import FeatureInputs, as_of_instant, build_features, feature_schema, prepare_sources

@@ -1,4 +1,5 @@
-"""Compile the feature configuration into one aggregation per source table and run it as of a date."""
+"""Compile the feature configuration into at most two aggregations per source table (hash and set-based)
+and run it as of a date."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +10,7 @@ from datetime import date, datetime, time, timedelta
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from features.config import LIFETIME, ZERO_FILLED, Feature, FeatureConfig
 from features.schemas import INPUT_SCHEMAS
@@ -157,11 +159,46 @@ def _aggregate_expr(feature: Feature, as_of: date | None) -> Column:
     return F.expr(sql).alias(feature.name)
 
 
+# Value types an aggregation buffer can hold in place (Spark's UnsafeRow.isMutable): aggregates over
+# them run in a hash aggregation. One aggregate with another buffer (a set, a string) turns the whole
+# groupBy into a sort-based one, which sorts every input row.
+_FIXED_WIDTH = (T.NullType, T.BooleanType, T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType,
+                T.DoubleType, T.DecimalType, T.DateType, T.TimestampType, T.TimestampNTZType)
+_SET_BASED = ("count_distinct", "collect_set")
+
+
+def aggregation_groups(source: DataFrame, aggregates: list[Feature]) -> list[list[Feature]]:
+    """The source's aggregates split into at most two groupBys, each in declaration order: those with
+    fixed-width buffers (hash aggregation) and the rest (sets; max / min / max_by / min_by of strings).
+
+    One groupBy holding both kinds would run every aggregate sort-based; two groupBys read the source
+    twice but cost less: orders at 1M customers, 38.4 s as one and 14.3 s + 14.5 s as two (the whole
+    snapshot, where the joins weigh too: 278.6 s as one, 271.6 s as two, warm).
+    """
+    typed = [f for f in aggregates if f.agg in ("max", "min", "max_by", "min_by")]
+    buffer_types: dict[str, list[T.DataType]] = {}
+    if typed:  # one plan analysis for every typed value and ordering, no job
+        columns = {f"v{i}": f.expr for i, f in enumerate(typed)}
+        columns.update({f"b{i}": f.by for i, f in enumerate(typed) if f.by})
+        schema = source.select(*[F.expr(sql).alias(alias) for alias, sql in columns.items()]).schema
+        for i, f in enumerate(typed):
+            buffer_types[f.name] = [schema[alias].dataType for alias in (f"v{i}", f"b{i}") if alias in columns]
+
+    def hashable(feature: Feature) -> bool:
+        return feature.agg not in _SET_BASED and all(
+            isinstance(data_type, _FIXED_WIDTH) for data_type in buffer_types.get(feature.name, []))
+
+    fixed = [f for f in aggregates if hashable(f)]
+    rest = [f for f in aggregates if not hashable(f)]
+    return [group for group in (fixed, rest) if group]
+
+
 def build_features(inputs: FeatureInputs, config: FeatureConfig, as_of: date | Sequence[date]) -> DataFrame:
     """The customer feature snapshot as of ``as_of`` (only data strictly before its midnight UTC).
 
-    One ``groupBy(customer_id)`` per source table computes every windowed aggregate of that source
-    as conditional aggregates; derived features are one projection over the joined aggregates.
+    Every windowed aggregate of a source table is a conditional aggregate in one of at most two
+    ``groupBy(customer_id)`` over it (:func:`aggregation_groups`); derived features are one
+    projection over the joined aggregates.
 
     Several dates (training snapshots): the same passes, grouped by (customer_id, as_of), so the
     inputs are read and the plan built once for all of them; each date's rows equal its own
@@ -184,10 +221,12 @@ def build_features(inputs: FeatureInputs, config: FeatureConfig, as_of: date | S
         aggregates = [f for f in config.features if f.source == source_name and f.is_aggregate]
         if not aggregates:
             continue
-        by_customer = source_df.groupBy(*keys).agg(
-            *[_aggregate_expr(f, None if multi else dates[0]) for f in aggregates])
-        snapshot = snapshot.join(by_customer, on=keys, how="left")
-        logger.debug("features: %d aggregates over %s in one pass", len(aggregates), source_name)
+        groups = aggregation_groups(source_df, aggregates)
+        for group in groups:
+            by_customer = source_df.groupBy(*keys).agg(
+                *[_aggregate_expr(f, None if multi else dates[0]) for f in group])
+            snapshot = snapshot.join(by_customer, on=keys, how="left")
+        logger.debug("features: %d aggregates over %s in %d groupBy", len(aggregates), source_name, len(groups))
     zero_filled = {f.name: F.coalesce(F.col(f.name), F.lit(0).cast("bigint" if f.agg != "sum" else "double"))
                    for f in config.features if f.agg in ZERO_FILLED}
     zero_filled.update({f.name: F.coalesce(F.col(f.name), F.array().cast("array<string>"))

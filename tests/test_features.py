@@ -9,8 +9,9 @@ from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from features import FeatureConfig, FeatureInputs, build_features
+from features import FeatureConfig, FeatureInputs, build_features, prepare_sources
 from features import schemas as S
+from features.build import aggregation_groups
 from jobs.config import ConfigError, parse_file
 
 AS_OF = date(2024, 3, 1)
@@ -88,10 +89,36 @@ def test_windows_cut_off_at_as_of_and_fill_zero(spark):
 def test_one_aggregation_per_source(spark):
     config = FeatureConfig.from_dict(SMALL)
     plan = build_features(_inputs(spark), config, AS_OF)._jdf.queryExecution().optimizedPlan().toString()
-    # one Aggregate per source table used (orders, order_lines), however many features they hold,
-    # plus the de-duplication of customer_profile rows
+    # one Aggregate per source table used (orders, order_lines), however many features they hold
+    # (all fixed-width here: one hash aggregation each), plus the de-duplication of customer_profile rows
     assert plan.count("Aggregate [customer_id") == 3
     assert plan.count("Aggregate [customer_id#") == 3
+
+
+def test_fixed_width_aggregates_hash_and_the_rest_in_a_second_group(spark):
+    config = FeatureConfig.from_dict({"windows": [30], "families": {"orders": {"source": "orders", "aggregates": [
+        {"name": "n", "agg": "count", "expr": "order_id"},
+        {"name": "stores", "agg": "count_distinct", "expr": "store_id"},
+        {"name": "last_t", "agg": "max", "expr": "_t", "windows": "none"},
+        {"name": "last_channel", "agg": "max_by", "expr": "channel", "by": "_t", "windows": "none"},
+        {"name": "last_paid", "agg": "max_by", "expr": "status = 'paid'", "by": "_t", "windows": "none"},
+        {"name": "max_status", "agg": "max", "expr": "status", "windows": "none"},
+    ]}}})
+    inputs = _inputs(spark, orders=[_order("o1", datetime(2024, 2, 20), 100.0, channel="online"),
+                                    _order("o2", datetime(2024, 2, 25), 50.0, status="cancelled"),
+                                    _order("o3", datetime(2024, 3, 5), 70.0)])  # after as-of
+    orders = prepare_sources(inputs, AS_OF)["orders"]
+    groups = aggregation_groups(orders, [f for f in config.features if f.is_aggregate])
+    assert [[f.name for f in group] for group in groups] == [
+        ["n_30d", "n_lifetime", "last_t", "last_paid"],
+        ["stores_30d", "stores_lifetime", "last_channel", "max_status"]]
+    result = build_features(inputs, config, AS_OF)
+    plan = result._jdf.queryExecution().executedPlan().toString()
+    assert "HashAggregate(keys=[customer_id" in plan.replace("ObjectHashAggregate", "")  # the fixed-width group
+    assert result.where("customer_id = 'c1'").select(
+        "n_30d", "stores_lifetime", "last_t", "last_channel", "last_paid", "max_status").first() == Row(
+        n_30d=2, stores_lifetime=1, last_t=datetime(2024, 2, 25), last_channel="pos", last_paid=False,
+        max_status="paid")
 
 
 def test_bad_feature_config_names_key(tmp_path):
