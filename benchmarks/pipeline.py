@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="break the lock a killed benchmark run left in --lake (never a live run's)")
     parser.add_argument("--read-once", action="store_true",
                         help="first time a full scan of the feature inputs (the #4 yardstick for features + tag)")
+    parser.add_argument("--report", action="store_true",
+                        help="render the HTML run report at the end (timed apart; the lake is then kept)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.from_step and not args.lake:
@@ -155,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
                                seed=args.seed if generate else None, raw=str(work / "raw"), as_of=as_of,
                                from_step=args.from_step, to_step=args.to_step, report=False, observer=sampler,
                                force_unlock=args.force_unlock)
+        report_seconds = None
+        if args.report:
+            report_started = time.perf_counter()
+            summary.report = pipeline._render_report(spark, ctx, None)
+            report_seconds = time.perf_counter() - report_started
     finally:
         sampler.stop()
         spark.stop()
@@ -168,10 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{record.step:<12} {record.status:<8} {record.seconds:>8.1f} {pipeline._fmt(record.rows_in):>12} "
               f"{pipeline._fmt(record.rows_out):>12} {py / MB:>10.0f} {jvm / MB:>8.0f}")
     print(f"peak driver Python RSS over the run: {peak_python:.0f} MB")
+    if report_seconds is not None:
+        print(f"run report: {summary.report} ({report_seconds:.1f} s)")
     if summary.status != "ok":
         print(f"failed step: {summary.failed_step}: {next(r.error for r in summary.steps if r.error)}",
               file=sys.stderr)
-    if not args.keep and not args.lake:
+    if not args.keep and not args.lake and not args.report:
         shutil.rmtree(work, ignore_errors=True)
     elif args.keep:
         print(f"kept {work}")
