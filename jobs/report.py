@@ -107,7 +107,7 @@ def barh(out: Path, name: str, labels: Sequence[str], series: dict[str, Sequence
     if log:
         ax.set_xscale("log")
     if len(series) > 1:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     ax.margins(x=0.12)
     ax.spines[["top", "right"]].set_visible(False)
     return _save(fig, out, name)
@@ -321,6 +321,15 @@ def section_identity(inp: _Inputs) -> Section:
     return section
 
 
+def run_started_label(run_id: str) -> str:
+    """'20261126T165126Z-a07391' -> '11-26 16:51' (a run id starts with its UTC start time)."""
+    try:
+        started = datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ")
+    except ValueError:
+        return run_id[-13:]
+    return f"{started:%m-%d %H:%M}"
+
+
 def section_merges(inp: _Inputs) -> Section:
     section = Section("merges", "Identity: merges and splits")
     if absent := inp.has("identity_history"):
@@ -339,7 +348,7 @@ def section_merges(inp: _Inputs) -> Section:
         section.absent = "identity_history is empty"
         return section
     palette = {"new": _BLUE, "merge": _ORANGE, "split": _RED, "move": "#8e6bbf", "retire": _GREY}
-    section.charts.append(columns(inp.out, "identity_events.png", [r[-13:] for r in runs],
+    section.charts.append(columns(inp.out, "identity_events.png", [run_started_label(r) for r in runs],
                                   {e: [counts.get((r, e), 0) for r in runs] for e in events},
                                   title="Identity events per run", ylabel="customers (log)",
                                   colors=[palette.get(e, _GREY) for e in events], log=True))
@@ -393,6 +402,21 @@ def section_tags(inp: _Inputs) -> Section:
     return section
 
 
+# The figure that ranks a model, on the later held-out window (eval_*) when logged: AUC for a
+# classifier, Spearman rank correlation for a regression such as CLV (both: 1 is perfect).
+HEADLINE_METRICS = ("auc", "spearman")
+
+
+def headline_metric(metrics: dict[str, float]) -> tuple[str, float] | None:
+    """(name, value) of a run's headline metric: eval_<name> first, else any metric ending in <name>."""
+    for key in HEADLINE_METRICS:
+        value = metrics.get(f"eval_{key}", next((v for k, v in sorted(metrics.items()) if k.lower().endswith(key)),
+                                                 None))
+        if value is not None:
+            return key, float(value)
+    return None
+
+
 def section_models(inp: _Inputs) -> Section:
     section = Section("models", "Predictive models (MLflow)")
     from jobs.run import mlflow_tracking_uri
@@ -408,7 +432,7 @@ def section_models(inp: _Inputs) -> Section:
     if not models:
         section.absent = f"no cdp_* models registered in {uri}"
         return section
-    rows, labels, metric_values = [], [], {}
+    rows, labels, scores = [], [], []
     for model in sorted(models, key=lambda m: m.name):
         aliases = {}
         for alias, version in (model.aliases or {}).items():
@@ -417,18 +441,15 @@ def section_models(inp: _Inputs) -> Section:
         for version in versions:
             metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
             label = f"{model.name} v{version.version}" + (" ★" if "champion" in aliases.get(str(version.version), []) else "")
-            labels.append(label)
-            for key in ("auc", "log_loss", "lift_top_decile"):
-                # the held-out window's figure (eval_*) is the honest one; else any metric of that name
-                value = metrics.get(f"eval_{key}", next((v for k, v in metrics.items() if k.lower().endswith(key)), None))
-                metric_values.setdefault(key, []).append(value)
+            headline = headline_metric(metrics)
+            labels.append(f"{label} · {headline[0]}" if headline else label)
+            scores.append(headline[1] if headline else 0.0)
             shown = ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items(), key=lambda kv: (not kv[0].startswith("eval_"), kv[0]))[:6])
             rows.append([model.name, int(version.version), ", ".join(aliases.get(str(version.version), [])), shown])
-    series = {k: [v or 0 for v in values] for k, values in metric_values.items() if any(v is not None for v in values)}
-    if series:
-        key = "auc" if "auc" in series else next(iter(series))
-        section.charts.append(barh(inp.out, "model_metrics.png", labels, {key: series[key]},
-                                   title=f"{key} per model version (★ = champion)", xlabel=key, colors=[_BLUE]))
+    if any(scores):
+        section.charts.append(barh(inp.out, "model_metrics.png", labels, {"held-out score": scores},
+                                   title="Held-out score per model version (★ = champion)",
+                                   xlabel="AUC (classifiers) or Spearman (CLV); 1 is perfect", colors=[_BLUE]))
     section.body = _table(["model", "version", "aliases", "metrics"], rows, numeric=(1,))
     return section
 
@@ -461,11 +482,11 @@ def section_audiences(inp: _Inputs) -> Section:
                    inp.lake.read("audience_changes").filter(F.col("run_id") == inp.run_id)
                    .groupBy("audience", "change").count().collect()}
         if changes:
-            section.charts.append(columns(inp.out, "audience_changes.png", labels,
-                                          {"entered": [changes.get((a, "entered"), 0) for a in labels],
-                                           "exited": [changes.get((a, "exited"), 0) for a in labels]},
-                                          title="Entered / exited in this run", ylabel="customers",
-                                          colors=["#59a14f", _RED]))
+            section.charts.append(barh(inp.out, "audience_changes.png", labels,
+                                       {"entered": [changes.get((a, "entered"), 0) for a in labels],
+                                        "exited": [changes.get((a, "exited"), 0) for a in labels]},
+                                       title="Entered + exited in this run", xlabel="customers",
+                                       colors=["#59a14f", _RED]))
     section.body = _table(["audience", "channel", "matched", "published", "control", "version", "computed at"],
                           [[r["audience"], r["channel"], r["matched"], r["members"], r["in_control"],
                             r["publish_version"], f"{r['computed_at']:%Y-%m-%d %H:%M}"] for r in rows],
@@ -483,7 +504,7 @@ def _read_quality_reports(root: str, run_id: str) -> tuple[str | None, list[dict
     folders = [base / run_id] if (base / run_id).is_dir() else sorted(
         (p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)[-1:]
     for folder in folders:
-        reports = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+        reports = [{**json.loads(p.read_text(encoding="utf-8")), "_file": p.stem} for p in sorted(folder.glob("*.json"))]
         if reports:
             return folder.name, reports
     return None, []
@@ -500,17 +521,20 @@ def section_gates(inp: _Inputs) -> Section:
         outcomes = [o for o in report.get("outcomes", []) if not o.get("skipped")]
         n_fail = sum(1 for o in outcomes if not o["success"] and o.get("blocking"))
         n_warn = sum(1 for o in outcomes if not o["success"] and not o.get("blocking"))
-        labels.append(report["table"])
+        name = report.get("_file", report["table"])
+        labels.append(report["table"] if name == report["table"] else f"{report['table']} ({report['suite']})")
         passed.append(sum(1 for o in outcomes if o["success"]))
         warned.append(n_warn)
         failed.append(n_fail)
-        link = f"../../../{QUALITY_DIR}/{gate_run}/{report['table']}.html"
+        link = f"../../../{QUALITY_DIR}/{gate_run}/{name}.html"
         worst = next((o for o in outcomes if not o["success"]), None)
         rows.append((report["table"], report["suite"], "passed" if report["success"] else "FAILED", n_fail, n_warn,
                      f"{worst['view']}: {worst['expectation']}" if worst else "", link))
     section.charts.append(barh(inp.out, "gates.png", labels, {"passed": passed, "warning": warned, "failed": failed},
-                               title=f"Expectations per gate (run {gate_run})", xlabel="expectations",
+                               title="Expectations per gate", xlabel="expectations",
                                colors=["#59a14f", _ORANGE, _RED]))
+    section.lead = _p(f"Gates of run {gate_run}" + ("" if gate_run == inp.run_id else
+                                                           f" (the newest with gate reports; this is {inp.run_id})") + ".")
     body = ["<table><thead><tr><th>table</th><th>suite</th><th>result</th><th>failed</th><th>warnings</th>"
             "<th>first problem</th><th>details</th></tr></thead><tbody>"]
     for table, suite, result, n_fail, n_warn, worst, link in rows:

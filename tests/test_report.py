@@ -79,6 +79,11 @@ def test_report_renders_every_section_from_a_hand_built_lake(spark, lake, monkey
                       "blocking": False},
                      {"view": "compliance", "expectation": "expect_table_row_count_to_equal", "success": False,
                       "blocking": True}]}))
+    for name, suite in (("tags_wide", "tags_wide"), ("tags_wide.tags_drift", "tags_drift")):  # two suites, one table
+        (gate_dir / f"{name}.json").write_text(json.dumps({
+            "suite": suite, "table": "tags_wide", "run_id": RUN, "success": True, "warn_only": False,
+            "outcomes": [{"view": "tags", "expectation": "expect_column_values_to_be_between", "success": True,
+                          "blocking": True}]}))
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", tracking)
@@ -110,10 +115,25 @@ def test_report_renders_every_section_from_a_hand_built_lake(spark, lake, monkey
     assert "<td>merge</td><td>shared email</td>" in page
     assert "1 predictive, 1 rule; 2 customers" in page
     assert "cdp_churn" in page and "test_auc=0.810" in page and "champion" in page
-    assert 'href="../../../_reports/quality/' + RUN + '/audience_vip_email.html"' in page
+    for name in ("audience_vip_email", "tags_wide", "tags_wide.tags_drift"):  # each gate links its own report
+        assert f'href="../../../_reports/quality/{RUN}/{name}.html"' in page
+    assert "<td>tags_wide</td><td>tags_drift</td>" in page
+    assert f"Gates of run {RUN}." in page
     latest = Path(lake.root, "_reports", "runs", "latest")
     assert (latest / "index.html").read_text(encoding="utf-8") == page
     assert _png(latest / "gates.png")
+
+
+def test_headline_metric_ranks_classifiers_by_auc_and_clv_by_spearman():
+    assert report.headline_metric({"eval_auc": 0.71, "test_auc": 0.9, "eval_log_loss": 0.6}) == ("auc", 0.71)
+    assert report.headline_metric({"test_auc": 0.81}) == ("auc", 0.81)  # no held-out figure: any *_auc
+    assert report.headline_metric({"eval_mae": 287.9, "eval_spearman": 0.31}) == ("spearman", 0.31)
+    assert report.headline_metric({"eval_mae": 287.9}) is None
+
+
+def test_run_started_label_reads_the_run_id():
+    assert report.run_started_label("20261126T165126Z-a07391") == "11-26 16:51"
+    assert report.run_started_label("manual-run-000000000") == "run-000000000"  # not a run id: its tail
 
 
 def test_sections_without_their_tables_say_so(spark, lake):
