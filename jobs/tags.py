@@ -1,4 +1,5 @@
-"""``cdp tags list`` / ``cdp tags show NAME``: the tag catalogue and each tag's lineage.
+"""``cdp tags list`` / ``cdp tags show NAME``: the tag catalogue and each tag's lineage;
+``cdp tags changes NAME``: how a tag's values changed since the previous ``cdp tag`` run.
 
 Also the one place jobs load and validate the catalogue (``load_catalogue``).
 """
@@ -9,16 +10,20 @@ import logging
 import sys
 from pathlib import Path
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from features import FeatureConfig, feature_schema
 from jobs.config import ConfigError, JobContext, load_yaml, parse_file
 from jobs.entry import job_main
+from jobs.lake import Lake
 from tagging import Catalogue, CatalogueError, merge, validate_catalogue
 from tagging import parse_file as parse_catalogue_file
+from tagging.changes import tag_transitions
 
 logger = logging.getLogger(__name__)
+
+TAGS_WIDE = "tags_wide"
 
 
 def load_catalogue(spark: SparkSession, ctx: JobContext, config: FeatureConfig,
@@ -83,6 +88,46 @@ def _lineage(catalogue: Catalogue, name: str, config: FeatureConfig, depth: int,
     return out
 
 
+def _version_label(df: DataFrame, version: int) -> str:
+    first = df.select("run_id", "as_of").limit(1).collect()
+    return f"v{version}" + (f" (run {first[0]['run_id']}, as of {first[0]['as_of']})" if first else " (empty)")
+
+
+def changes(spark: SparkSession, ctx: JobContext, name: str, against: int | None = None, top: int = 20) -> int:
+    """Print how ``name`` changed between the latest tags_wide and an earlier version (default: the one
+    before it): customers whose value changed, and the most common (previous -> current) transitions."""
+    lake = Lake(spark, ctx.lake_root)
+    if not lake.exists(TAGS_WIDE):
+        print(f"cdp tags changes: no {TAGS_WIDE} table in {ctx.lake_root}; run `cdp tag` first", file=sys.stderr)  # noqa: T201
+        return 2
+    latest = lake.version(TAGS_WIDE)
+    against = latest - 1 if against is None else against
+    if not 0 <= against < latest:
+        print(f"cdp tags changes: {TAGS_WIDE} has versions 0..{latest}; nothing earlier than v{latest} to compare "  # noqa: T201
+              f"with as v{against}", file=sys.stderr)
+        return 2
+    current, previous = lake.read(TAGS_WIDE), lake.read(TAGS_WIDE, version=against)
+    if name not in current.columns and name not in previous.columns:
+        print(f"cdp tags changes: tag {name!r} is in neither {TAGS_WIDE} v{latest} nor v{against}", file=sys.stderr)  # noqa: T201
+        return 2
+    transitions = tag_transitions(current, previous, name).collect()
+    total = sum(r["customers"] for r in transitions)
+    changed = sum(r["customers"] for r in transitions if r["changed"])
+    lines = [f"tag {name}: {TAGS_WIDE} {_version_label(current, latest)} against {_version_label(previous, against)}",
+             f"{total:,} customers; {changed:,} changed value ({changed / max(total, 1):.1%})",
+             f"{'previous':<28} {'current':<28} {'customers':>12}"]
+    shown = [r for r in transitions if r["changed"]][:top]
+    lines += [f"{_shown(r['previous']):<28} {_shown(r['current']):<28} {r['customers']:>12,}" for r in shown]
+    if changed > sum(r["customers"] for r in shown):
+        lines.append(f"... {len([r for r in transitions if r['changed']]) - len(shown)} more transitions")
+    print("\n".join(lines))  # noqa: T201 - CLI output
+    return 0
+
+
+def _shown(value: str | None) -> str:
+    return "null" if value is None else value[:28]
+
+
 def run(spark: SparkSession, ctx: JobContext, command: str, name: str | None = None) -> int:
     config = parse_file(ctx.conf_path("features.yaml"), FeatureConfig.from_dict)
     catalogue = load_catalogue(spark, ctx, config)
@@ -102,11 +147,22 @@ def run(spark: SparkSession, ctx: JobContext, command: str, name: str | None = N
 
 def main(argv: list[str] | None = None) -> int:
     def add(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("command", choices=["list", "show"])
-        parser.add_argument("name", nargs="?", help="tag name (for show)")
+        parser.add_argument("command", choices=["list", "show", "changes"])
+        parser.add_argument("name", nargs="?", help="tag name (for show and changes)")
+        parser.add_argument("--against", type=int, default=None,
+                            help="changes: the tags_wide version to compare with (default: the one before the latest)")
+        parser.add_argument("--top", type=int, default=20, help="changes: transitions shown (default 20)")
 
-    return job_main("tags", argv, lambda spark, ctx, args: run(spark, ctx, args.command, args.name), add,
-                    description="list / show the tag catalogue and lineage")
+    def run_from_args(spark: SparkSession, ctx: JobContext, args: argparse.Namespace) -> int:
+        if args.command == "changes":
+            if not args.name:
+                print("cdp tags changes: give a tag name", file=sys.stderr)  # noqa: T201
+                return 2
+            return changes(spark, ctx, args.name, args.against, args.top)
+        return run(spark, ctx, args.command, args.name)
+
+    return job_main("tags", argv, run_from_args, add,
+                    description="list / show the tag catalogue and lineage; what changed in a tag since the last run")
 
 
 if __name__ == "__main__":
