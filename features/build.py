@@ -217,6 +217,12 @@ def build_features(inputs: FeatureInputs, config: FeatureConfig, as_of: date | S
     else:
         keys = ["customer_id"]
         snapshot = profile.withColumn("as_of", F.lit(dates[0]).cast("date"))
+    # Each groupBy's aggregates travel through the join chain packed in one struct column: a join
+    # without whole-stage codegen (more than 100 fields) copies every field of its output row, so
+    # ~440 loose columns were copied field by field at each of ~9 joins. The structs are unpacked
+    # once, after the last join. Whole snapshot at 100k customers to a no-op sink: 67.4 s cold /
+    # 52.2 s warm with loose columns, 47.1 s / 37.4 s packed.
+    packed: list[tuple[str, list[str]]] = []
     for source_name, source_df in sources.items():
         aggregates = [f for f in config.features if f.source == source_name and f.is_aggregate]
         if not aggregates:
@@ -225,8 +231,14 @@ def build_features(inputs: FeatureInputs, config: FeatureConfig, as_of: date | S
         for group in groups:
             by_customer = source_df.groupBy(*keys).agg(
                 *[_aggregate_expr(f, None if multi else dates[0]) for f in group])
-            snapshot = snapshot.join(by_customer, on=keys, how="left")
+            struct_name = f"_agg{len(packed)}"
+            packed.append((struct_name, [f.name for f in group]))
+            snapshot = snapshot.join(
+                by_customer.select(*keys, F.struct(*[f.name for f in group]).alias(struct_name)), on=keys, how="left")
         logger.debug("features: %d aggregates over %s in %d groupBy", len(aggregates), source_name, len(groups))
+    snapshot = snapshot.select(*[c for c in snapshot.columns if c not in {name for name, _ in packed}],
+                               *[F.col(f"{struct_name}.{field}").alias(field)
+                                 for struct_name, fields in packed for field in fields])
     zero_filled = {f.name: F.coalesce(F.col(f.name), F.lit(0).cast("bigint" if f.agg != "sum" else "double"))
                    for f in config.features if f.agg in ZERO_FILLED}
     zero_filled.update({f.name: F.coalesce(F.col(f.name), F.array().cast("array<string>"))
