@@ -106,6 +106,11 @@ def barh(out: Path, name: str, labels: Sequence[str], series: dict[str, Sequence
     ax.set_title(title, fontsize=10, loc="left")
     if log:
         ax.set_xscale("log")
+    else:  # at most six ticks, large counts as 15k / 1.4M: 16000-wide axes overprinted their labels
+        from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _short(value) if value >= 0 else ""))
     if len(series) > 1:
         ax.legend(fontsize=8, loc="best")
     ax.margins(x=0.12)
