@@ -221,7 +221,7 @@ def build_features(inputs: FeatureInputs, config: FeatureConfig, as_of: date | S
     # without whole-stage codegen (more than 100 fields) copies every field of its output row, so
     # ~440 loose columns were copied field by field at each of ~9 joins. The structs are unpacked
     # once, after the last join. Whole snapshot at 100k customers to a no-op sink: 67.4 s cold /
-    # 52.2 s warm with loose columns, 47.1 s / 37.4 s packed.
+    # 52.2 s warm with loose columns, 47.1 s / 37.4 s packed; `cdp features` at 1M: 541.8 s -> 364.0 s.
     packed: list[tuple[str, list[str]]] = []
     for source_name, source_df in sources.items():
         aggregates = [f for f in config.features if f.source == source_name and f.is_aggregate]
