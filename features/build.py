@@ -236,7 +236,8 @@ def build_features(inputs: FeatureInputs, config: FeatureConfig, as_of: date | S
             snapshot = snapshot.join(
                 by_customer.select(*keys, F.struct(*[f.name for f in group]).alias(struct_name)), on=keys, how="left")
         logger.debug("features: %d aggregates over %s in %d groupBy", len(aggregates), source_name, len(groups))
-    snapshot = snapshot.select(*[c for c in snapshot.columns if c not in {name for name, _ in packed}],
+    struct_names = {struct_name for struct_name, _ in packed}
+    snapshot = snapshot.select(*[c for c in snapshot.columns if c not in struct_names],
                                *[F.col(f"{struct_name}.{field}").alias(field)
                                  for struct_name, fields in packed for field in fields])
     zero_filled = {f.name: F.coalesce(F.col(f.name), F.lit(0).cast("bigint" if f.agg != "sum" else "double"))

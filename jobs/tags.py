@@ -116,10 +116,11 @@ def changes(spark: SparkSession, ctx: JobContext, name: str, against: int | None
     lines = [f"tag {name}: {TAGS_WIDE} {_version_label(current, latest)} against {_version_label(previous, against)}",
              f"{total:,} customers; {changed:,} changed value ({changed / max(total, 1):.1%})",
              f"{'previous':<28} {'current':<28} {'customers':>12}"]
-    shown = [r for r in transitions if r["changed"]][:top]
-    lines += [f"{_shown(r['previous']):<28} {_shown(r['current']):<28} {r['customers']:>12,}" for r in shown]
-    if changed > sum(r["customers"] for r in shown):
-        lines.append(f"... {len([r for r in transitions if r['changed']]) - len(shown)} more transitions")
+    changed_rows = [r for r in transitions if r["changed"]]
+    lines += [f"{_shown(r['previous']):<28} {_shown(r['current']):<28} {r['customers']:>12,}"
+              for r in changed_rows[:top]]
+    if len(changed_rows) > top:
+        lines.append(f"... {len(changed_rows) - top} more transitions")
     print("\n".join(lines))  # noqa: T201 - CLI output
     return 0
 

@@ -67,5 +67,8 @@ def test_cdp_tags_changes_compares_the_latest_version_with_the_one_before(spark,
     out = capsys.readouterr().out.splitlines()
     assert out[1] == "3 customers; 1 changed value (33.3%)"
     assert [line.split() for line in out[3:]] == [["false", "true", "1"]]
+    assert tags_job.changes(spark, ctx, "segment", top=1) == 0  # the transitions beyond --top are counted
+    assert capsys.readouterr().out.splitlines()[3:] == [f"{'loyal':<28} {'at_risk':<28} {1:>12,}",
+                                                        "... 1 more transitions"]
     assert tags_job.changes(spark, ctx, "no_such_tag") == 2
     assert "in neither tags_wide v1 nor v0" in capsys.readouterr().err
