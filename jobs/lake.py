@@ -20,7 +20,7 @@ import os
 import posixpath
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -33,6 +33,8 @@ from pyspark.sql import types as T
 logger = logging.getLogger(__name__)
 
 WriteMode = Literal["append", "overwrite"]
+# a function from an iterator of Arrow record batches to another (as for DataFrame.mapInArrow)
+ArrowBatches = Callable[[Iterator[Any]], Iterator[Any]]
 BackendName = Literal["auto", "delta-spark", "embedded"]
 
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -251,6 +253,26 @@ class Lake:
         """
         return self._impl.copy_overwrite(self._existing(source), self.uri(name), dict(metadata or {}))
 
+    def write_arrow(self, source: DataFrame, name: str, batches: ArrowBatches, schema: T.StructType,
+                    mode: WriteMode = "append", *, metadata: Mapping[str, Any] | None = None) -> int:
+        """Write the rows of ``source.mapInArrow(batches, schema)`` as one commit of the unpartitioned
+        table ``name``; returns the new version.
+
+        The embedded backend has each task write the Arrow batches it makes straight to a Parquet file
+        with pyarrow, and commits exactly the files that the tasks report (a failed or retried
+        attempt's file is never committed). That skips turning every row into a Spark row and back:
+        for a function that makes many rows of few (tags_long, 108M rows of 1.4M), a fifth of the
+        time of Spark's writer. delta-spark writes ``source.mapInArrow(batches, schema)`` itself.
+        """
+        if mode not in ("append", "overwrite"):
+            raise LakeError(f"unknown write mode {mode!r}: use 'append' or 'overwrite'")
+        return self._impl.write_arrow(source, self.uri(name), batches, schema, mode, dict(metadata or {}))
+
+    def arrow_scan(self, name: str, columns: Sequence[str], version: int | None = None) -> ArrowScan:
+        """The table's ``columns`` as Arrow record batches inside Spark tasks: see :class:`ArrowScan`."""
+        uri = self._existing(name)
+        return self._impl.arrow_scan(uri, tuple(columns), version)
+
     def merge(self, df: DataFrame, name: str, keys: Sequence[str], *, delete_unmatched: bool = False,
               metadata: Mapping[str, Any] | None = None) -> MergeResult:
         """Upsert ``df`` into the table on ``keys``; creates the table when it does not exist.
@@ -299,6 +321,21 @@ class _Backend:
               metadata: dict[str, Any]) -> MergeResult: ...
     def delete(self, uri: str, condition: str, metadata: dict[str, Any]) -> int: ...
     def vacuum(self, uri: str, retention_hours: int) -> list[str]: ...
+
+    def write_arrow(self, source: DataFrame, uri: str, batches: ArrowBatches, schema: T.StructType, mode: str,
+                    metadata: dict[str, Any]) -> int:
+        """Write the rows of ``source.mapInArrow`` through :meth:`write` (backends may do better)."""
+        version = self.write(source.mapInArrow(batches, schema), uri, mode, [], {}, None, None, False, metadata)
+        assert version is not None  # only a write with an app id is ever skipped
+        return version
+
+    def arrow_scan(self, uri: str, columns: tuple[str, ...], version: int | None) -> ArrowScan:
+        """Spark reads the table (backends may do better)."""
+        frame = self.read(uri, version)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise SchemaMismatch(f"{uri}: no columns {missing} in the table")
+        return ArrowScan(frame.select(*[F.col(f"`{c}`") for c in columns]), columns)
 
     def copy_overwrite(self, source_uri: str, uri: str, metadata: dict[str, Any]) -> int:
         """Read the source's rows and overwrite the table with them (backends may do better)."""
@@ -577,13 +614,53 @@ class _EmbeddedBackend(_Backend):
             self._remove_folder(target)
             raise
 
+    def arrow_scan(self, uri, columns, version):
+        table = self._table(uri, version)
+        self._refuse_unsupported(table, uri)
+        schema = self._spark_schema(table)
+        if table.metadata().partition_columns:
+            return super().arrow_scan(uri, columns, version)  # partition values are in the log, not the files
+        by_name = {f.name: f for f in schema.fields}
+        missing = [c for c in columns if c not in by_name]
+        if missing:
+            raise SchemaMismatch(f"{uri}: no columns {missing} in the table")
+        files = [_spark_path(u) if u.startswith("/") else u for u in table.file_uris()]
+        # one slice per task, files dealt evenly (a round-robin repartition may put them all in one)
+        tasks = max(1, min(len(files), self.spark.sparkContext.defaultParallelism))
+        source = self.spark.createDataFrame(self.spark.sparkContext.parallelize([(f,) for f in files], tasks),
+                                            "file string")
+        return ArrowScan(source, columns, T.StructType([by_name[c] for c in columns]).json())
+
+    def write_arrow(self, source, uri, batches, schema, mode, metadata):
+        schema = _as_nullable(schema)
+        table = self._table(uri) if self.exists(uri) else None
+        if table is not None:
+            partitions = list(table.metadata().partition_columns)
+            if partitions:
+                raise SchemaMismatch(f"{uri}: table is partitioned by {partitions}; write_arrow writes "
+                                     "unpartitioned tables only")
+            if mode == "append":
+                _check_schema_compatible(self._spark_schema(table), schema, uri, evolve_schema=False)
+        folder = _new_folder()
+        target = f"{uri}/{folder}"
+        try:
+            written = source.mapInArrow(_parquet_file_writer(batches, schema, _spark_path(target)),
+                                        "file string, rows long").collect()
+            return self._commit_folder(uri, table, folder, mode, schema, [], None,
+                                       self._commit_properties(None, None, metadata),
+                                       files={row["file"] for row in written})
+        except Exception:
+            self._remove_folder(target)
+            raise
+
     def _commit_folder(self, uri, table, folder, mode, schema: T.StructType, partition_by, filters,
-                       properties) -> int:
-        """Commit every Parquet file under ``<uri>/<folder>`` as one version of the table."""
+                       properties, files: set[str] | None = None) -> int:
+        """Commit the Parquet files under ``<uri>/<folder>`` (every one, or those named in ``files``,
+        relative to the folder) as one version of the table."""
         from deltalake import Schema as DeltaSchema
         from deltalake.transaction import create_table_with_add_actions
 
-        add_actions = self._add_actions(uri, folder, partition_by)
+        add_actions = self._add_actions(uri, folder, partition_by, files)
         delta_schema = DeltaSchema.from_json(schema.json())
         if table is None:
             create_table_with_add_actions(
@@ -629,7 +706,7 @@ class _EmbeddedBackend(_Backend):
         table.alter.add_columns(list(evolved.fields))
         logger.info("%s: added columns %s", uri, [f.name for f in new_fields])
 
-    def _add_actions(self, uri: str, folder: str, partition_by: list[str]):
+    def _add_actions(self, uri: str, folder: str, partition_by: list[str], files: set[str] | None = None):
         import pyarrow.parquet as pq
         from deltalake.transaction import AddAction
         from pyarrow import fs as pafs
@@ -643,6 +720,8 @@ class _EmbeddedBackend(_Backend):
             relative = info.path[len(base) + 1:]
             if any(part.startswith(("_", ".")) for part in relative.split("/")[1:]):
                 continue
+            if files is not None and relative[len(folder) + 1:] not in files:
+                continue  # left by a failed or retried task attempt: never part of the table
             partition_values = _partition_values_from_path(relative, partition_by)
             with filesystem.open_input_file(info.path) as handle:
                 footer = pq.ParquetFile(handle).metadata
@@ -717,6 +796,123 @@ class _EmbeddedBackend(_Backend):
                             os.remove(os.path.join(dirpath, name))
                         if not os.listdir(dirpath):
                             os.rmdir(dirpath)
+
+
+@dataclass(frozen=True)
+class ArrowScan:
+    """A table's columns as Arrow record batches inside Spark tasks, for ``mapInArrow`` functions.
+
+    ``feeding(fn)`` turns a function over the table's batches (``columns``, in that order) into one
+    over the partitions of ``source``; ``map(fn, schema)`` is ``source.mapInArrow(feeding(fn), schema)``
+    and ``Lake.write_arrow(source, name, feeding(fn), schema)`` writes its rows.
+
+    On the embedded backend ``source`` holds the URIs of the table's data files and each task reads
+    its files with pyarrow. For a wide table that is far cheaper than Spark's reader, which builds a
+    row of every column and converts it back to Arrow: tags_wide at 1.4M customers and 660 columns,
+    3 s in one Python process against 46 s of a two-task Spark stage. Columns that a file lacks
+    (added to the table later) read as nulls. On delta-spark (and for partitioned tables) ``source``
+    is the table read by Spark.
+    """
+
+    source: DataFrame
+    columns: tuple[str, ...]
+    files_schema: str | None = None  # the columns' Spark schema (JSON) when ``source`` holds file URIs
+    batch_rows: int = 10_000
+
+    def feeding(self, batches: ArrowBatches) -> ArrowBatches:
+        if self.files_schema is None:
+            return batches
+        return _read_files_then(batches, self.files_schema, self.batch_rows)
+
+    def map(self, batches: ArrowBatches, schema: T.StructType | str) -> DataFrame:
+        return self.source.mapInArrow(self.feeding(batches), schema)
+
+
+def _read_files_then(batches: ArrowBatches, schema_json: str, batch_rows: int) -> ArrowBatches:
+    """mapInArrow function over batches of file URIs: read each Parquet file's columns of the schema,
+    batch by batch, and hand those batches to ``batches``."""
+    def run(partition: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from pyarrow import fs as pafs
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        target = to_arrow_schema(T.StructType.fromJson(json.loads(schema_json)), timezone="UTC")
+
+        def table_batches() -> Iterator[Any]:
+            for files in partition:
+                for uri in files.column(0).to_pylist():
+                    filesystem, path = pafs.FileSystem.from_uri(uri)
+                    with filesystem.open_input_file(path) as handle:
+                        parquet = pq.ParquetFile(handle)
+                        present = set(parquet.schema_arrow.names)
+                        wanted = [f.name for f in target if f.name in present]
+                        if not wanted:  # none of the columns in this file: its rows, all null
+                            rows = parquet.metadata.num_rows
+                            if rows:
+                                yield pa.RecordBatch.from_arrays([pa.nulls(rows, f.type) for f in target], schema=target)
+                            continue
+                        for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted):
+                            arrays = []
+                            for field in target:
+                                if field.name not in present:
+                                    arrays.append(pa.nulls(batch.num_rows, field.type))
+                                    continue
+                                column = batch.column(field.name)
+                                arrays.append(column if column.type == field.type else column.cast(field.type))
+                            yield pa.RecordBatch.from_arrays(arrays, schema=target)
+
+        yield from batches(table_batches())
+    return run
+
+
+# rows buffered per Parquet row group by write_arrow (pyarrow writes each table it is given as its own
+# row groups, so small batches are gathered first)
+_ARROW_ROW_GROUP_ROWS = 1_000_000
+
+
+def _parquet_file_writer(batches: ArrowBatches, schema: T.StructType, folder_uri: str) -> ArrowBatches:
+    """mapInArrow function: write the batches that ``batches`` makes of a partition to one new Parquet
+    file in ``folder_uri`` (created on the first row; none for no rows) and yield its name and rows."""
+    schema_json = schema.json()
+
+    def write(partition: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from pyarrow import fs as pafs
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        # timestamps as UTC instants: sessions run in UTC (jobs.session), and Spark reads them back as such
+        arrow_schema = to_arrow_schema(T.StructType.fromJson(json.loads(schema_json)), timezone="UTC")
+        filesystem, base = pafs.FileSystem.from_uri(folder_uri)
+        name = f"part-{uuid.uuid4().hex}.snappy.parquet"  # a new name per task attempt
+        writer, buffered, rows = None, [], 0
+
+        def flush() -> None:
+            nonlocal writer
+            if writer is None:
+                filesystem.create_dir(base, recursive=True)
+                writer = pq.ParquetWriter(f"{base}/{name}", arrow_schema, filesystem=filesystem,
+                                          compression="snappy")
+            writer.write_table(pa.Table.from_batches(buffered, arrow_schema), row_group_size=_ARROW_ROW_GROUP_ROWS)
+            buffered.clear()
+
+        try:
+            for batch in batches(partition):
+                if batch.num_rows == 0:
+                    continue
+                buffered.append(batch if batch.schema.equals(arrow_schema) else batch.cast(arrow_schema))
+                rows += batch.num_rows
+                if sum(b.num_rows for b in buffered) >= _ARROW_ROW_GROUP_ROWS:
+                    flush()
+            if buffered:
+                flush()
+        finally:
+            if writer is not None:
+                writer.close()
+        if rows:
+            yield pa.RecordBatch.from_pydict({"file": [name], "rows": [rows]})
+    return write
 
 
 def _new_folder() -> str:

@@ -21,18 +21,19 @@ from jobs.build_features import TABLE as FEATURES
 from jobs.build_features import load_feature_config, parse_date
 from jobs.config import JobContext
 from jobs.entry import JobFailed, job_main
-from jobs.gates import publish_with_gates
+from jobs.gates import publish_with_gates, staging_name
 from jobs.lake import Lake
 from jobs.tags import load_catalogue
 from jobs.train import configure_mlflow
 from tagging import (
+    ArrowTransform,
     Catalogue,
     compute_tags,
+    long_transform,
     profile_from_tag_stats,
     tag_profile,
     tag_stats,
     tag_versions,
-    to_long,
 )
 from tagging.compute import Scorer
 
@@ -117,8 +118,11 @@ def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict
     # the staged one); the previous version's come from tag_stats of the run that wrote it.
     profiles: dict[str, DataFrame] = {}
 
+    def scan_staged(summary: ArrowTransform) -> DataFrame:
+        return lake.arrow_scan(staging_name("tags_wide"), summary.columns).map(summary.batches, summary.schema)
+
     def profile_staged(staged: DataFrame) -> dict[str, DataFrame]:
-        profiles["staged"] = tag_profile(staged, catalogue)
+        profiles["staged"] = tag_profile(staged, catalogue, apply_arrow=scan_staged)
         return {"tag_profile": profiles["staged"]}
 
     previous = previous_tag_profile(lake)
@@ -126,8 +130,12 @@ def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict
                                       inputs={"previous_tag_profile": previous} if previous is not None else None,
                                       candidate_inputs=profile_staged).version
     stored_wide = lake.read("tags_wide")
-    long_version = lake.write(to_long(stored_wide, catalogue, versions, computed_at, ctx.run_id), "tags_long",
-                              mode="overwrite", metadata=metadata)
+    # the tasks read tags_wide's files and write tags_long's with pyarrow: Spark's reader and writer
+    # would turn each of 660 columns and each of ~76 long rows per customer into Spark rows
+    long = long_transform(catalogue, versions, computed_at, ctx.run_id)
+    scan = lake.arrow_scan("tags_wide", long.columns)
+    long_version = lake.write_arrow(scan.source, "tags_long", scan.feeding(long.batches), long.schema,
+                                    mode="overwrite", metadata=metadata)
     stats = tag_stats(stored_wide, catalogue, versions, computed_at, ctx.run_id, profile=profiles["staged"])
     lake.write(stats, "tag_stats", mode="append", metadata=metadata)
     customers = stats.first()["customers"] if catalogue.tags else 0

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from tagging.catalogue import Algorithm, Catalogue, CatalogueError, ModelSpec, Tag, merge, parse_file
 from tagging.compute import (
+    ArrowTransform,
     TagRunInfo,
     compute_tags,
+    long_transform,
     profile_from_tag_stats,
     tag_profile,
     tag_stats,
@@ -13,6 +15,6 @@ from tagging.compute import (
 )
 from tagging.validate import dependency_order, validate_catalogue
 
-__all__ = ["Algorithm", "Catalogue", "CatalogueError", "ModelSpec", "Tag", "TagRunInfo", "compute_tags",
-           "dependency_order", "merge", "parse_file", "profile_from_tag_stats", "tag_profile", "tag_stats",
+__all__ = ["Algorithm", "ArrowTransform", "Catalogue", "CatalogueError", "ModelSpec", "Tag", "TagRunInfo", "compute_tags",
+           "dependency_order", "long_transform", "merge", "parse_file", "profile_from_tag_stats", "tag_profile", "tag_stats",
            "tag_versions", "to_long", "validate_catalogue"]

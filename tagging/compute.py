@@ -105,15 +105,68 @@ def tag_versions(catalogue: Catalogue, model_versions: Mapping[str, str]) -> dic
     return out
 
 
-def _long_entries(value_types: Sequence[str]) -> Callable[[Iterator[Any]], Iterator[Any]]:
-    """mapInArrow function over (customer_id, as_of, each tag in catalogue order: booleans as they are,
-    other values already cast to strings by Spark) -> customer_id, i (tag index), value, as_of: one
-    row per value carried, true booleans as 'true'."""
-    def entries(batches: Iterator[Any]) -> Iterator[Any]:
+def _java_double(value: float) -> str:
+    """One double in Java's computerized scientific layout (1.0E7, -2.5E-4), or NaN / Infinity."""
+    import math
+
+    import numpy as np
+
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    mantissa, exponent = np.format_float_scientific(value, unique=True, trim="-").split("e")
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}E{int(exponent)}"
+
+
+def double_strings(values: Any) -> Any:
+    """An Arrow double array as strings the way Spark's ``CAST(x AS STRING)`` writes them: Java's
+    ``Double.toString`` layout (5.0, 0.001, 1.0E7, 1.0E-4, 0.0, NaN, Infinity) with the shortest
+    digits that read back as the same double (Java 19 and later; Java 17 may print a longer form
+    of some values). Nulls stay null."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = values.cast(pa.string())  # shortest digits; whole numbers without '.0', Arrow's exponents
+    number = values.fill_null(0.0).to_numpy(zero_copy_only=False)
+    valid = values.is_valid().to_numpy(zero_copy_only=False)
+    magnitude = np.abs(number)
+    with np.errstate(invalid="ignore"):
+        plain = (magnitude >= 1e-3) & (magnitude < 1e7)
+    whole = pc.invert(pc.match_substring(text, ".")).fill_null(False).to_numpy(zero_copy_only=False)
+    text = pc.if_else(pa.array(plain & whole), pc.binary_join_element_wise(text, ".0", ""), text)
+    zero = number == 0
+    text = pc.if_else(pa.array(zero & valid), pa.array(np.where(np.signbit(number), "-0.0", "0.0")), text)
+    scientific = valid & ~plain & ~zero
+    if scientific.any():
+        text = pc.replace_with_mask(text, pa.array(scientific),
+                                    pa.array([_java_double(float(v)) for v in number[scientific]], pa.string()))
+    return text
+
+
+def _value_strings(column: Any, value_type: str) -> Any:
+    import pyarrow as pa
+
+    if value_type == "double":
+        return double_strings(column)
+    return column.cast(pa.string())  # a kept boolean is 'true'; ints print as in Spark
+
+
+def _long_rows(names: Sequence[str], value_types: Sequence[str], kinds: Sequence[str], versions: Sequence[str],
+               computed_at: datetime, run_id: str) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """Arrow function over (customer_id, as_of, each tag in catalogue order) -> rows of
+    ``TAGS_LONG_SCHEMA``: one per value carried (not null, not false), values as strings."""
+    def rows(batches: Iterator[Any]) -> Iterator[Any]:
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
+        from pyspark.sql.pandas.types import to_arrow_schema
 
+        schema = to_arrow_schema(TAGS_LONG_SCHEMA, timezone="UTC")  # sessions run in UTC (jobs.session)
+        name_of, kind_of, version_of = pa.array(names), pa.array(kinds), pa.array(versions)
+        computed = pa.array([computed_at], schema.field("computed_at").type)
+        run = pa.array([run_id], pa.string())
         for batch in batches:
             customer_id, as_of = batch.column(0), batch.column(1)
             ids, positions, values, dates = [], [], [], []
@@ -125,41 +178,54 @@ def _long_entries(value_types: Sequence[str]) -> Callable[[Iterator[Any]], Itera
                     continue
                 ids.append(kept)
                 dates.append(pc.filter(as_of, keep))
-                positions.append(pa.array(np.full(len(kept), i, dtype=np.int32)))
-                values.append(pc.filter(column, keep).cast(pa.string()))  # a kept boolean is 'true'
-            if ids:
-                yield pa.RecordBatch.from_arrays(
-                    [pa.concat_arrays(ids), pa.concat_arrays(positions), pa.concat_arrays(values),
-                     pa.concat_arrays(dates)], names=["customer_id", "i", "value", "as_of"])
-    return entries
+                positions.append(np.full(len(kept), i, dtype=np.int32))
+                values.append(_value_strings(pc.filter(column, keep), value_type))
+            if not ids:
+                continue
+            index = pa.array(np.concatenate(positions))
+            first = pa.array(np.zeros(len(index), dtype=np.int32))
+            yield pa.RecordBatch.from_arrays([
+                pa.concat_arrays(ids), name_of.take(index), pa.concat_arrays(values), kind_of.take(index),
+                version_of.take(index), computed.take(first), pa.concat_arrays(dates), run.take(first)],
+                schema=schema)
+    return rows
+
+
+@dataclass(frozen=True)
+class ArrowTransform:
+    """An Arrow function from some columns of a table to rows of ``schema``.
+
+    ``apply(df)`` runs it with ``DataFrame.mapInArrow``. A job may instead feed it the table's
+    batches as the tasks read them (``Lake.arrow_scan``) and write its output straight to Parquet
+    (``Lake.write_arrow``): for a wide table, Spark's reader builds a row of every column and
+    converts it back to Arrow, the larger part of the cost.
+    """
+
+    columns: tuple[str, ...]
+    batches: Callable[[Iterator[Any]], Iterator[Any]]
+    schema: T.StructType
+
+    def apply(self, df: DataFrame) -> DataFrame:
+        return df.select(*[F.col(f"`{c}`") for c in self.columns]).mapInArrow(self.batches, self.schema)
+
+
+def long_transform(catalogue: Catalogue, versions: Mapping[str, str], computed_at: datetime,
+                   run_id: str) -> ArrowTransform:
+    """tags_wide -> tags_long as an :class:`ArrowTransform`: one row per customer and tag value carried
+    (null and false values are left out), with the columns of ``TAGS_LONG_SCHEMA``: customer_id,
+    tag, value string (as Spark's ``CAST(value AS STRING)``), kind, version, computed_at, as_of,
+    run_id. Each tag's carried values are kept batch by batch with Arrow's kernels.
+    """
+    tags = catalogue.tags
+    return ArrowTransform(("customer_id", "as_of", *[t.name for t in tags]),
+                          _long_rows([t.name for t in tags], [t.value_type for t in tags], [t.kind for t in tags],
+                                     [versions[t.name] for t in tags], computed_at, run_id), TAGS_LONG_SCHEMA)
 
 
 def to_long(wide: DataFrame, catalogue: Catalogue, versions: Mapping[str, str], computed_at: datetime,
             run_id: str) -> DataFrame:
-    """tags_long: one row per customer and tag value carried (null and false values are left out).
-
-    Output: customer_id, tag, value string, kind, version, computed_at, as_of, run_id.
-
-    Spark casts each non-boolean value to its string (Spark's formatting of numbers); Arrow then keeps
-    each tag's carried values, batch by batch, as (customer, tag index, value) rows, and a broadcast
-    join on the index adds name, kind and version. At 1M customers (103.8M rows) building and writing
-    them took 226 s this way, 300 s with one ``inline`` of 660 entries per row in the JVM.
-    """
-    if not catalogue.tags:
-        return wide.sparkSession.createDataFrame([], TAGS_LONG_SCHEMA)
-    spark = wide.sparkSession
-    metadata = spark.createDataFrame(
-        [(i, tag.name, tag.kind, versions[tag.name]) for i, tag in enumerate(catalogue.tags)],
-        "i int, tag string, kind string, version string")
-    # one SQL projection for the whole catalogue: Columns would cost a py4j round trip each
-    projected = wide.selectExpr("customer_id", "as_of", *[
-        f"`{t.name}`" if t.value_type == "boolean" else f"CAST(`{t.name}` AS STRING) AS `{t.name}`"
-        for t in catalogue.tags])
-    entries = projected.mapInArrow(_long_entries([t.value_type for t in catalogue.tags]),
-                                   "customer_id string, i int, value string, as_of date")
-    return entries.join(F.broadcast(metadata), on="i").select(
-        "customer_id", "tag", "value", "kind", "version", F.lit(computed_at).cast("timestamp").alias("computed_at"),
-        "as_of", F.lit(run_id).alias("run_id"))
+    """tags_long as a DataFrame: :func:`long_transform` applied to ``wide``."""
+    return long_transform(catalogue, versions, computed_at, run_id).apply(wide)
 
 
 TAGS_LONG_SCHEMA = T.StructType([
@@ -260,7 +326,8 @@ def _partial_profile(value_types: Sequence[str]) -> Callable[[Iterator[Any]], It
     return profile
 
 
-def tag_profile(wide: DataFrame, catalogue: Catalogue, top_n: int = TOP_VALUES) -> DataFrame:
+def tag_profile(wide: DataFrame, catalogue: Catalogue, top_n: int = TOP_VALUES, *,
+                apply_arrow: Callable[[ArrowTransform], DataFrame] | None = None) -> DataFrame:
     """Per tag of tags_wide: customers, covered, coverage, true count (booleans), distinct values,
     min / mean / p50 / max (int and double tags; ``mean`` of a boolean is its true share, as the
     quality gates compare it) and the ``top_n`` most frequent values (booleans: the true count; string
@@ -272,6 +339,10 @@ def tag_profile(wide: DataFrame, catalogue: Catalogue, top_n: int = TOP_VALUES) 
     and double columns alone gives their medians (and the doubles' distinct counts, approximate to
     about 1%). The result is small and returned as a local frame (``TAG_PROFILE_SCHEMA``), so the
     quality gates and :func:`tag_stats` share one profile of the table.
+
+    ``apply_arrow`` runs the summary's :class:`ArrowTransform` over the table (default: over
+    ``wide`` with ``mapInArrow``); a job may have the tasks read the table's files instead
+    (``Lake.arrow_scan``), which at 660 columns is several times cheaper than Spark's reader.
     """
     from pyspark.sql import Window
 
@@ -280,8 +351,9 @@ def tag_profile(wide: DataFrame, catalogue: Catalogue, top_n: int = TOP_VALUES) 
     if not tags:
         return spark.createDataFrame([], TAG_PROFILE_SCHEMA)
     value_types = [t.value_type for t in tags]
-    partial = wide.selectExpr("as_of", *[f"`{t.name}`" for t in tags]).mapInArrow(
-        _partial_profile(value_types), _PARTIAL_PROFILE_SCHEMA)
+    summary = ArrowTransform(("as_of", *[t.name for t in tags]), _partial_profile(value_types),
+                             _PARTIAL_PROFILE_SCHEMA)
+    partial = summary.apply(wide) if apply_arrow is None else apply_arrow(summary)
     merged = partial.groupBy("i", "value").agg(
         F.sum("n").alias("n"), F.sum("rows").alias("rows"), F.sum("covered").alias("covered"),
         F.sum("total").alias("total"), F.min("min").alias("min"), F.max("max").alias("max"),

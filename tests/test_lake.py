@@ -288,3 +288,134 @@ def test_embedded_copy_overwrite_copies_files_with_statistics(lake, spark):
     assert all(u.startswith(lake.uri("published")) for u in copied.file_uris())
     stats = pa.table(copied.get_add_actions(flatten=True)).to_pylist()
     assert sum(s["num_records"] for s in stats) == 2
+
+
+VISITS = T.StructType([T.StructField("customer_id", T.StringType()), T.StructField("visit", T.IntegerType()),
+                       T.StructField("seen_at", T.TimestampType())])
+
+
+def _unpivot_spend():
+    """Arrow function: one row per whole 10 of spend (an unpivot: more rows out than in). Made in a
+    function so that it is pickled by value: Spark's Python workers cannot import the test module."""
+    def visits(batches):
+        import numpy as np
+        import pyarrow as pa
+
+        for batch in batches:
+            ids, spend, seen = batch.column(0), batch.column(2).fill_null(0).to_numpy(), batch.column(3)
+            counts = (spend // 10).astype(np.int64)
+            index = pa.array(np.repeat(np.arange(len(spend)), counts))
+            visit = np.concatenate([np.arange(1, c + 1) for c in counts]) if len(counts) else np.array([])
+            yield pa.RecordBatch.from_arrays([ids.take(index), pa.array(visit.astype(np.int32)), seen.take(index)],
+                                             names=["customer_id", "visit", "seen_at"])
+    return visits
+
+
+_visits_per_spend = _unpivot_spend()
+
+
+def test_write_arrow_commits_the_rows_of_map_in_arrow(any_lake, spark):
+    people = _people(spark, [ALICE, BOB, CAROL, ("c4", "Beijing", 35.0, T0)])
+    version = any_lake.write_arrow(people, "visits", _visits_per_spend, VISITS, mode="overwrite",
+                                   metadata={"run_id": "r1"})
+    expected = spark.createDataFrame([("c1", 1, T0), ("c2", 1, T0), ("c2", 2, T0), ("c4", 1, T0), ("c4", 2, T0),
+                                      ("c4", 3, T0)], VISITS)
+    assert version == 0 and any_lake.history("visits")[0]["run_id"] == "r1"
+    assertDataFrameEqual(any_lake.read("visits"), expected)
+    assertDataFrameEqual(any_lake.read("visits"), people.mapInArrow(_visits_per_spend, VISITS))
+    # append adds a version; overwrite replaces the rows; older versions stay readable
+    any_lake.write_arrow(_people(spark, [ALICE]), "visits", _visits_per_spend, VISITS)
+    assert any_lake.read("visits").count() == 7
+    any_lake.write_arrow(_people(spark, [BOB]), "visits", _visits_per_spend, VISITS, mode="overwrite")
+    assertDataFrameEqual(any_lake.read("visits"), spark.createDataFrame([("c2", 1, T0), ("c2", 2, T0)], VISITS))
+    assertDataFrameEqual(any_lake.read("visits", version=0), expected)
+    # a source that makes no rows commits an empty version
+    assert any_lake.write_arrow(_people(spark, [CAROL]), "visits", _visits_per_spend, VISITS, mode="overwrite") == 3
+    assert any_lake.read("visits").count() == 0
+    # the files are Delta's: deltalake reads the instants back exactly
+    any_lake.write_arrow(people, "visits", _visits_per_spend, VISITS, mode="overwrite")
+    arrow = DeltaTable(any_lake.uri("visits")).to_pyarrow_table()
+    assert arrow.num_rows == 6 and set(arrow.column("seen_at").to_pylist()) == {T0}
+
+
+def test_embedded_write_arrow_commits_only_the_reported_files_with_statistics(lake, spark, monkeypatch):
+    people = _people(spark, [ALICE, BOB]).repartition(2)
+    lake.write_arrow(people, "visits", _visits_per_spend, VISITS)
+    table = DeltaTable(lake.uri("visits"))
+    stats = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+    assert sum(s["num_records"] for s in stats) == 3 and all(s["num_records"] for s in stats)
+    assert min(s["min.customer_id"] for s in stats) == "c1" and max(s["max.visit"] for s in stats) == 2
+    # a file that a failed task attempt left in the commit's folder is not part of the commit
+    import jobs.lake as lake_module
+
+    folder = Path(lake.uri("visits"), "w-with-stray")
+    folder.mkdir()
+    (folder / "part-stray.snappy.parquet").write_bytes(Path(table.file_uris()[0].removeprefix("file://")).read_bytes())
+    monkeypatch.setattr(lake_module, "_new_folder", lambda: "w-with-stray")
+    lake.write_arrow(_people(spark, [BOB]), "visits", _visits_per_spend, VISITS, mode="overwrite")
+    assertDataFrameEqual(lake.read("visits"), spark.createDataFrame([("c2", 1, T0), ("c2", 2, T0)], VISITS))
+
+
+def test_failed_write_arrow_commits_nothing_and_refuses_other_schemas(any_lake, spark):
+    any_lake.write_arrow(_people(spark, [BOB]), "visits", _visits_per_spend, VISITS)
+
+    def broken(batches):
+        for _ in batches:
+            raise ValueError("unpivot broke")
+        yield from ()
+
+    with pytest.raises(Exception, match="unpivot broke"):
+        any_lake.write_arrow(_people(spark, [ALICE]), "visits", broken, VISITS, mode="overwrite")
+    assert any_lake.version("visits") == 0 and any_lake.read("visits").count() == 2
+    other = T.StructType([T.StructField("customer_id", T.StringType()), T.StructField("visit", T.StringType())])
+    with pytest.raises(SchemaMismatch, match="visit"):
+        any_lake.write_arrow(_people(spark, [ALICE]), "visits", _visits_per_spend, other)
+    any_lake.write(_people(spark, [ALICE]), "by_city", partition_by=["city"])
+    if any_lake.backend == "embedded":
+        with pytest.raises(SchemaMismatch, match="partitioned"):
+            any_lake.write_arrow(_people(spark, [ALICE]), "by_city", _visits_per_spend, VISITS, mode="overwrite")
+
+
+def _spend_per_city():
+    """Arrow function over (city, spend) batches: total spend per city in this task (by value)."""
+    def totals(batches):
+        import pyarrow as pa
+
+        rows = pa.Table.from_batches(list(batches))
+        if rows.num_rows:
+            summed = rows.group_by("city").aggregate([("spend", "sum"), ("spend", "count")])
+            yield pa.RecordBatch.from_arrays([summed.column("city").combine_chunks(),
+                                              summed.column("spend_sum").combine_chunks(),
+                                              summed.column("spend_count").combine_chunks()],
+                                             names=["city", "spend", "n"])
+    return totals
+
+
+def test_arrow_scan_feeds_the_tables_columns_to_an_arrow_function(any_lake, spark):
+    any_lake.write(_people(spark, [ALICE, BOB]), "people")
+    later = T.StructType([*PEOPLE.fields, T.StructField("tier", T.StringType())])
+    any_lake.write(spark.createDataFrame([("c4", "Shanghai", 5.0, T0, "gold")], later), "people", evolve_schema=True)
+    scan = any_lake.arrow_scan("people", ["tier", "spend", "customer_id"])
+    assert scan.columns == ("tier", "spend", "customer_id")
+    # the columns in the asked order and types; a file written before "tier" existed reads it as null
+    rows = scan.map(lambda batches: batches, "tier string, spend double, customer_id string")
+    assertDataFrameEqual(rows, spark.createDataFrame([(None, 10.0, "c1"), (None, 20.5, "c2"), ("gold", 5.0, "c4")],
+                                                     "tier string, spend double, customer_id string"))
+    totals = any_lake.arrow_scan("people", ["city", "spend"]).map(_spend_per_city(), "city string, spend double, n long")
+    by_city = totals.groupBy("city").agg(F.sum("spend").alias("spend"), F.sum("n").alias("n"))
+    assertDataFrameEqual(by_city, spark.createDataFrame([("Shanghai", 15.0, 2), ("Beijing", 20.5, 1)],
+                                                        "city string, spend double, n long"))
+    # a version, and a partitioned table (partition values live in the log: Spark reads it)
+    assert any_lake.arrow_scan("people", ["customer_id"], version=0).map(
+        lambda batches: batches, "customer_id string").count() == 2
+    any_lake.write(_people(spark, [ALICE, CAROL]), "by_city", partition_by=["city"])
+    by_partition = any_lake.arrow_scan("by_city", ["city", "customer_id"]).map(lambda b: b, "city string, customer_id string")
+    assertDataFrameEqual(by_partition, spark.createDataFrame([("Shanghai", "c1"), ("上海 / Pudong", "c3")],
+                                                             "city string, customer_id string"))
+    # read and write: the unpivot fed straight from the table's files
+    scan = any_lake.arrow_scan("people", [f.name for f in PEOPLE.fields])
+    any_lake.write_arrow(scan.source, "visits", scan.feeding(_visits_per_spend), VISITS, mode="overwrite")
+    assertDataFrameEqual(any_lake.read("visits"), spark.createDataFrame(
+        [("c1", 1, T0), ("c2", 1, T0), ("c2", 2, T0)], VISITS))
+    with pytest.raises(LakeError, match="nowhere"):
+        any_lake.arrow_scan("people", ["nowhere"])

@@ -248,3 +248,15 @@ def test_long_form_and_per_tag_statistics(spark):
     assertDataFrameEqual(tag_stats(wide, catalogue, versions, at, "r1", profile=profile), stats_frame)
     # stored tag_stats give the drift gate the same coverage and mean as the profile
     assertDataFrameEqual(profile_from_tag_stats(stats_frame), profile.select("tag", "coverage", "mean"))
+
+
+def test_double_strings_match_sparks_cast(spark):
+    import pyarrow as pa
+
+    from tagging.compute import double_strings
+
+    values = [0.0, -0.0, 5.0, -3.0, 0.1, 0.1 + 0.2, 12000.0, 1234567.5, 9999999.0, 1e7, 12345678.9, 1e20, 0.001,
+              0.00099, 1e-4, -1.25e-7, 0.7781234, 452.68, 2.0 ** 53, float("nan"), float("inf"), float("-inf"), None]
+    expected = [row[0] for row in spark.createDataFrame([(v,) for v in values], "x double")
+                .selectExpr("CAST(x AS STRING)").collect()]
+    assert double_strings(pa.array(values, pa.float64())).to_pylist() == expected
