@@ -811,7 +811,8 @@ class ArrowScan:
     row of every column and converts it back to Arrow: tags_wide at 1.4M customers and 660 columns,
     3 s in one Python process against 46 s of a two-task Spark stage. Columns that a file lacks
     (added to the table later) read as nulls. On delta-spark (and for partitioned tables) ``source``
-    is the table read by Spark.
+    is the table read by Spark. On an object store, the executors' pyarrow finds its credentials as
+    the driver's does (environment, instance profile), as for the files ``write_arrow`` writes.
     """
 
     source: DataFrame
