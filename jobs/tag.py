@@ -130,8 +130,9 @@ def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict
                                       inputs={"previous_tag_profile": previous} if previous is not None else None,
                                       candidate_inputs=profile_staged).version
     stored_wide = lake.read("tags_wide")
-    # the tasks read tags_wide's files and write tags_long's with pyarrow: Spark's reader and writer
-    # would turn each of 660 columns and each of ~76 long rows per customer into Spark rows
+    # on the embedded backend the tasks read tags_wide's files and write tags_long's with pyarrow:
+    # Spark's reader and writer would turn each of 660 columns and each of ~76 long rows per customer
+    # into Spark rows (on delta-spark, Spark reads and writes)
     long = long_transform(catalogue, versions, computed_at, ctx.run_id)
     scan = lake.arrow_scan("tags_wide", long.columns)
     long_version = lake.write_arrow(scan.source, "tags_long", scan.feeding(long.batches), long.schema,
