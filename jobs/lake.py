@@ -847,12 +847,7 @@ def _read_files_then(batches: ArrowBatches, schema_json: str, batch_rows: int) -
                     with filesystem.open_input_file(path) as handle:
                         parquet = pq.ParquetFile(handle)
                         present = set(parquet.schema_arrow.names)
-                        wanted = [f.name for f in target if f.name in present]
-                        if not wanted:  # none of the columns in this file: its rows, all null
-                            rows = parquet.metadata.num_rows
-                            if rows:
-                                yield pa.RecordBatch.from_arrays([pa.nulls(rows, f.type) for f in target], schema=target)
-                            continue
+                        wanted = [f.name for f in target if f.name in present]  # none: batches of rows only
                         for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted):
                             arrays = []
                             for field in target:
@@ -887,16 +882,17 @@ def _parquet_file_writer(batches: ArrowBatches, schema: T.StructType, folder_uri
         arrow_schema = to_arrow_schema(T.StructType.fromJson(json.loads(schema_json)), timezone="UTC")
         filesystem, base = pafs.FileSystem.from_uri(folder_uri)
         name = f"part-{uuid.uuid4().hex}.snappy.parquet"  # a new name per task attempt
-        writer, buffered, rows = None, [], 0
+        writer, buffered, pending, rows = None, [], 0, 0
 
         def flush() -> None:
-            nonlocal writer
+            nonlocal writer, pending
             if writer is None:
                 filesystem.create_dir(base, recursive=True)
                 writer = pq.ParquetWriter(f"{base}/{name}", arrow_schema, filesystem=filesystem,
                                           compression="snappy")
             writer.write_table(pa.Table.from_batches(buffered, arrow_schema), row_group_size=_ARROW_ROW_GROUP_ROWS)
             buffered.clear()
+            pending = 0
 
         try:
             for batch in batches(partition):
@@ -904,7 +900,8 @@ def _parquet_file_writer(batches: ArrowBatches, schema: T.StructType, folder_uri
                     continue
                 buffered.append(batch if batch.schema.equals(arrow_schema) else batch.cast(arrow_schema))
                 rows += batch.num_rows
-                if sum(b.num_rows for b in buffered) >= _ARROW_ROW_GROUP_ROWS:
+                pending += batch.num_rows
+                if pending >= _ARROW_ROW_GROUP_ROWS:
                     flush()
             if buffered:
                 flush()

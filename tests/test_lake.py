@@ -381,8 +381,9 @@ def _spend_per_city():
     def totals(batches):
         import pyarrow as pa
 
-        rows = pa.Table.from_batches(list(batches))
-        if rows.num_rows:
+        batches = list(batches)  # a task may get none
+        rows = pa.Table.from_batches(batches) if batches else None
+        if rows is not None and rows.num_rows:
             summed = rows.group_by("city").aggregate([("spend", "sum"), ("spend", "count")])
             yield pa.RecordBatch.from_arrays([summed.column("city").combine_chunks(),
                                               summed.column("spend_sum").combine_chunks(),
@@ -401,6 +402,9 @@ def test_arrow_scan_feeds_the_tables_columns_to_an_arrow_function(any_lake, spar
     rows = scan.map(lambda batches: batches, "tier string, spend double, customer_id string")
     assertDataFrameEqual(rows, spark.createDataFrame([(None, 10.0, "c1"), (None, 20.5, "c2"), ("gold", 5.0, "c4")],
                                                      "tier string, spend double, customer_id string"))
+    # a file without any of the asked columns still gives its rows
+    assertDataFrameEqual(any_lake.arrow_scan("people", ["tier"]).map(lambda batches: batches, "tier string"),
+                         spark.createDataFrame([(None,), (None,), ("gold",)], "tier string"))
     totals = any_lake.arrow_scan("people", ["city", "spend"]).map(_spend_per_city(), "city string, spend double, n long")
     by_city = totals.groupBy("city").agg(F.sum("spend").alias("spend"), F.sum("n").alias("n"))
     assertDataFrameEqual(by_city, spark.createDataFrame([("Shanghai", 15.0, 2), ("Beijing", 20.5, 1)],
