@@ -45,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -435,25 +435,32 @@ def validate_audience(audience: Audience, *, tags: Iterable[str], profile_attrib
 
 # -- customer frame ----------------------------------------------------------------------------------
 def customer_frame(profile: DataFrame, tags_wide: DataFrame | None = None,
-                   behaviour: DataFrame | None = None) -> DataFrame:
+                   behaviour: DataFrame | None = None, *, only: Collection[str] | None = None) -> DataFrame:
     """One row per customer of ``profile`` with prefixed tag, profile and behaviour columns.
 
     Args:
         profile: ``customer_profile`` (customer_id + attributes).
         tags_wide: ``tags_wide`` (customer_id + one column per tag; bookkeeping columns ignored).
         behaviour: output of :func:`behaviour_flags` (customer_id + ``beh__*`` booleans).
+        only: keep only these prefixed profile and tag columns (e.g. the union of
+            :func:`referenced_columns`); None keeps all. tags_wide is not joined when none of
+            its tags is kept, which spares shuffling hundreds of tag columns nobody reads.
 
     Returns:
         customer_id, ``profile__<attr>`` per profile column, ``tag__<tag>`` per tag,
         ``beh__*`` per behaviour flag (false when the customer has no activity).
     """
-    frame = profile.select("customer_id", *[F.col(c).alias(PROFILE_PREFIX + c)
-                                            for c in profile.columns if c != "customer_id"])
+    def kept(name: str) -> bool:
+        return only is None or name in only
+
+    frame = profile.select("customer_id", *[F.col(f"`{c}`").alias(PROFILE_PREFIX + c)
+                                            for c in profile.columns
+                                            if c != "customer_id" and kept(PROFILE_PREFIX + c)])
     if tags_wide is not None:
-        skip = {"customer_id", "as_of", "computed_at", "run_id"}
-        tags = tags_wide.select("customer_id", *[F.col(f"`{c}`").alias(TAG_PREFIX + c)
-                                                 for c in tags_wide.columns if c not in skip])
-        frame = frame.join(tags, on="customer_id", how="left")
+        tag_columns = [c for c in tag_names(tags_wide) if kept(TAG_PREFIX + c)]
+        if tag_columns or only is None:
+            tags = tags_wide.select("customer_id", *[F.col(f"`{c}`").alias(TAG_PREFIX + c) for c in tag_columns])
+            frame = frame.join(tags, on="customer_id", how="left")
     if behaviour is not None:
         flags = [c for c in behaviour.columns if c != "customer_id"]
         frame = frame.join(behaviour, on="customer_id", how="left").select(

@@ -36,6 +36,7 @@ from expectations.audience import (
     customer_frame,
     events_by_customer,
     purchases_by_customer,
+    referenced_columns,
     select_members,
     tag_names,
     validate_audience,
@@ -195,12 +196,17 @@ class Evaluated:
 class Evaluator:
     """Builds the shared customer frame once and evaluates audiences over it."""
 
-    def __init__(self, inputs: Inputs, audiences: Sequence[Audience], *, as_of: datetime, run_id: str) -> None:
+    def __init__(self, inputs: Inputs, audiences: Sequence[Audience], *, as_of: datetime, run_id: str,
+                 all_columns: bool = False) -> None:
+        """``all_columns``: keep every tag and profile column in the customer frame (the preview's tag
+        composition reads them); otherwise only the columns the audiences refer to are kept."""
         self.inputs = inputs
         self.run_id = run_id
         flags = behaviour_flags(behaviour_conditions(audiences), as_of=as_of, events=inputs.events,
                                 purchases=inputs.purchases)
-        self.customers = customer_frame(inputs.profile, inputs.tags_wide, flags).persist(StorageLevel.MEMORY_AND_DISK)
+        only = None if all_columns else {c for audience in audiences for c in referenced_columns(audience)}
+        self.customers = customer_frame(inputs.profile, inputs.tags_wide, flags,
+                                        only=only).persist(StorageLevel.MEMORY_AND_DISK)
         self._contacts: dict[tuple[str, str | None], DataFrame] = {}
 
     def close(self) -> None:
@@ -364,7 +370,7 @@ def preview(spark: SparkSession, ctx: JobContext, name: str, *, lake: Any = None
     check_audiences(audiences, ctx.conf_dir,
                     tags=tag_names(inputs.tags_wide) if inputs.tags_wide is not None else [],
                     profile_attributes=[c for c in inputs.profile.columns if c != "customer_id"])
-    evaluator = Evaluator(inputs, audiences, as_of=as_of_datetime(as_of), run_id=ctx.run_id)
+    evaluator = Evaluator(inputs, audiences, as_of=as_of_datetime(as_of), run_id=ctx.run_id, all_columns=True)
     try:
         target = by_name[name]
         evaluated = evaluator.evaluate(target)

@@ -14,6 +14,7 @@ from expectations.audience import (
     compile_condition,
     customer_frame,
     parse_condition,
+    referenced_columns,
     select_members,
     validate_audience,
 )
@@ -50,7 +51,8 @@ def members_of(spark, customers, spec: dict, *, events=None, purchases=None, eli
     profile, tags = customers
     audience = Audience.from_dict({"name": "t", "channel": "email", **spec})
     flags = behaviour_flags(behaviour_conditions([audience]), as_of=AS_OF, events=events, purchases=purchases)
-    frame = customer_frame(profile, tags, flags)
+    # the frame keeps only the columns the audience refers to, as the job builds it
+    frame = customer_frame(profile, tags, flags, only=set(referenced_columns(audience)))
     rows = select_members(frame, audience, eligible=eligible).collect()
     return sorted(r.customer_id for r in rows)
 
@@ -187,6 +189,23 @@ def test_control_group_is_stable_and_per_customer(spark):
     differ = first.join(other.withColumnRenamed("in_control", "other"), on="customer_id").filter(
         F.col("in_control") != F.col("other")).count()
     assert differ > 0
+
+
+def test_customer_frame_keeps_only_the_referenced_columns(spark, customers):
+    profile, tags = customers
+    audience = Audience.from_dict({"name": "t", "channel": "email", "where": {"all": [
+        {"tag": "value_tier", "=": "gold"}, {"profile": "city_tier", "<=": 2}]},
+        "cap": {"size": 1, "order_by": [{"tag": "clv", "desc": True}]}})
+    frame = customer_frame(profile, tags, only=set(referenced_columns(audience)))
+    assert frame.columns == ["customer_id", "profile__city_tier", "tag__value_tier", "tag__clv"]
+    assert frame.count() == 5
+    assert customer_frame(profile, tags).columns == [
+        "customer_id", "profile__city_tier", "profile__gender", "profile__email", "profile__phone",
+        "tag__value_tier", "tag__churn_risk", "tag__is_employee", "tag__clv"]
+    # no tag referenced: tags_wide is not joined at all
+    profile_only = customer_frame(profile, tags, only={"profile__gender"})
+    assert profile_only.columns == ["customer_id", "profile__gender"]
+    assert "Join" not in profile_only._jdf.queryExecution().optimizedPlan().toString()
 
 
 def test_selected_members_frame_is_exact(spark, customers):
