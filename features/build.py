@@ -3,7 +3,6 @@ and run it as of a date."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -12,13 +11,10 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from features.config import LIFETIME, ZERO_FILLED, Feature, FeatureConfig
+from features.config import IDENTIFIER, LIFETIME, ZERO_FILLED, Feature, FeatureConfig
 from features.schemas import INPUT_SCHEMAS
 
 logger = logging.getLogger(__name__)
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
 
 @dataclass(frozen=True)
 class FeatureInputs:
@@ -258,7 +254,7 @@ def _dependency_levels(derived: list[Feature]) -> list[list[Feature]]:
     names = {f.name for f in derived}
     level_of: dict[str, int] = {}
     for feature in derived:  # declaration order: a feature may only use features declared before it
-        used = set(_IDENTIFIER.findall(feature.expr)) & names
+        used = set(IDENTIFIER.findall(feature.expr)) & names
         level_of[feature.name] = 1 + max((level_of.get(n, 0) for n in used if n != feature.name), default=-1)
     levels: list[list[Feature]] = [[] for _ in range(max(level_of.values(), default=-1) + 1)]
     for feature in derived:

@@ -7,7 +7,8 @@ features, so the whole catalogue of columns is known without running a job.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 SOURCES = ("orders", "order_lines", "returns", "events", "consent", "profile")
@@ -16,6 +17,7 @@ AGGS = ("count", "sum", "avg", "max", "min", "count_distinct", "collect_set", "m
 ZERO_FILLED = ("count", "sum", "count_distinct")
 LIFETIME = "lifetime"
 _NAME = re.compile(r"^_?[a-z][a-z0-9_]*$")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 Source = Literal["orders", "order_lines", "returns", "events", "consent", "profile"]
 
@@ -127,6 +129,30 @@ class FeatureConfig:
 
     def public_features(self) -> tuple[Feature, ...]:
         return tuple(f for f in self.features if not f.internal)
+
+    def only(self, names: Iterable[str]) -> FeatureConfig:
+        """The configuration reduced to ``names`` and every feature their expressions read (a derived
+        feature reads other features), in declaration order. A snapshot built from it computes only
+        the aggregates those columns need: training reads a few dozen of several hundred features.
+
+        Raises:
+            KeyError: a name that is not a feature of this configuration.
+        """
+        by_name = {f.name: f for f in self.features}
+        wanted = list(dict.fromkeys(names))
+        unknown = [n for n in wanted if n not in by_name]
+        if unknown:
+            raise KeyError(f"features: no feature named {', '.join(map(repr, unknown))}")
+        kept: set[str] = set()
+        while wanted:
+            name = wanted.pop()
+            if name in kept:
+                continue
+            kept.add(name)
+            feature = by_name[name]
+            if not feature.is_aggregate:
+                wanted.extend(n for n in IDENTIFIER.findall(feature.expr) if n in by_name and n not in kept)
+        return replace(self, features=tuple(f for f in self.features if f.name in kept))
 
     def feature(self, name: str) -> Feature:
         for f in self.features:

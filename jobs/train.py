@@ -37,6 +37,7 @@ from tagging.predictive import (
     labelled_snapshot,
     primary_metric,
     regression_metrics,
+    snapshot_features,
 )
 
 logger = logging.getLogger(__name__)
@@ -199,6 +200,12 @@ def run(spark: SparkSession, ctx: JobContext, end: date | None = None, models: l
     # Every model's train and eval snapshot in one pass over the inputs (rows keyed by as_of), cached
     # once; each model reads its dates' slices. Models keep their own split dates.
     dates = sorted({d for name in wanted for d in split_dates(end, eval_horizon(catalogue.models[name]))})
+    # Only the features the models and their populations read (and what those derive from): the
+    # snapshot is cached whole, so nothing else would be pruned from its aggregations.
+    feature_names = {f.name for f in config.features}
+    config = config.only(c for name in wanted for c in snapshot_features(catalogue.models[name], feature_names))
+    logger.info("train: %d features for %d models, %d snapshot dates", len(config.public_features()),
+                len(wanted), len(dates))
     combined = build_snapshot(spark, lake, config, dates).cache()
     snapshots: dict[date, DataFrame] = {d: combined.where(F.col("as_of") == F.lit(d)) for d in dates}
     results = [train_model(spark, lake, config, catalogue.models[name], end, snapshots, artifact_root,

@@ -6,7 +6,7 @@ models are wrapped as MLflow pyfunc models so ``cdp tag`` scores them with ``spa
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import mlflow.pyfunc
@@ -15,10 +15,22 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from features.config import IDENTIFIER
 from tagging.catalogue import ModelSpec
 from tagging.clv import CLV_INPUTS, BgNbd, GammaGamma, fit_bgnbd, fit_gamma_gamma
 
 logger = logging.getLogger(__name__)
+
+
+def model_inputs(spec: ModelSpec) -> list[str]:
+    """The feature columns a model is fitted on and scores from."""
+    return list(spec.features) if spec.task != "clv" else list(CLV_INPUTS)
+
+
+def snapshot_features(spec: ModelSpec, feature_names: Collection[str]) -> list[str]:
+    """The features a model's labelled snapshot reads: its inputs and those its population uses."""
+    used = [name for name in IDENTIFIER.findall(spec.population) if name in feature_names]
+    return list(dict.fromkeys([*model_inputs(spec), *used]))
 
 
 def labelled_snapshot(features: DataFrame, labels: DataFrame, spec: ModelSpec) -> DataFrame:
@@ -38,8 +50,7 @@ def labelled_snapshot(features: DataFrame, labels: DataFrame, spec: ModelSpec) -
         label = (F.col("label_orders") > 0).cast("int")
     else:
         label = F.col("label_revenue")
-    columns = list(spec.features) if spec.task != "clv" else list(CLV_INPUTS)
-    return joined.select("customer_id", *columns, label.alias("label"), "label_orders")
+    return joined.select("customer_id", *model_inputs(spec), label.alias("label"), "label_orders")
 
 
 class ProbabilityModel(mlflow.pyfunc.PythonModel):

@@ -213,3 +213,21 @@ def test_several_dates_in_one_pass_equal_each_single_date_snapshot(spark, full_c
 
     # still one aggregation per source table, now keyed by (customer_id, as_of)
     assert aggregates(combined) == aggregates(build_features(inputs, full_config, AS_OF))
+
+
+def test_reduced_config_keeps_what_the_columns_derive_from_and_builds_the_same_values(spark, full_config):
+    reduced = full_config.only(["orders_aov_lifetime", "beh_cart_abandon_rate_7d", "prof_age_band"])
+    assert [f.name for f in reduced.features] == [
+        "orders_count_lifetime", "orders_revenue_lifetime", "orders_aov_lifetime",
+        "_cart_sessions_7d", "_checkout_sessions_7d", "beh_cart_sessions_7d", "beh_abandoned_carts_7d",
+        "beh_cart_abandon_rate_7d", "prof_age", "prof_age_band"]
+    inputs = _full_inputs(spark)
+    dates = [AS_OF, date(2024, 3, 10)]
+    result = build_features(inputs, reduced, dates)
+    assert result.columns == ["customer_id", "as_of", *[f.name for f in reduced.public_features()]]
+    assertDataFrameEqual(result, build_features(inputs, full_config, dates).select(result.columns))
+    # only the orders and events aggregations are left
+    plan = result._jdf.queryExecution().optimizedPlan().toString()
+    assert plan.count("Aggregate [customer_id#") == 3  # orders; events hash + set-based
+    with pytest.raises(KeyError, match="no feature named 'orders_count_2d'"):
+        full_config.only(["orders_count_lifetime", "orders_count_2d"])
