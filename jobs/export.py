@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -227,18 +228,25 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None,
         consent = lake.read("consent_current")
     else:
         raise JobFailed("neither silver_consent nor consent_current exists: nobody may be exported")
+    # computed once for every audience: it joins silver_consent to every customer record
+    consent = consent.persist(StorageLevel.MEMORY_AND_DISK)
     suppression = lake.read("suppression_list") if lake.exists("suppression_list") else None
     identity_map = lake.read("identity_map") if lake.exists("identity_map") else None
-    for audience in todo:
-        table = audience_table(audience.name)
-        version = lake.version(table)
-        if suppression is not None and identity_map is not None:
-            suppressed = suppressed_customers(identity_map, suppression, [ERASURE_LIST, *audience.suppression_lists])
-        else:
-            suppressed = spark.createDataFrame([], "customer_id string")
-        members = sendable_members(lake.read(table, version=version), consent, suppressed, audience.channel)
-        for destination in audience.destinations:
-            result.exports.append(export_destination(lake, audience, destination, members, version, ctx.run_id))
+    try:
+        for audience in todo:
+            table = audience_table(audience.name)
+            version = lake.version(table)
+            if suppression is not None and identity_map is not None:
+                suppressed = suppressed_customers(identity_map, suppression,
+                                                  [ERASURE_LIST, *audience.suppression_lists])
+            else:
+                suppressed = spark.createDataFrame([], "customer_id string")
+            members = sendable_members(lake.read(table, version=version), consent, suppressed, audience.channel)
+            for destination in audience.destinations:
+                result.exports.append(export_destination(lake, audience, destination, members, version,
+                                                         ctx.run_id))
+    finally:
+        consent.unpersist()
     return result
 
 
