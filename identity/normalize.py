@@ -22,6 +22,7 @@ from pyspark.sql import types as T
 
 __all__ = [
     "NORMALIZERS",
+    "PYTHON_NORMALIZERS",
     "PY_NORMALIZERS",
     "fullwidth_to_ascii",
     "normalize_email",
@@ -138,6 +139,10 @@ NORMALIZERS: dict[str, Callable[[Column], Column]] = {
     "email": _email,
     "phone": _phone,
 }
+
+# Normalisers that run in Python workers: worth applying once per distinct value, not per row.
+# The others are Spark expressions, cheaper to apply to every row than to join a lookup back.
+PYTHON_NORMALIZERS = frozenset({"phone"})
 
 PY_NORMALIZERS: dict[str, Callable[[str | None], str | None]] = {
     "trim": normalize_text,

@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from identity.normalize import NORMALIZERS
+from identity.normalize import NORMALIZERS, PYTHON_NORMALIZERS
 from jobs.config import ConfigError, JobContext, load_yaml
 from jobs.land import QUARANTINE, QUARANTINE_SCHEMA, load_sources
 from jobs.sources import (
@@ -102,23 +102,37 @@ def check_identifier_types(config: SourcesConfig, normalizers: dict[str, str], s
 def normalize_identifiers(raw_ids: DataFrame, normalizers: dict[str, str]) -> DataFrame:
     """Raw identifier rows -> the same rows with ``id_value`` (null when invalid).
 
-    Each distinct (id_type, raw_value) goes through its type's normaliser once, so the phone
-    normaliser (Python) sees every distinct number once, not once per record.
+    Spark-expression normalisers apply to every row in one projection. A Python normaliser (the
+    phone one) sees each distinct value of its type once, through a lookup joined back to only
+    that type's rows. Joining a lookup of every type back to every row cost a sort-merge join of
+    all identifier rows plus one scan of all sources per type.
 
     Input columns: id_type, raw_value, qualifier, plus anything else (kept).
     """
-    distinct = raw_ids.select("id_type", "raw_value").distinct()
-    per_type = []
-    for id_type, name in sorted(normalizers.items()):
-        values = distinct.filter(F.col("id_type") == id_type)
-        per_type.append(values.select("id_type", "raw_value",
-                                      NORMALIZERS[name](F.col("raw_value")).alias("_normalized")))
-    lookup = reduce(DataFrame.unionByName, per_type)
-    joined = raw_ids.join(lookup, on=["id_type", "raw_value"], how="left")
+    id_type, raw = F.col("id_type"), F.col("raw_value")
+    native = sorted((t, n) for t, n in normalizers.items() if n not in PYTHON_NORMALIZERS)
+    in_python = sorted((t, n) for t, n in normalizers.items() if n in PYTHON_NORMALIZERS)
+    native_value = F.lit(None).cast("string")
+    if native:
+        native_value = F.when(id_type == native[0][0], NORMALIZERS[native[0][1]](raw))
+        for type_name, name in native[1:]:
+            native_value = native_value.when(id_type == type_name, NORMALIZERS[name](raw))
+    python_types = [t for t, _ in in_python]
+    is_python = F.coalesce(id_type.isin(*python_types), F.lit(False)) if python_types else F.lit(False)
+    normalized = raw_ids.filter(~is_python).withColumn("_normalized", native_value)
+    if python_types:
+        python_rows = raw_ids.filter(is_python)
+        distinct = python_rows.select("id_type", "raw_value").distinct()
+        lookup = reduce(DataFrame.unionByName, [
+            distinct.filter(id_type == type_name).select("id_type", "raw_value",
+                                                         NORMALIZERS[name](raw).alias("_normalized"))
+            for type_name, name in in_python])
+        normalized = normalized.unionByName(python_rows.join(lookup, on=["id_type", "raw_value"], how="left"))
     value = F.when(F.col("qualifier").isNotNull() & F.col("_normalized").isNotNull(),
                    F.concat(F.trim(F.col("qualifier")), F.lit(":"), F.col("_normalized"))
                    ).otherwise(F.col("_normalized"))
-    return joined.withColumn("id_value", value).drop("_normalized")
+    columns = ["id_type", "raw_value", *[c for c in raw_ids.columns if c not in ("id_type", "raw_value")]]
+    return normalized.withColumn("id_value", value).select(*columns, "id_value")
 
 
 def silver_identifiers(normalized: DataFrame) -> DataFrame:

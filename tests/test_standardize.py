@@ -12,7 +12,7 @@ from pyspark.testing import assertDataFrameEqual
 from jobs.config import ConfigError, JobContext, Profile
 from jobs.lake import Lake
 from jobs.land import run as land
-from jobs.standardize import SILVER_SCHEMAS, load_normalizers
+from jobs.standardize import SILVER_SCHEMAS, load_normalizers, normalize_identifiers
 from jobs.standardize import run as standardize
 
 SOURCES_YAML = """
@@ -178,3 +178,34 @@ def test_normaliser_and_type_errors_name_file_and_key(spark: SparkSession, tmp_p
                                                encoding="utf-8")
     with pytest.raises(ConfigError, match=r"sources\.yaml: sources\.crm\.identifiers\[3\]\.type: 'union_id'"):
         standardize(spark, ctx, lake=Lake(spark, ctx.lake_root))
+
+
+def test_normalize_identifiers_per_type_with_qualifier(spark: SparkSession) -> None:
+    """Spark-expression types on every row, the phone type through its distinct-value lookup, a
+    type without a normaliser gets null; qualifiers prefix valid values only; other columns kept."""
+    raw = spark.createDataFrame([
+        ("r1", "email", " Wang.Fang@QQ.COM ", None),
+        ("r2", "email", "not-an-email", None),
+        ("r3", "phone", "+86 138 0013 8000", None),
+        ("r4", "phone", "+86 138 0013 8000", None),  # the same number again
+        ("r5", "phone", "12", None),
+        ("r6", "wechat_openid", "  oAbC ", "wxapp1"),
+        ("r7", "wechat_openid", "   ", "wxapp1"),
+        ("r8", "member_id", "ｍ００１", None),
+        ("r9", "fax", "123", None),
+    ], "record_id string, id_type string, raw_value string, qualifier string")
+    normalizers = {"email": "email", "phone": "phone", "wechat_openid": "trim", "member_id": "trim_upper"}
+    result = normalize_identifiers(raw, normalizers)
+    assert result.columns == ["id_type", "raw_value", "record_id", "qualifier", "id_value"]
+    expected = spark.createDataFrame([
+        ("email", " Wang.Fang@QQ.COM ", "r1", None, "wang.fang@qq.com"),
+        ("email", "not-an-email", "r2", None, None),
+        ("phone", "+86 138 0013 8000", "r3", None, "+8613800138000"),
+        ("phone", "+86 138 0013 8000", "r4", None, "+8613800138000"),
+        ("phone", "12", "r5", None, None),
+        ("wechat_openid", "  oAbC ", "r6", "wxapp1", "wxapp1:oAbC"),
+        ("wechat_openid", "   ", "r7", "wxapp1", None),
+        ("member_id", "ｍ００１", "r8", None, "M001"),
+        ("fax", "123", "r9", None, None),
+    ], result.schema)
+    assertDataFrameEqual(result, expected)
