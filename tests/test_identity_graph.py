@@ -33,13 +33,21 @@ def test_classify_blocks_junk_and_invalid_values(spark, config):
         ("app", "8", "fax", "123", "123", T1),
         ("crm", "9", "member_id", "M 1", "M 1", T1),                    # fails the member_id pattern
         ("crm", "10", "member_id", "M0001", "m0001", T1),
+        ("web", "11", "email", "ok@x.com", None, T1),                   # no raw text at all
+        ("web", "12", "phone", "+8613800000000", "138-0000-0000", T2),  # rows 1 and 12: one identifier,
+        ("web", "13", "email", None, "not an email", T2),                # both rows kept, same status
     ]
     classified = classify_identifiers(spark.createDataFrame(rows, SILVER), config)
     expected = spark.createDataFrame([
         ("1", "blocked"), ("2", "blocked"), ("3", "blocked"), ("4", "blocked"), ("5", "invalid"), ("6", "valid"),
-        ("7", "blocked"), ("8", "unknown_type"), ("9", "invalid"), ("10", "valid"),
+        ("7", "blocked"), ("8", "unknown_type"), ("9", "invalid"), ("10", "valid"), ("11", "valid"),
+        ("12", "blocked"), ("13", "invalid"),
     ], "record_id string, status string")
     assertDataFrameEqual(classified.select("record_id", "status"), expected)
+    reasons = {r.record_id: (r.priority, r.status_reason) for r in classified.collect()}
+    assert reasons["12"] == reasons["1"] == (70, "value is on the blocked list")
+    assert reasons["13"] == (60, "empty value")
+    assert reasons["8"] == (None, "id_type not in conf/identity.yaml types: fax")
 
 
 def test_edges_carry_provenance_and_hubs_are_flagged(spark, config):
