@@ -123,10 +123,14 @@ def normalize_identifiers(raw_ids: DataFrame, normalizers: dict[str, str]) -> Da
     if python_types:
         python_rows = raw_ids.filter(is_python)
         distinct = python_rows.select("id_type", "raw_value").distinct()
+        # one branch per Python normaliser (not per type): types sharing it share its pass
+        types_of: dict[str, list[str]] = {}
+        for type_name, name in in_python:
+            types_of.setdefault(name, []).append(type_name)
         lookup = reduce(DataFrame.unionByName, [
-            distinct.filter(id_type == type_name).select("id_type", "raw_value",
+            distinct.filter(id_type.isin(*types)).select("id_type", "raw_value",
                                                          NORMALIZERS[name](raw).alias("_normalized"))
-            for type_name, name in in_python])
+            for name, types in sorted(types_of.items())])
         normalized = normalized.unionByName(python_rows.join(lookup, on=["id_type", "raw_value"], how="left"))
     value = F.when(F.col("qualifier").isNotNull() & F.col("_normalized").isNotNull(),
                    F.concat(F.trim(F.col("qualifier")), F.lit(":"), F.col("_normalized"))

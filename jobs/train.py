@@ -29,7 +29,6 @@ from jobs.lake import Lake
 from jobs.tags import load_catalogue
 from tagging import ModelSpec
 from tagging.predictive import (
-    CLV_INPUTS,
     ClvModel,
     classification_metrics,
     fit_classifier,
@@ -139,14 +138,13 @@ def train_model(spark: SparkSession, lake: Lake, config: FeatureConfig, spec: Mo
     if len(train) < 50 or len(test) < 50:
         raise JobFailed(f"train {spec.name}: too few customers in the population (train {len(train)}, "
                         f"eval {len(test)}); generate more data or move --as-of")
+    features = list(spec.inputs)
     if spec.task == "clv":
         model: Any = fit_clv(train, spec.horizon_days)
-        features = list(CLV_INPUTS)
     else:
         if train["label"].nunique() < 2:
             raise JobFailed(f"train {spec.name}: the training label has one class only")
-        model = fit_classifier(train, spec.features, dict(spec.params), seed)
-        features = list(spec.features)
+        model = fit_classifier(train, features, dict(spec.params), seed)
     metrics = evaluate(model, spec, test)
     train_metrics = evaluate(model, spec, train)
     metric, higher = primary_metric(spec.task)

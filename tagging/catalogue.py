@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Literal
 
+from tagging.clv import CLV_INPUTS
+
 KINDS = ("rule", "algorithmic", "predictive")
 VALUE_TYPES = ("boolean", "int", "double", "string")
 SPARK_TYPES = {"boolean": "boolean", "int": "int", "double": "double", "string": "string"}
@@ -85,6 +87,11 @@ class ModelSpec:
     features: tuple[str, ...]
     file: str
     params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The feature columns the model is fitted on and scores from (CLV: its fixed RFM inputs)."""
+        return CLV_INPUTS if self.task == "clv" else self.features
 
 
 @dataclass(frozen=True)

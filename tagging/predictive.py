@@ -15,22 +15,16 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from features.config import IDENTIFIER
-from tagging.catalogue import ModelSpec
-from tagging.clv import CLV_INPUTS, BgNbd, GammaGamma, fit_bgnbd, fit_gamma_gamma
+from tagging.catalogue import IDENTIFIER, ModelSpec
+from tagging.clv import BgNbd, GammaGamma, fit_bgnbd, fit_gamma_gamma
 
 logger = logging.getLogger(__name__)
-
-
-def model_inputs(spec: ModelSpec) -> list[str]:
-    """The feature columns a model is fitted on and scores from."""
-    return list(spec.features) if spec.task != "clv" else list(CLV_INPUTS)
 
 
 def snapshot_features(spec: ModelSpec, feature_names: Collection[str]) -> list[str]:
     """The features a model's labelled snapshot reads: its inputs and those its population uses."""
     used = [name for name in IDENTIFIER.findall(spec.population) if name in feature_names]
-    return list(dict.fromkeys([*model_inputs(spec), *used]))
+    return list(dict.fromkeys([*spec.inputs, *used]))
 
 
 def labelled_snapshot(features: DataFrame, labels: DataFrame, spec: ModelSpec) -> DataFrame:
@@ -50,7 +44,7 @@ def labelled_snapshot(features: DataFrame, labels: DataFrame, spec: ModelSpec) -
         label = (F.col("label_orders") > 0).cast("int")
     else:
         label = F.col("label_revenue")
-    return joined.select("customer_id", *model_inputs(spec), label.alias("label"), "label_orders")
+    return joined.select("customer_id", *spec.inputs, label.alias("label"), "label_orders")
 
 
 class ProbabilityModel(mlflow.pyfunc.PythonModel):

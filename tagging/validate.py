@@ -11,7 +11,6 @@ from pyspark.sql import types as T
 
 from tagging.algorithms import REGISTRY
 from tagging.catalogue import IDENTIFIER, SPARK_TYPES, Catalogue, CatalogueError, Tag
-from tagging.clv import CLV_INPUTS
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def validate_catalogue(catalogue: Catalogue, feature_schema: T.StructType, lists
             spec = catalogue.models.get(tag.model or "")
             if spec is None:
                 raise CatalogueError(f"{tag.where()}: unknown model {tag.model!r}; known: {sorted(catalogue.models)}")
-            inputs = list(spec.features) or list(CLV_INPUTS)
+            inputs = list(spec.inputs)
             for name in inputs:
                 if name not in features:
                     raise CatalogueError(f"{spec.file}: models.{spec.name}: unknown feature {name!r}")

@@ -193,8 +193,10 @@ def test_normalize_identifiers_per_type_with_qualifier(spark: SparkSession) -> N
         ("r7", "wechat_openid", "   ", "wxapp1"),
         ("r8", "member_id", "ｍ００１", None),
         ("r9", "fax", "123", None),
+        ("r10", "service_phone", "021-6234 5678", None),  # a second type on the phone normaliser
     ], "record_id string, id_type string, raw_value string, qualifier string")
-    normalizers = {"email": "email", "phone": "phone", "wechat_openid": "trim", "member_id": "trim_upper"}
+    normalizers = {"email": "email", "phone": "phone", "wechat_openid": "trim", "member_id": "trim_upper",
+                   "service_phone": "phone"}
     result = normalize_identifiers(raw, normalizers)
     assert result.columns == ["id_type", "raw_value", "record_id", "qualifier", "id_value"]
     expected = spark.createDataFrame([
@@ -207,5 +209,6 @@ def test_normalize_identifiers_per_type_with_qualifier(spark: SparkSession) -> N
         ("wechat_openid", "   ", "r7", "wxapp1", None),
         ("member_id", "ｍ００１", "r8", None, "M001"),
         ("fax", "123", "r9", None, None),
+        ("service_phone", "021-6234 5678", "r10", None, "+862162345678"),
     ], result.schema)
     assertDataFrameEqual(result, expected)

@@ -18,8 +18,9 @@ from pyspark.testing import assertDataFrameEqual
 from expectations.quality import view_tag_drift
 from features import schemas as S
 from jobs.config import JobContext, Profile
-from tagging.clv import fit_bgnbd, fit_gamma_gamma
-from tagging.predictive import classification_metrics
+from tagging import ModelSpec
+from tagging.clv import CLV_INPUTS, fit_bgnbd, fit_gamma_gamma
+from tagging.predictive import classification_metrics, snapshot_features
 
 # Python UDF workers (mlflow spark_udf) must run this interpreter, which has pandas; collection runs
 # before the session fixture starts the JVM. (To move into tests/conftest.py and jobs/session.py.)
@@ -168,3 +169,15 @@ def test_promotion_only_when_better_and_scoring_uses_alias(spark, lake, ctx):
     previous = lake.read("tags_long", version=lake.version("tags_long") - 1)
     assert {r["version"] for r in previous.where("tag = 'purchase_propensity_30d'").collect()} == \
         {"model:cdp_purchase_30d/1"}
+
+
+def test_snapshot_features_are_the_model_inputs_and_what_its_population_reads():
+    churn = ModelSpec(name="m", task="churn", horizon_days=90, file="f.yaml", features=("a", "orders_count_365d"),
+                      population="orders_count_365d >= 1 AND `beh_sessions_30d` > 0 AND country = 'CN'")
+    names = {"a", "orders_count_365d", "beh_sessions_30d", "unused"}
+    assert snapshot_features(churn, names) == ["a", "orders_count_365d", "beh_sessions_30d"]
+    # a CLV model reads its fixed inputs, whatever features it lists
+    clv = ModelSpec(name="c", task="clv", horizon_days=365, file="f.yaml", features=("a",),
+                    population="orders_count_lifetime >= 1")
+    assert clv.inputs == CLV_INPUTS
+    assert snapshot_features(clv, {*CLV_INPUTS, "a"}) == list(CLV_INPUTS)
