@@ -14,6 +14,7 @@ from identity.graph import (
     direct_hubs,
     flag_shared_identifiers,
     node_id,
+    record_identifiers,
 )
 from identity.limits import enforce_limits, quarantine_oversized
 from identity.profile import build_profile
@@ -40,6 +41,7 @@ __all__ = [
     "graphframes_available",
     "node_id",
     "quarantine_oversized",
+    "record_identifiers",
     "resolve_engine",
     "resolve_identities",
 ]

@@ -6,6 +6,7 @@ blocked values never become nodes; shared identifiers (hubs) stay nodes but make
 """
 from __future__ import annotations
 
+import re
 from functools import reduce
 
 from pyspark.sql import Column, DataFrame
@@ -19,6 +20,8 @@ BLOCKED = "blocked"
 UNKNOWN_TYPE = "unknown_type"
 
 EDGE_RULE = "same_record"
+# The status of each check number classify_identifiers computes (0: every check passed).
+_STATUS_BY_CHECK = (VALID, UNKNOWN_TYPE, INVALID, BLOCKED, INVALID)
 
 
 def node_id(id_type: Column | str, id_value: Column | str) -> Column:
@@ -34,8 +37,32 @@ def _type_lookup(config: IdentityConfig, attribute: str) -> Column:
     return F.create_map(*pairs)
 
 
+def type_priority(config: IdentityConfig) -> Column:
+    """The priority of the row's ``id_type`` (null for a type not in the config)."""
+    return _type_lookup(config, "priority")[F.col("id_type")].cast("int")
+
+
+# A pattern that cannot share one alternation with others: its backreferences would point at
+# another pattern's groups once numbered together, or an (?x) comment would swallow the group's end.
+_KEEP_ALONE = re.compile(r"\\[1-9]|\\k<|\(\?[a-wyz-]*x")
+
+
+def combined_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """The regexes to run so that a value matches one of them iff it matches one of ``patterns``.
+
+    Patterns are joined into one alternation of non-capturing groups (an inline flag such as
+    ``(?i)`` stays scoped to its own group), except those :data:`_KEEP_ALONE` names. One regex
+    costs one match call per value instead of one per pattern.
+    """
+    alone = tuple(p for p in patterns if _KEEP_ALONE.search(p))
+    joinable = [p for p in patterns if not _KEEP_ALONE.search(p)]
+    if len(joinable) <= 1:
+        return tuple(joinable) + alone
+    return ("|".join(f"(?:{p})" for p in joinable),) + alone
+
+
 def _matches_any(value: Column, patterns: tuple[str, ...]) -> Column:
-    return reduce(lambda acc, pattern: acc | value.rlike(pattern), patterns, F.lit(False))
+    return reduce(lambda acc, pattern: acc | value.rlike(pattern), combined_patterns(patterns), F.lit(False))
 
 
 def classify_identifiers(identifiers: DataFrame, config: IdentityConfig) -> DataFrame:
@@ -49,7 +76,7 @@ def classify_identifiers(identifiers: DataFrame, config: IdentityConfig) -> Data
         status_reason string (null when valid).
     """
     known = F.col("id_type").isin(list(config.type_names))
-    priority = _type_lookup(config, "priority")[F.col("id_type")]
+    priority = type_priority(config)
     value = F.col("id_value")
     # Blocked lists are compared with both the normalised and the raw text, trimmed and lower-cased,
     # so "N/A", " null " and a normalised "+8613800000000" are all caught by one list entry each.
@@ -68,76 +95,95 @@ def classify_identifiers(identifiers: DataFrame, config: IdentityConfig) -> Data
                                                                           F.lit(False))
         return F.coalesce(hit, F.lit(False))
 
-    blocked = blocked_by(config.blocked.values, config.blocked.patterns)
+    # One check per row: the lists of every type and the row type's own lists, as one set of
+    # regexes (combined_patterns), chosen by type.
+    everywhere = config.blocked
+    blocked = blocked_by(everywhere.values, everywhere.patterns)
     valid_pattern = F.lit(True)
     for identifier_type in config.types:
-        per_type = blocked_by(identifier_type.blocked.values, identifier_type.blocked.patterns)
-        blocked = blocked | ((F.col("id_type") == identifier_type.name) & per_type)
+        own = identifier_type.blocked
+        if own.values or own.patterns:
+            blocked = F.when(F.col("id_type") == identifier_type.name,
+                             blocked_by(everywhere.values + own.values, everywhere.patterns + own.patterns)
+                             ).otherwise(blocked)
         if identifier_type.pattern:
             valid_pattern = F.when(F.col("id_type") == identifier_type.name,
                                    value.rlike(identifier_type.pattern)).otherwise(valid_pattern)
     empty = value.isNull() | (F.trim(value) == "")
-    status = (F.when(~known, F.lit(UNKNOWN_TYPE))
-              .when(empty, F.lit(INVALID))
-              .when(blocked, F.lit(BLOCKED))
-              .when(~F.coalesce(valid_pattern, F.lit(False)), F.lit(INVALID))
-              .otherwise(F.lit(VALID)))
-    reason = (F.when(~known, F.concat(F.lit("id_type not in conf/identity.yaml types: "), F.col("id_type")))
-              .when(empty, F.lit("empty value"))
-              .when(blocked, F.lit("value is on the blocked list"))
-              .when(~F.coalesce(valid_pattern, F.lit(False)), F.lit("value fails the type's validity pattern")))
-    return identifiers.select(
+    # The first failed check as a number (_STATUS_BY_CHECK): each check runs once per row, and only
+    # when the earlier ones passed. Status and reason both read the number, so Spark keeps it in its
+    # own projection. With the checks written into both expressions, classifying took three to four
+    # times as long (21-26 s against 6-9 s for 4.86M rows).
+    check = (F.when(~known, F.lit(1)).when(empty, F.lit(2)).when(blocked, F.lit(3))
+             .when(~F.coalesce(valid_pattern, F.lit(False)), F.lit(4)).otherwise(F.lit(0)))
+    checked = identifiers.select("source", "record_id", "id_type", "id_value", "observed_at",
+                                 check.alias("_check"))
+    status = F.element_at(F.array(*[F.lit(name) for name in _STATUS_BY_CHECK]), F.col("_check") + 1)
+    reason = (F.when(F.col("_check") == 1, F.concat(F.lit("id_type not in conf/identity.yaml types: "),
+                                                     F.col("id_type")))
+              .when(F.col("_check") == 2, F.lit("empty value"))
+              .when(F.col("_check") == 3, F.lit("value is on the blocked list"))
+              .when(F.col("_check") == 4, F.lit("value fails the type's validity pattern")))
+    return checked.select(
         "source", "record_id", "id_type", "id_value", "observed_at",
         node_id("id_type", "id_value").alias("node"),
-        priority.cast("int").alias("priority"),
+        priority.alias("priority"),
         status.alias("status"),
         reason.alias("status_reason"),
     )
 
 
-def node_collisions(observations: DataFrame) -> DataFrame:
-    """Nodes whose hash is shared by two different identifiers (expected empty; the caller raises).
+def record_identifiers(observations: DataFrame) -> DataFrame:
+    """One row per valid identifier per record (an identifier repeated in a record counts once).
 
-    Returns: node, identifiers array<string> ("type:value").
+    Nodes and edges are both built from it, so the resolver computes it once.
+
+    Returns: source, record_id, node, id_type, id_value, priority, first_seen, last_seen.
     """
-    return (observations.filter(F.col("status") == VALID)
-            .select("node", F.concat_ws(":", "id_type", "id_value").alias("identifier"))
-            .distinct()
-            .groupBy("node").agg(F.sort_array(F.collect_list("identifier")).alias("identifiers"))
-            .filter(F.size("identifiers") > 1))
-
-
-def _record_nodes(observations: DataFrame) -> DataFrame:
-    """One row per valid identifier per record (an identifier repeated in a record counts once)."""
     return (observations.filter(F.col("status") == VALID)
             .groupBy("source", "record_id", "node", "id_type", "id_value", "priority")
             .agg(F.min("observed_at").alias("first_seen"), F.max("observed_at").alias("last_seen")))
 
 
-def build_nodes(observations: DataFrame) -> DataFrame:
+def build_nodes(per_record: DataFrame) -> DataFrame:
     """The graph's nodes: valid identifiers with how often and when they were seen.
+
+    Args:
+        per_record: output of :func:`record_identifiers`.
 
     Returns: node, id_type, id_value, priority, n_records long, first_seen, last_seen.
     """
-    return (_record_nodes(observations)
+    return (per_record
             .groupBy("node", "id_type", "id_value", "priority")
             .agg(F.count(F.lit(1)).alias("n_records"), F.min("first_seen").alias("first_seen"),
                  F.max("last_seen").alias("last_seen"))
             .select("node", "id_type", "id_value", "priority", "n_records", "first_seen", "last_seen"))
 
 
-def build_edges(observations: DataFrame) -> DataFrame:
+def node_collisions(nodes: DataFrame) -> DataFrame:
+    """Nodes whose hash is shared by two different identifiers (expected empty; the caller raises).
+
+    Args:
+        nodes: at least node, id_type, id_value, one row per identifier (output of :func:`build_nodes`).
+
+    Returns: node, identifiers array<string> ("type:value").
+    """
+    return (nodes.select("node", F.concat_ws(":", "id_type", "id_value").alias("identifier"))
+            .groupBy("node").agg(F.sort_array(F.collect_list("identifier")).alias("identifiers"))
+            .filter(F.size("identifiers") > 1))
+
+
+def build_edges(per_record: DataFrame) -> DataFrame:
     """Every pair of valid identifiers seen in one record, aggregated over records, with provenance.
 
     Args:
-        observations: output of :func:`classify_identifiers`.
+        per_record: output of :func:`record_identifiers`.
 
     Returns:
         a, a_type, a_value, b, b_type, b_value (a < b), priority (the lower endpoint priority),
         n_records long, n_sources int, sources array<string>, first_seen, last_seen, first_source,
         first_record_id (the earliest record that made the edge), rule.
     """
-    per_record = _record_nodes(observations)
     left = per_record.select("source", "record_id", F.col("node").alias("a"), F.col("id_type").alias("a_type"),
                              F.col("id_value").alias("a_value"), F.col("priority").alias("a_priority"),
                              F.col("first_seen").alias("a_first"), F.col("last_seen").alias("a_last"))

@@ -29,6 +29,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -44,6 +45,8 @@ from identity.graph import (
     flag_shared_identifiers,
     node_collisions,
     node_id,
+    record_identifiers,
+    type_priority,
 )
 from identity.limits import enforce_limits, quarantine_oversized
 from identity.stable_ids import assign_stable_ids
@@ -160,12 +163,18 @@ def resolve_identities(
     """
     spark = identifiers.sparkSession
     observations = classify_identifiers(identifiers, config).localCheckpoint(eager=True)
-    collisions = node_collisions(observations).limit(5).collect()
+    # Nodes and edges both aggregate the records' identifiers: computed once, kept only until both
+    # are built (it is about as large as the observations).
+    per_record = record_identifiers(observations).persist(StorageLevel.MEMORY_AND_DISK)
+    all_nodes = build_nodes(per_record).localCheckpoint(eager=True)
+    collisions = node_collisions(all_nodes).limit(5).collect()
     if collisions:
+        per_record.unpersist()
         raise ValueError(f"identifier hash collision (rename or block one of them): {[r.identifiers for r in collisions]}")
 
-    edges = build_edges(observations).localCheckpoint(eager=True)
-    nodes = flag_shared_identifiers(build_nodes(observations), edges, config).localCheckpoint(eager=True)
+    edges = build_edges(per_record).localCheckpoint(eager=True)
+    per_record.unpersist()
+    nodes = flag_shared_identifiers(all_nodes, edges, config).localCheckpoint(eager=True)
     candidates = candidate_edges(edges, nodes).localCheckpoint(eager=True)
     unshared = nodes.filter(~F.col("is_shared")).select("node", "id_type", "id_value", "priority")
     direct = nodes.filter("is_shared").select("node", "shared_reason")
@@ -249,7 +258,7 @@ def resolve_identities(
     unshared_map = region_map if kept_map is None else kept_map.select(*IDENTITY_MAP_COLUMNS).unionByName(region_map)
     unshared_map = unshared_map.localCheckpoint(eager=True)
 
-    customer_records = _customer_records(observations, unshared_map).localCheckpoint(eager=True)
+    customer_records = _customer_records(observations, unshared_map, config).localCheckpoint(eager=True)
     shared_map = _shared_rows(observations, shared_nodes, customer_records, unshared_map, previous, run_id)
     identity_map = unshared_map.unionByName(shared_map).select(*IDENTITY_MAP_COLUMNS)
 
@@ -278,15 +287,26 @@ def _carry_updated_run(rows: DataFrame, previous: DataFrame | None, run_id: str,
             .select(*IDENTITY_MAP_COLUMNS))
 
 
-def _customer_records(observations: DataFrame, unshared_map: DataFrame) -> DataFrame:
-    """source, record_id, customer_id: the customer of each record's highest-priority unshared identifier."""
-    best = (observations.filter(F.col("status") == VALID)
-            .join(unshared_map.select("id_type", "id_value", "customer_id"), on=["id_type", "id_value"], how="inner")
-            .groupBy("source", "record_id")
-            .agg(F.min(F.struct((-F.col("priority")).alias("p"), "id_type", "id_value", "customer_id")).alias("best"))
-            .select("source", "record_id", F.col("best.customer_id").alias("customer_id")))
-    return (observations.select("source", "record_id").distinct()
-            .join(best, on=["source", "record_id"], how="left")
+def _customer_records(observations: DataFrame, unshared_map: DataFrame, config: IdentityConfig) -> DataFrame:
+    """source, record_id, customer_id: the customer of each record's highest-priority unshared identifier.
+
+    Ties between identifiers of equal priority go to the smaller type, then the smaller value. The
+    unshared identifiers are ranked once in that order (a sort of the map), so a record's choice is
+    the min of a long: one hash aggregation over all observations, which also lists the records
+    without an unshared valid identifier; those get an anonymous customer (:func:`anonymous_customer_id`).
+    """
+    ranked = (unshared_map.select("id_type", "id_value", "customer_id", type_priority(config).alias("priority"))
+              .orderBy(F.col("priority").desc(), "id_type", "id_value")
+              # after a global sort, monotonically increasing ids follow the sort order
+              .select(node_id("id_type", "id_value").alias("node"), "customer_id",
+                      F.monotonically_increasing_id().alias("rank"))
+              .localCheckpoint(eager=True))
+    # A row whose value is blocked or invalid there (junk raw text) names no customer, even when the
+    # same value is valid elsewhere: its join key is null.
+    best = (observations.select("source", "record_id", F.when(F.col("status") == VALID, F.col("node")).alias("node"))
+            .join(ranked.select("node", "rank"), on="node", how="left")
+            .groupBy("source", "record_id").agg(F.min("rank").alias("rank")))
+    return (best.join(ranked.select("rank", "customer_id"), on="rank", how="left")
             .select("source", "record_id",
                     F.coalesce("customer_id", anonymous_customer_id(F.col("source"), F.col("record_id")))
                     .alias("customer_id")))

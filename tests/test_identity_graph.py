@@ -7,7 +7,15 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from identity import IdentityConfig, build_edges, build_nodes, classify_identifiers, flag_shared_identifiers
+from identity import (
+    IdentityConfig,
+    build_edges,
+    build_nodes,
+    classify_identifiers,
+    flag_shared_identifiers,
+    record_identifiers,
+)
+from identity.graph import combined_patterns, node_collisions
 from identity.limits import enforce_limits
 from jobs.config import parse_file
 
@@ -50,6 +58,35 @@ def test_classify_blocks_junk_and_invalid_values(spark, config):
     assert reasons["8"] == (None, "id_type not in conf/identity.yaml types: fax")
 
 
+@pytest.mark.parametrize("patterns, text, expected", [
+    (("^abc$", "(?i)^xyz$"), "XYZ", True),       # a flag applies to its own pattern
+    (("(?i)^xyz$", "^abc$"), "ABC", False),      # ... and not to the patterns joined after it
+    (("^(a)\\1$", "^(b)\\1$"), "bb", True),       # backreferences keep their own group numbers
+    (("^(x)y$", "^(a)\\1$"), "aa", True),
+    (("^(x)y$", "^(a)\\1$"), "ab", False),
+    (("^a|b$", "^c$"), "xb", True),              # an alternation inside one pattern stays whole
+    (("^[0\\-\\s]*$", "^q$"), "0-0", True),
+    ((), "anything", False),
+])
+def test_combined_patterns_match_what_the_patterns_match_one_by_one(spark, patterns, text, expected):
+    combined = combined_patterns(patterns)
+    assert len(combined) <= len(patterns)
+    frame = spark.createDataFrame([(text,)], "value string")
+    one_by_one = [frame.select(F.col("value").rlike(p)).first()[0] for p in patterns]
+    together = [frame.select(F.col("value").rlike(p)).first()[0] for p in combined]
+    assert any(one_by_one) == expected
+    assert any(together) == expected
+
+
+def test_shipped_block_patterns_run_as_two_regexes_per_phone_text(config):
+    phone = next(t for t in config.types if t.name == "phone")
+    patterns = config.blocked.patterns + phone.blocked.patterns
+    assert len(patterns) == 4
+    # the placeholder pattern with a backreference runs on its own, the other three as one
+    assert combined_patterns(patterns) == (
+        "|".join(f"(?:{p})" for p in patterns if "\\1" not in p), next(p for p in patterns if "\\1" in p))
+
+
 def test_edges_carry_provenance_and_hubs_are_flagged(spark, config):
     rows = [
         ("crm", "r1", "member_id", "MEM1", "MEM1", T1), ("crm", "r1", "email", "e@x.com", "e@x.com", T1),
@@ -59,8 +96,8 @@ def test_edges_carry_provenance_and_hubs_are_flagged(spark, config):
         *[("app", f"t{i}", "member_id", f"MEM{i + 2}", f"MEM{i + 2}", T1) for i in range(4)],
         ("app", "t9", "device_id", "own-phone-9", "own-phone-9", T1), ("app", "t9", "member_id", "MEM9", "MEM9", T1),
     ]
-    observations = classify_identifiers(spark.createDataFrame(rows, SILVER), config)
-    edges = build_edges(observations)
+    per_record = record_identifiers(classify_identifiers(spark.createDataFrame(rows, SILVER), config))
+    edges = build_edges(per_record)
     m1_email = edges.filter((F.col("a_value").isin("MEM1", "e@x.com")) & F.col("b_value").isin("MEM1", "e@x.com"))
     assertDataFrameEqual(
         m1_email.select("priority", "n_records", "n_sources", "sources", "first_seen", "last_seen", "first_source",
@@ -69,11 +106,32 @@ def test_edges_carry_provenance_and_hubs_are_flagged(spark, config):
                               "priority int, n_records long, n_sources int, sources array<string>, "
                               "first_seen timestamp, last_seen timestamp, first_source string, "
                               "first_record_id string, rule string"))
-    flagged = flag_shared_identifiers(build_nodes(observations), edges, config)
+    flagged = flag_shared_identifiers(build_nodes(per_record), edges, config)
     assertDataFrameEqual(
         flagged.filter("is_shared").select("id_type", "id_value", "shared_reason"),
         spark.createDataFrame([("device_id", "store-tablet-1", "linked to 4 member_id values (limit 1)")],
                               "id_type string, id_value string, shared_reason string"))
+
+
+def test_nodes_count_each_record_once_and_hash_collisions_are_found(spark, config):
+    rows = [
+        ("crm", "r1", "email", "e@x.com", "e@x.com", T1), ("crm", "r1", "email", "e@x.com", "E@X.COM", T2),
+        ("web", "r2", "email", "e@x.com", "e@x.com", T2), ("web", "r2", "phone", "+8613912340001", "13912340001", T1),
+        ("web", "r3", "email", "test@test.com", "test@test.com", T1),   # blocked: not a node
+    ]
+    per_record = record_identifiers(classify_identifiers(spark.createDataFrame(rows, SILVER), config))
+    assert per_record.count() == 3  # e@x.com twice in r1 is one row
+    nodes = build_nodes(per_record)
+    assertDataFrameEqual(
+        nodes.select("id_type", "id_value", "priority", "n_records", "first_seen", "last_seen"),
+        spark.createDataFrame([("email", "e@x.com", 60, 2, T1, T2), ("phone", "+8613912340001", 70, 1, T1, T1)],
+                              "id_type string, id_value string, priority int, n_records long, first_seen timestamp, "
+                              "last_seen timestamp"))
+    assert node_collisions(nodes).count() == 0
+    clashing = spark.createDataFrame([(7, "email", "a@x.com"), (7, "phone", "+8613912345678"), (8, "email", "b@x.com")],
+                                     "node long, id_type string, id_value string")
+    assertDataFrameEqual(node_collisions(clashing), spark.createDataFrame(
+        [(7, ["email:a@x.com", "phone:+8613912345678"])], "node long, identifiers array<string>"))
 
 
 LABELS = "node long, id_type string, component long"

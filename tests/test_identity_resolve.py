@@ -247,3 +247,26 @@ def test_ids_survive_merges_and_splits_and_incremental_equals_full(spark, config
     assert {(r.status, r.status_reason) for r in device_edges.collect()} == {
         ("shared_endpoint", "device_id is shared: reaches 2 member_id values through more trusted identifiers "
                             "(limit 1)")}
+
+
+def test_each_record_goes_to_its_most_trusted_unshared_identifier(spark, config):
+    from identity.graph import classify_identifiers
+    from identity.resolve import _customer_records
+
+    observations = classify_identifiers(silver(
+        spark,
+        record("crm", "r1", 1, ("email", "b@x.com"), ("member_id", "M1")),    # member_id outranks email
+        record("web", "r2", 1, ("email", "b@x.com"), ("email", "a@x.com")),   # a tie: the smaller value
+        record("web", "r3", 1, ("email", "test@test.com")),                    # blocked only: anonymous
+        record("app", "r4", 1, ("device_id", "shared-tablet"), ("cookie_id", "cookie-0001")),
+        record("app", "r5", 1, ("device_id", "shared-tablet")),                # shared only: anonymous
+        [("web", "r6", "email", "b@x.com", "N/A", datetime(2026, 1, 1))],      # junk raw text here: anonymous
+    ), config)
+    unshared_map = spark.createDataFrame([
+        ("member_id", "M1", "C1"), ("email", "b@x.com", "C1"), ("email", "a@x.com", "C9"),
+        ("cookie_id", "cookie-0001", "C4"),
+    ], "id_type string, id_value string, customer_id string")
+    records = _customer_records(observations, unshared_map, config)
+    assertDataFrameEqual(records, spark.createDataFrame(
+        [("crm", "r1", "C1"), ("web", "r2", "C9"), ("web", "r3", anon("web", "r3")), ("app", "r4", "C4"),
+         ("app", "r5", anon("app", "r5")), ("web", "r6", anon("web", "r6"))], RECORDS))
