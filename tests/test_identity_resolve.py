@@ -8,7 +8,14 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from identity import IdentityConfig, PreviousState, assign_stable_ids, resolve_identities
+from identity import (
+    IdentityConfig,
+    PreviousState,
+    assign_stable_ids,
+    classify_identifiers,
+    resolve_identities,
+)
+from identity.resolve import _customer_records
 from jobs.config import parse_file
 
 SILVER = ("source string, record_id string, id_type string, id_value string, raw_value string, "
@@ -250,9 +257,6 @@ def test_ids_survive_merges_and_splits_and_incremental_equals_full(spark, config
 
 
 def test_each_record_goes_to_its_most_trusted_unshared_identifier(spark, config):
-    from identity.graph import classify_identifiers
-    from identity.resolve import _customer_records
-
     observations = classify_identifiers(silver(
         spark,
         record("crm", "r1", 1, ("email", "b@x.com"), ("member_id", "M1")),    # member_id outranks email
