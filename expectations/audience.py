@@ -53,6 +53,8 @@ from typing import Any, Literal
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from identity.records import with_customer_id
+
 Channel = Literal["email", "sms", "wechat", "ads"]
 CHANNELS: tuple[str, ...] = ("email", "sms", "wechat", "ads")
 OPERATORS: tuple[str, ...] = ("=", "!=", "in", "not in", "between", ">=", "<=", ">", "<",
@@ -474,16 +476,15 @@ def tag_names(tags_wide: DataFrame) -> list[str]:
 
 def events_by_customer(silver_events: DataFrame, customer_records: DataFrame) -> DataFrame:
     """silver_events mapped to customers: customer_id, event_type, channel, event_time."""
-    return (silver_events.join(customer_records, on=["source", "record_id"], how="inner")
-            .select("customer_id", "event_type", "channel", "event_time"))
+    return with_customer_id(silver_events, customer_records).select("customer_id", "event_type", "channel",
+                                                                    "event_time")
 
 
 def purchases_by_customer(silver_orders: DataFrame, silver_order_lines: DataFrame,
                           customer_records: DataFrame) -> DataFrame:
     """Paid order lines per customer: customer_id, order_id, order_time, category."""
-    orders = (silver_orders.filter(F.col("status").isin("paid", "partially_returned"))
-              .join(customer_records, on=["source", "record_id"], how="inner")
-              .select("customer_id", "order_id", "order_time"))
+    paid = silver_orders.filter(F.col("status").isin("paid", "partially_returned"))
+    orders = with_customer_id(paid, customer_records).select("customer_id", "order_id", "order_time")
     lines = silver_order_lines.select("order_id", "category").distinct()
     return orders.join(lines, on="order_id", how="inner").select("customer_id", "order_id", "order_time",
                                                                  "category")

@@ -14,6 +14,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from identity.records import with_customer_id
+
 ERASURE_LIST = "erasure"
 
 SUPPRESSION_SCHEMA = T.StructType([
@@ -54,9 +56,8 @@ def consent_current(silver_consent: DataFrame, customer_records: DataFrame) -> D
         customer_id, channel, granted, event_time, source, record_id (the deciding event).
         Consent events whose record maps to no customer are dropped.
     """
-    joined = (silver_consent.filter(F.col("granted").isNotNull() & F.col("event_time").isNotNull())
-              .join(customer_records.select("source", "record_id", "customer_id"),
-                    on=["source", "record_id"], how="inner"))
+    joined = with_customer_id(
+        silver_consent.filter(F.col("granted").isNotNull() & F.col("event_time").isNotNull()), customer_records)
     latest_first = Window.partitionBy("customer_id", "channel").orderBy(
         F.col("event_time").desc(), F.col("granted").asc(), F.col("source").asc(), F.col("record_id").asc())
     return (joined.withColumn("_rank", F.row_number().over(latest_first))

@@ -13,6 +13,7 @@ from pyspark.sql import types as T
 
 from features.config import IDENTIFIER, LIFETIME, ZERO_FILLED, Feature, FeatureConfig
 from features.schemas import INPUT_SCHEMAS
+from identity.records import with_customer_id
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,7 @@ def prepare_sources(inputs: FeatureInputs, as_of: date | Sequence[date]) -> dict
                    .otherwise("evening"))
         return df.withColumns({"_hour": hour, "_dow": F.dayofweek("_t"), "_daypart": daypart})
 
-    records = inputs.customer_records.select("source", "record_id", "customer_id")
-    orders = (inputs.orders.join(records, on=["source", "record_id"], how="inner")
+    orders = (with_customer_id(inputs.orders, inputs.customer_records)
               .withColumn("_t", F.col("order_time"))
               .transform(before_cutoff)
               .withColumn("_pay", slug("payment_method"))
@@ -111,12 +111,12 @@ def prepare_sources(inputs: FeatureInputs, as_of: date | Sequence[date]) -> dict
     returns = (inputs.returns.join(order_keys.select("order_id", "customer_id", *per_date), on="order_id", how="inner")
                .withColumn("_t", F.col("return_time"))
                .where(F.col("_t") < cutoff))
-    events = (inputs.events.join(records, on=["source", "record_id"], how="inner")
+    events = (with_customer_id(inputs.events, inputs.customer_records)
               .withColumn("_t", F.col("event_time"))
               .transform(before_cutoff)
               .withColumn("_cat", slug("category"))
               .transform(with_time_parts))
-    consent = (inputs.consent.join(records, on=["source", "record_id"], how="inner")
+    consent = (with_customer_id(inputs.consent, inputs.customer_records)
                .withColumn("_t", F.col("event_time"))
                .transform(before_cutoff))
     return {"orders": orders, "order_lines": lines, "returns": returns, "events": events,

@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from identity.config import IDENTIFIER_ATTRIBUTES, PROFILE_ATTRIBUTES, IdentityConfig
 from identity.graph import VALID
+from identity.records import with_customer_id
 
 _ATTRIBUTE_TYPES = {"birth_date": "date", "member_since": "date", "city_tier": "int"}
 _FAR = 2 ** 62
@@ -35,7 +36,7 @@ def _observations_long(attributes: DataFrame, identifier_rows: DataFrame, custom
     attribute_columns = [a for a in PROFILE_ATTRIBUTES if a not in IDENTIFIER_ATTRIBUTES]
     stacked = F.explode(F.array(*[
         F.struct(F.lit(a).alias("attribute"), F.col(a).cast("string").alias("value")) for a in attribute_columns]))
-    from_records = (attributes.join(customer_records, on=["source", "record_id"], how="inner")
+    from_records = (with_customer_id(attributes, customer_records)
                     .select("customer_id", "source", "observed_at", stacked.alias("kv"))
                     .select("customer_id", F.col("kv.attribute").alias("attribute"), F.col("kv.value").alias("value"),
                             "source", "observed_at"))
