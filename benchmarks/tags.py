@@ -139,10 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     from jobs import build_features as features_job
     from jobs import tag as tag_job
     from jobs import train as train_job
-    from jobs.config import JobContext, Profile
+    from jobs.config import JobContext, Profile, load_profile
     from jobs.lake import Lake
 
+    java_options = load_profile(REPO / "conf", "local").spark.get("spark.driver.extraJavaOptions", "")
     spark = (SparkSession.builder.master("local[2]").appName("bench-tags")
+             .config("spark.driver.extraJavaOptions", java_options)  # the JVM options `cdp` runs with
              .config("spark.driver.memory", args.driver_memory).config("spark.ui.enabled", "false")
              .config("spark.sql.shuffle.partitions", "8").config("spark.sql.adaptive.enabled", "true")
              .config("spark.sql.session.timeZone", "UTC")

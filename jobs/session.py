@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 
+from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
 from jobs.config import Profile
@@ -27,6 +28,19 @@ DEFAULT_SETTINGS = {
 }
 
 
+# JVM options a profile may ask for. They are appended to what the launch already set (spark-submit
+# --conf, spark-defaults.conf) instead of replacing it, and the driver's only take effect before its JVM
+# starts: under spark-submit the command line owns them.
+JAVA_OPTIONS = ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
+
+
+def merged_java_options(existing: str | None, wanted: str) -> str:
+    """``existing`` JVM options with each option of ``wanted`` appended unless it is already there."""
+    options = (existing or "").split()
+    options += [option for option in wanted.split() if option not in options]
+    return " ".join(options)
+
+
 def under_spark_submit() -> bool:
     """True when this Python process was started by spark-submit (which owns master and packages)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -36,16 +50,20 @@ def build_session(profile: Profile, app_name: str) -> SparkSession:
     """Get or create the session for ``app_name`` with the profile's settings.
 
     Under spark-submit the master, packages and resources come from the command line: the profile's
-    ``spark.master`` and ``spark.driver.memory`` are then left alone.
+    ``spark.master``, ``spark.driver.memory`` and driver JVM options are then left alone, and its
+    executor JVM options are appended to those given on the command line.
     """
     # Python workers must run this interpreter (with pandas, pyarrow, phonenumbers), not whatever
     # python3 is first on PATH; spark-submit users can still override it with PYSPARK_PYTHON.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     launched_by_submit = under_spark_submit()
+    launch_conf = SparkConf() if launched_by_submit else None  # what spark-submit was given
     for key, value in {**DEFAULT_SETTINGS, **profile.spark, **REQUIRED_SETTINGS}.items():
-        if launched_by_submit and key in ("spark.master", "spark.driver.memory"):
+        if launched_by_submit and key in ("spark.master", "spark.driver.memory", "spark.driver.extraJavaOptions"):
             continue
+        if key in JAVA_OPTIONS:
+            value = merged_java_options(launch_conf.get(key, None) if launch_conf is not None else None, value)
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     for key, value in REQUIRED_SETTINGS.items():
