@@ -28,9 +28,9 @@ DEFAULT_SETTINGS = {
 }
 
 
-# JVM options a profile may ask for. They are appended to what the launch already set (spark-submit
-# --conf, spark-defaults.conf) instead of replacing it, and the driver's only take effect before its JVM
-# starts: under spark-submit the command line owns them.
+# JVM options a profile may ask for. Under spark-submit they are appended to what it was given (--conf,
+# spark-defaults.conf) instead of replacing it, and the driver's are left to it: they only take effect
+# before the driver JVM starts. Started by the `cdp` CLI, the profile's value is the one used.
 JAVA_OPTIONS = ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
 
 
@@ -62,8 +62,8 @@ def build_session(profile: Profile, app_name: str) -> SparkSession:
     for key, value in {**DEFAULT_SETTINGS, **profile.spark, **REQUIRED_SETTINGS}.items():
         if launched_by_submit and key in ("spark.master", "spark.driver.memory", "spark.driver.extraJavaOptions"):
             continue
-        if key in JAVA_OPTIONS:
-            value = merged_java_options(launch_conf.get(key, None) if launch_conf is not None else None, value)
+        if key in JAVA_OPTIONS and launch_conf is not None:
+            value = merged_java_options(launch_conf.get(key, None), value)
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     for key, value in REQUIRED_SETTINGS.items():
