@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 from deltalake import DeltaTable, write_deltalake
 from pyspark.sql import Row
@@ -241,6 +242,48 @@ def test_embedded_writes_real_delta_with_file_statistics(lake, spark):
     assert max(s["maxValues"]["spend"] for s in with_rows) == 20.5
     assert min(s["minValues"]["seen_at"] for s in with_rows) == "2024-03-01T08:30:15.123Z"
     assert max(s["maxValues"]["seen_at"] for s in with_rows) == "2024-03-01T08:30:15.124Z"
+
+
+def test_embedded_writes_wide_tables_through_arrow_with_the_same_rows_and_statistics(lake, spark, monkeypatch):
+    """Unpartitioned writes of ARROW_WRITE_MIN_COLUMNS columns or more go through pyarrow: the same rows
+    and types come back (timestamps, dates, arrays, maps, nulls), as do the idempotent-run checks and
+    the row count of each file; a failed task commits nothing."""
+    import jobs.lake as lake_module
+
+    extra = {"tier": F.lit(2), "born": F.lit(date(1990, 3, 5)), "tags": F.array(F.lit("a"), F.lit(None).cast("string")),
+             "attrs": F.create_map(F.lit("k"), F.col("city")), "flag": F.col("spend") > 15}
+    wide = _people(spark, [ALICE, BOB, CAROL]).repartition(2).withColumns(extra)
+    narrow = wide.select(*PEOPLE.fieldNames())
+    monkeypatch.setattr(lake_module, "ARROW_WRITE_MIN_COLUMNS", len(wide.columns))
+    arrow_jobs = []
+    real_writer = lake_module._parquet_file_writer
+    monkeypatch.setattr(lake_module, "_parquet_file_writer", lambda *a: arrow_jobs.append(a) or real_writer(*a))
+    lake.write(wide, "wide", app_id="tag:run", app_version=1)
+    assert len(arrow_jobs) == 1
+    assertDataFrameEqual(lake.read("wide"), wide)
+    assert lake.read("wide").schema == lake_module._as_nullable(wide.schema)
+    assert lake.write(wide, "wide", app_id="tag:run", app_version=1) is None  # same run again: nothing
+    stats = pa.table(DeltaTable(lake.uri("wide")).get_add_actions(flatten=True)).to_pylist()
+    assert sum(s["num_records"] for s in stats) == 3
+    assert min(s["min.seen_at"] for s in stats) == datetime(2024, 3, 1, 8, 30, 15, 123000, tzinfo=UTC)
+    lake.write(narrow, "narrow")  # fewer columns: Spark's writer
+    assert len(arrow_jobs) == 1
+    # partitioned: Spark's column=value folders (a null, a slash), the partition column out of the files
+    lake.write(wide, "wide_by_city", partition_by=["city"])
+    lake.write(wide.where("customer_id = 'c2'").withColumn("tier", F.lit(3)), "wide_by_city", mode="overwrite",
+               replace_where={"city": "Beijing"})
+    assert len(arrow_jobs) == 3
+    assertDataFrameEqual(lake.read("wide_by_city"), wide.withColumn("tier", F.when(F.col("city") == "Beijing", 3)
+                                                                    .otherwise(F.col("tier"))))
+    folders = {Path(f).parent.name for f in DeltaTable(lake.uri("wide_by_city")).file_uris()}
+    assert folders == {"city=Shanghai", "city=Beijing", "city=上海 %2F Pudong"}
+    assert "city" not in pa.parquet.read_schema(DeltaTable(lake.uri("wide_by_city")).file_uris()[0].removeprefix("file://")).names
+    failing = wide.withColumn("city", F.when(F.col("customer_id") == "c2", F.raise_error(F.lit("tags broke")))
+                              .otherwise(F.col("city")))
+    with pytest.raises(Exception, match="tags broke"):
+        lake.write(failing, "wide", mode="overwrite")
+    assert lake.version("wide") == 0
+    assertDataFrameEqual(lake.read("wide"), wide)
 
 
 def test_embedded_refuses_tables_with_deletion_vectors(lake, spark):
