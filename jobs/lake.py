@@ -881,7 +881,7 @@ def _read_files_then(batches: ArrowBatches, schema_json: str, batch_rows: int) -
 # rows buffered per Parquet row group by write_arrow (pyarrow writes each table it is given as its own
 # row groups, so small batches are gathered first)
 _ARROW_ROW_GROUP_ROWS = 1_000_000
-_ARROW_ROW_GROUP_BYTES = 128 * 2**20  # a task holds at most one row group of a wide table in memory
+_ARROW_ROW_GROUP_BYTES = 128 * 2**20  # a task holds at most one row group per file it writes
 # writes of at least this many columns go through Arrow on the embedded backend
 ARROW_WRITE_MIN_COLUMNS = 200
 
