@@ -245,9 +245,9 @@ def test_embedded_writes_real_delta_with_file_statistics(lake, spark):
 
 
 def test_embedded_writes_wide_tables_through_arrow_with_the_same_rows_and_statistics(lake, spark, monkeypatch):
-    """Unpartitioned writes of ARROW_WRITE_MIN_COLUMNS columns or more go through pyarrow: the same rows
-    and types come back (timestamps, dates, arrays, maps, nulls), as do the idempotent-run checks and
-    the row count of each file; a failed task commits nothing."""
+    """Writes of ARROW_WRITE_MIN_COLUMNS columns or more go through pyarrow: the same rows and types come
+    back (timestamps, dates, arrays, maps, nulls), the idempotent-run check holds, the files carry their
+    statistics, partitions land in Spark's folders, and a failed task commits nothing."""
     import jobs.lake as lake_module
 
     extra = {"tier": F.lit(2), "born": F.lit(date(1990, 3, 5)), "tags": F.array(F.lit("a"), F.lit(None).cast("string")),
@@ -269,14 +269,15 @@ def test_embedded_writes_wide_tables_through_arrow_with_the_same_rows_and_statis
     lake.write(narrow, "narrow")  # fewer columns: Spark's writer
     assert len(arrow_jobs) == 1
     # partitioned: Spark's column=value folders (a null, a slash), the partition column out of the files
-    lake.write(wide, "wide_by_city", partition_by=["city"])
+    with_null_city = wide.unionByName(_people(spark, [("c4", None, 5.0, T0)]).withColumns(extra))
+    lake.write(with_null_city, "wide_by_city", partition_by=["city"])
     lake.write(wide.where("customer_id = 'c2'").withColumn("tier", F.lit(3)), "wide_by_city", mode="overwrite",
                replace_where={"city": "Beijing"})
     assert len(arrow_jobs) == 3
-    assertDataFrameEqual(lake.read("wide_by_city"), wide.withColumn("tier", F.when(F.col("city") == "Beijing", 3)
-                                                                    .otherwise(F.col("tier"))))
+    assertDataFrameEqual(lake.read("wide_by_city"), with_null_city.withColumn(
+        "tier", F.when(F.col("city") == "Beijing", 3).otherwise(F.col("tier"))))
     folders = {Path(f).parent.name for f in DeltaTable(lake.uri("wide_by_city")).file_uris()}
-    assert folders == {"city=Shanghai", "city=Beijing", "city=上海 %2F Pudong"}
+    assert folders == {"city=Shanghai", "city=Beijing", "city=上海 %2F Pudong", "city=__HIVE_DEFAULT_PARTITION__"}
     assert "city" not in pa.parquet.read_schema(DeltaTable(lake.uri("wide_by_city")).file_uris()[0].removeprefix("file://")).names
     failing = wide.withColumn("city", F.when(F.col("customer_id") == "c2", F.raise_error(F.lit("tags broke")))
                               .otherwise(F.col("city")))
