@@ -36,9 +36,9 @@ from jobs.entry import JobFailed
 logger = logging.getLogger("jobs.run")  # not __name__: under spark-submit this module is __main__
 
 RUNS_TABLE = "runs"
-# Predictive models `cdp train` registers (docs/ARCHITECTURE.md "Models"); training is due while
-# any of them has no `champion` alias.
-PREDICTIVE_MODELS = ("cdp_churn", "cdp_purchase_30d", "cdp_clv_12m")
+# Models `cdp train` registers (docs/ARCHITECTURE.md "Models"): the predictive ones and the k-means
+# behaviour clustering; training is due while any of them has no `champion` alias.
+TRAINED_MODELS = ("cdp_churn", "cdp_purchase_30d", "cdp_clv_12m", "behaviour_kmeans")
 CHAMPION_ALIAS = "champion"
 DEFAULT_CUSTOMERS = 10_000
 
@@ -315,7 +315,7 @@ def training_due(ctx: JobContext, module: ModuleType) -> tuple[bool, str]:
     client = MlflowClient(tracking_uri=mlflow_tracking_uri(ctx.lake_root),
                           registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or mlflow_tracking_uri(ctx.lake_root))
     missing = []
-    for name in PREDICTIVE_MODELS:
+    for name in TRAINED_MODELS:
         try:
             client.get_model_version_by_alias(name, CHAMPION_ALIAS)
         except MlflowException:

@@ -4,7 +4,9 @@ Publishes ``tags_wide`` behind the ``tags_wide`` and ``tags_drift`` quality gate
 (``conf/quality.yaml``), then writes ``tags_long`` (overwritten each run; earlier runs stay readable as Delta
 versions) and appends per-tag coverage and distribution to ``tag_stats``. Predictive tags are scored
 with the registered model version carrying the alias (``models:/<name>@champion``), and that version
-is recorded on every predictive tag value.
+is recorded on every predictive tag value. k-means tags score with the clustering registered under
+the instance's name by ``cdp train`` (``models:/<instance>@champion``, its version recorded on their
+values the same way); an instance with none is fitted on this snapshot, for this run only.
 """
 from __future__ import annotations
 
@@ -24,10 +26,12 @@ from jobs.entry import JobFailed, job_main
 from jobs.gates import publish_with_gates, staging_name
 from jobs.lake import Lake
 from jobs.tags import load_catalogue
-from jobs.train import configure_mlflow
+from jobs.train import configure_mlflow, registered_clustering
 from tagging import (
     ArrowTransform,
     Catalogue,
+    Clustering,
+    clustering_instances,
     compute_tags,
     long_transform,
     profile_from_tag_stats,
@@ -75,6 +79,31 @@ def model_scorers(spark: SparkSession, catalogue: Catalogue) -> tuple[dict[str, 
     return scorers, versions
 
 
+def registered_clusterings(catalogue: Catalogue) -> tuple[dict[str, Clustering], dict[str, str]]:
+    """The registered clustering of each k-means instance, by its alias, and the version it points to.
+
+    An instance without one (``cdp train`` not run), or whose registered clustering reads other
+    features than the catalogue now lists, is left out: compute_tags fits it on the snapshot.
+    """
+    clusterings: dict[str, Clustering] = {}
+    versions: dict[str, str] = {}
+    for name, algo in clustering_instances(catalogue).items():
+        alias = str(algo.params.get("alias", "champion"))
+        version, clustering = registered_clustering(name, alias)
+        if clustering is None:
+            logger.warning("tag: no clustering with alias %s for %s; fitting one for this run (run `cdp train` "
+                           "to keep clusters the same from run to run)", alias, name)
+        elif list(clustering.features) != [str(f) for f in algo.params.get("features", [])]:
+            logger.warning("tag: models:/%s@%s (version %s) clusters %s, not the catalogue's %s; fitting one "
+                           "for this run", name, alias, version, list(clustering.features),
+                           list(algo.params.get("features", [])))
+        else:
+            clusterings[name], versions[name] = clustering, str(version)
+            logger.info("tag: %s scores with models:/%s@%s = version %s (k=%d)", name, name, alias, version,
+                        clustering.k)
+    return clusterings, versions
+
+
 def previous_tag_profile(lake: Lake) -> DataFrame | None:
     """tag, coverage, mean of the published tags_wide, from the ``tag_stats`` rows of the run that
     wrote it (None when there is no such table or run: the drift gate then computes them)."""
@@ -105,11 +134,12 @@ def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict
     catalogue = load_catalogue(spark, ctx, config, schema=features.schema)
     configure_mlflow(ctx.lake_root)
     scorers, model_versions = model_scorers(spark, catalogue)
-    wide, info = compute_tags(features, catalogue, config.lists, scorers)
+    clusterings, cluster_versions = registered_clusterings(catalogue)
+    wide, info = compute_tags(features, catalogue, config.lists, scorers, clusterings)
     computed_at = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
-    versions = tag_versions(catalogue, model_versions)
+    versions = tag_versions(catalogue, model_versions, cluster_versions)
     metadata = {"run_id": ctx.run_id, "job": "tag", "as_of": as_of.isoformat(),
-                "models": ",".join(f"{k}/{v}" for k, v in sorted(model_versions.items()))}
+                "models": ",".join(f"{k}/{v}" for k, v in sorted({**model_versions, **cluster_versions}.items()))}
     wide = wide.select("customer_id", "as_of", F.lit(computed_at).cast("timestamp").alias("computed_at"),
                        F.lit(ctx.run_id).alias("run_id"), *[t.name for t in catalogue.tags])
     # Write-audit-publish: coverage and drift against the previous run gate tags_wide; when a gate
@@ -144,7 +174,7 @@ def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict
                 len(catalogue.tags), customers, as_of, wide_version, long_version,
                 {k: {"k": v["k"], "silhouette": round(v["silhouette"], 3)} for k, v in info.kmeans.items()})
     return {"as_of": as_of.isoformat(), "tags": len(catalogue.tags), "customers": customers,
-            "model_versions": model_versions, "tags_wide_version": wide_version,
+            "model_versions": model_versions, "cluster_versions": cluster_versions, "tags_wide_version": wide_version,
             "tags_long_version": long_version, "kmeans": info.kmeans}
 
 

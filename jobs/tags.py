@@ -55,6 +55,9 @@ def describe(catalogue: Catalogue, name: str, config: FeatureConfig) -> str:
     elif tag.kind == "algorithmic":
         algo = catalogue.algorithms[tag.algorithm or ""]
         lines.append(f"  algorithm: {algo.name} ({algo.type}) output {tag.output}; params {dict(algo.params)}")
+        if algo.type == "kmeans":
+            lines.append(f"  model: models:/{algo.name}@{algo.params.get('alias', 'champion')} (fitted by cdp train; "
+                         "fitted for the run when none is registered)")
     else:
         spec = catalogue.models[tag.model or ""]
         lines.append(f"  model: models:/{spec.name}@{tag.alias} ({spec.task}, horizon {spec.horizon_days} days, "

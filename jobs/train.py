@@ -1,4 +1,5 @@
-"""``cdp train``: train the predictive tag models on as-of snapshots with an honest time split.
+"""``cdp train``: train the predictive tag models on as-of snapshots with an honest time split, and
+fit the k-means behaviour clusters.
 
 For a model with horizon h and data up to ``end`` (exclusive):
     T_eval = end - h, T_train = T_eval - h
@@ -6,6 +7,11 @@ For a model with horizon h and data up to ``end`` (exclusive):
     eval:  features as of T_eval,  labels from [T_eval, end)      (a later, unseen window)
 Parameters and metrics go to MLflow; the model is registered and gets the alias ``champion`` only if
 it beats the current champion re-scored on the same evaluation snapshot.
+
+A k-means instance (``type: kmeans`` in conf/tags) is fitted on the snapshot as of ``end`` and
+registered under its name; it takes the alias only if its silhouette beats the champion's on the same
+sample by at least ``min_silhouette_gain`` (default 0.01), so that cluster numbers and names do not
+change from run to run for noise.
 """
 from __future__ import annotations
 
@@ -27,7 +33,9 @@ from jobs.config import JobContext
 from jobs.entry import JobFailed, job_main
 from jobs.lake import Lake
 from jobs.tags import load_catalogue
-from tagging import ModelSpec
+from tagging import Algorithm, Clustering, ClusterModel, ModelSpec, clustering_instances
+from tagging.algorithms import REGISTRY
+from tagging.clusters import fit_sample, silhouette_of
 from tagging.predictive import (
     ClvModel,
     classification_metrics,
@@ -42,6 +50,7 @@ from tagging.predictive import (
 logger = logging.getLogger(__name__)
 
 ALIAS = "champion"
+MIN_SILHOUETTE_GAIN = 0.01  # a refit clustering replaces the champion only when this much better
 
 
 def configure_mlflow(lake_root: str) -> str:
@@ -184,6 +193,78 @@ def train_model(spark: SparkSession, lake: Lake, config: FeatureConfig, spec: Mo
             "train_as_of": t_train.isoformat(), "eval_as_of": t_eval.isoformat(), "mlflow_run": run.info.run_id}
 
 
+def registered_clustering(name: str, alias: str) -> tuple[str | None, Clustering | None]:
+    """The version of k-means instance ``name`` carrying ``alias`` and its clustering, or (None, None)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, alias)
+    except Exception:  # noqa: BLE001 - registry has no such model or alias
+        return None, None
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}").unwrap_python_model()
+    return str(version.version), model.clustering
+
+
+def train_clustering(algo: Algorithm, snapshot: DataFrame, as_of: date, lists: Any, artifact_root: str,
+                     run_id: str) -> dict[str, Any]:
+    """Fit a k-means instance on the snapshot, log, register, promote if its silhouette beats the
+    champion's on the same sample. Returns the outcome (the keys of :func:`train_model`'s)."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    impl = REGISTRY[algo.type]
+    params = algo.params
+    try:
+        clustering = impl.fit(snapshot, params, lists, f"{algo.file}: algorithms.{algo.name}")
+    except ValueError as exc:
+        raise JobFailed(f"train {algo.name}: {exc}") from exc
+    alias = str(params.get("alias", ALIAS))
+    champion_version, champion = registered_clustering(algo.name, alias)
+    old_value = None
+    if champion is not None and champion.features == clustering.features:
+        # the sample is drawn by a hash of customer_id: the same customers the new fit was chosen on
+        sample = fit_sample(snapshot, int(params.get("sample_rows", 50000)), int(params.get("seed", 42)))
+        old_value = round(silhouette_of(champion, sample), 4)
+    elif champion is not None:
+        logger.warning("train %s: the champion (v%s) clusters other features %s; the new fit replaces it",
+                       algo.name, champion_version, list(champion.features))
+    gain = float(params.get("min_silhouette_gain", MIN_SILHOUETTE_GAIN))
+    better = champion_version is None or old_value is None or clustering.silhouette >= old_value + gain
+    client = MlflowClient()
+    mlflow.set_experiment(experiment_id=_experiment(f"cdp-{algo.name}", artifact_root))
+    with mlflow.start_run(run_name=f"{algo.name}-{run_id}") as run:
+        mlflow.log_params({"task": "kmeans", "as_of": as_of.isoformat(), "features": ",".join(clustering.features),
+                           "k": clustering.k, "k_candidates": ",".join(map(str, clustering.silhouettes)),
+                           "sample_rows": clustering.sample_rows, "names": ",".join(clustering.names),
+                           "min_silhouette_gain": gain, "cdp_run_id": run_id,
+                           **{f"param_{k}": v for k, v in params.items() if k not in ("features", "labels")}})
+        mlflow.log_metrics({"silhouette": clustering.silhouette,
+                            **{f"silhouette_k{k}": v for k, v in clustering.silhouettes.items()}})
+        if old_value is not None:
+            mlflow.log_metric("champion_silhouette", old_value)
+        model = ClusterModel(clustering)
+        example = snapshot.select(*clustering.features).limit(5).toPandas().astype("float64")
+        info = mlflow.pyfunc.log_model(name="model", python_model=model,
+                                       signature=infer_signature(example, model.predict(None, example)),
+                                       registered_model_name=algo.name)
+        version = str(info.registered_model_version)
+        client.set_model_version_tag(algo.name, version, "silhouette", str(clustering.silhouette))
+        client.set_model_version_tag(algo.name, version, "as_of", as_of.isoformat())
+        if better:
+            client.set_registered_model_alias(algo.name, alias, version)
+        mlflow.set_tag("promoted", str(better))
+    logger.info("train %s: k=%d silhouette %.4f by k %s (champion v%s: %s) -> version %s %s", algo.name,
+                clustering.k, clustering.silhouette, dict(clustering.silhouettes), champion_version, old_value,
+                version, "promoted to @" + alias if better else "kept as challenger")
+    return {"model": algo.name, "version": version, "promoted": better, "metric": "silhouette",
+            "value": clustering.silhouette, "champion_version": champion_version, "champion_value": old_value,
+            "metrics": {"silhouette": clustering.silhouette, "k": float(clustering.k)},
+            "train_as_of": as_of.isoformat(), "eval_as_of": as_of.isoformat(), "mlflow_run": run.info.run_id,
+            "clusters": list(clustering.names)}
+
+
 def run(spark: SparkSession, ctx: JobContext, end: date | None = None, models: list[str] | None = None,
         max_rows: int = 200_000) -> list[dict[str, Any]]:
     config = load_feature_config(ctx)
@@ -191,23 +272,37 @@ def run(spark: SparkSession, ctx: JobContext, end: date | None = None, models: l
     lake = Lake(spark, ctx.lake_root)
     artifact_root = configure_mlflow(ctx.lake_root)
     end = end or data_end(lake)
-    wanted = models or list(catalogue.models)
-    unknown = [m for m in wanted if m not in catalogue.models]
+    clusterings = clustering_instances(catalogue)
+    both = sorted(set(clusterings) & set(catalogue.models))
+    if both:
+        raise JobFailed(f"train: {both} name both a predictive model and a k-means instance; the registry "
+                        "holds one model per name")
+    wanted = models or [*catalogue.models, *clusterings]
+    unknown = [m for m in wanted if m not in catalogue.models and m not in clusterings]
     if unknown:
-        raise JobFailed(f"train: unknown models {unknown}; known: {sorted(catalogue.models)}")
+        raise JobFailed(f"train: unknown models {unknown}; known: {sorted([*catalogue.models, *clusterings])}")
+    predictive = [m for m in wanted if m in catalogue.models]
+    clusters = [m for m in wanted if m in clusterings]
     # Every model's train and eval snapshot in one pass over the inputs (rows keyed by as_of), cached
-    # once; each model reads its dates' slices. Models keep their own split dates.
-    dates = sorted({d for name in wanted for d in split_dates(end, eval_horizon(catalogue.models[name]))})
+    # once; each model reads its dates' slices. Models keep their own split dates. The clusterings
+    # are fitted as of the end of the data.
+    dates = sorted({d for name in predictive for d in split_dates(end, eval_horizon(catalogue.models[name]))}
+                   | ({end} if clusters else set()))
     # Only the features the models and their populations read (and what those derive from): the
     # snapshot is cached whole, so nothing else would be pruned from its aggregations.
     feature_names = {f.name for f in config.features}
-    config = config.only(c for name in wanted for c in snapshot_features(catalogue.models[name], feature_names))
+    lists = config.lists
+    config = config.only([*(c for name in predictive for c in snapshot_features(catalogue.models[name], feature_names)),
+                          *(f for name in clusters for f in REGISTRY[clusterings[name].type].inputs(
+                              clusterings[name].params, lists, clusterings[name].name))])
     logger.info("train: %d features for %d models, %d snapshot dates", len(config.public_features()),
                 len(wanted), len(dates))
     combined = build_snapshot(spark, lake, config, dates).cache()
     snapshots: dict[date, DataFrame] = {d: combined.where(F.col("as_of") == F.lit(d)) for d in dates}
     results = [train_model(spark, lake, config, catalogue.models[name], end, snapshots, artifact_root,
-                           ctx.run_id, max_rows) for name in wanted]
+                           ctx.run_id, max_rows) for name in predictive]
+    results += [train_clustering(clusterings[name], snapshots[end], end, lists, artifact_root, ctx.run_id)
+                for name in clusters]
     combined.unpersist()
     return results
 
@@ -216,14 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     def add(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--as-of", type=parse_date, default=None,
                             help="end of observed data (exclusive; default: the day after the latest order)")
-        parser.add_argument("--model", action="append", help="train only this model (repeatable)")
+        parser.add_argument("--model", action="append",
+                            help="train only this model or k-means instance (repeatable)")
         parser.add_argument("--max-rows", type=int, default=200_000, help="max customers per snapshot sample")
 
     def run_from_args(spark: SparkSession, ctx: JobContext, args: argparse.Namespace) -> int:
         run(spark, ctx, args.as_of, args.model, args.max_rows)
         return 0
 
-    return job_main("train", argv, run_from_args, add, description="train and register predictive tag models")
+    return job_main("train", argv, run_from_args, add,
+                    description="train and register the predictive tag models and the k-means clusterings")
 
 
 if __name__ == "__main__":

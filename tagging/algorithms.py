@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+
+from tagging.clusters import Clustering, cluster_columns, fit_clustering
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ RFM_SEGMENTS = (
     ("hibernating", (1, 2), (1, 2)),
 )
 LIFECYCLE_STAGES = ("prospect", "new", "active", "at_risk", "lapsing", "churned")
-KMEANS_PARALLEL_FITS = 8  # k-means fits (one per candidate k) running at the same time
 
 
 def _p(params: Mapping[str, Any], key: str, where: str) -> Any:
@@ -227,10 +227,11 @@ class NextBestCategory:
 
 class KMeansClusters:
     """Behaviour clusters: log1p + standardised features, k-means (Spark ML) fitted on a sample with
-    k chosen by silhouette; each cluster is named after its most over-represented feature."""
+    k chosen by silhouette (:mod:`tagging.clusters`); each cluster is named after its most
+    over-represented feature. ``cdp train`` fits and registers the clustering, ``cdp tag`` scores with
+    the registered one (or fits one for the run when none is registered)."""
 
     outputs = {"cluster": "int", "name": "string"}
-    stats_free = True
 
     def inputs(self, params, lists, where):
         features = _p(params, "features", where)
@@ -241,76 +242,17 @@ class KMeansClusters:
     def stats(self, prefix, params, lists, where):
         return []
 
-    def fit_transform(self, df: DataFrame, prefix: str, params, lists, where) -> tuple[DataFrame, dict[str, Any]]:
-        from pyspark.ml import Pipeline
-        from pyspark.ml.clustering import KMeans
-        from pyspark.ml.evaluation import ClusteringEvaluator
-        from pyspark.ml.feature import StandardScaler, VectorAssembler
-        from pyspark.util import inheritable_thread_target
-
-        features = self.inputs(params, lists, where)
-        seed = int(params.get("seed", 42))
+    def fit(self, df: DataFrame, params, lists, where) -> Clustering:
         k_values = list(range(int(params.get("k_min", 3)), int(params.get("k_max", 8)) + 1))
-        logged = [f"{prefix}x_{i}" for i in range(len(features))]
-        prepared = df.withColumns({c: F.log1p(F.greatest(F.coalesce(F.col(f).cast("double"), F.lit(0.0)), F.lit(0.0)))
-                                   for c, f in zip(logged, features, strict=True)})
-        assembler = VectorAssembler(inputCols=logged, outputCol=f"{prefix}raw")
-        scaler = StandardScaler(inputCol=f"{prefix}raw", outputCol=f"{prefix}vec", withMean=True, withStd=True)
-        sample_rows = int(params.get("sample_rows", 50000))
-        total = df.count()
-        sample = prepared.sample(fraction=min(1.0, sample_rows / max(total, 1)), seed=seed) if total > sample_rows \
-            else prepared
-        prep_model = Pipeline(stages=[assembler, scaler]).fit(sample)
-        sample_vec = prep_model.transform(sample).select(f"{prefix}vec").cache()
-        evaluator = ClusteringEvaluator(featuresCol=f"{prefix}vec", predictionCol=f"{prefix}k")
-        n_sample = sample_vec.count()
-        candidates = [k for k in k_values if k < n_sample]
+        try:
+            return fit_clustering(df, self.inputs(params, lists, where), params.get("labels") or {}, k_values,
+                                  seed=int(params.get("seed", 42)), sample_rows=int(params.get("sample_rows", 50000)),
+                                  max_iter=int(params.get("max_iter", 20)))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from exc
 
-        @inheritable_thread_target(df.sparkSession)  # the fits' jobs keep the caller's job group and properties
-        def fit(k: int) -> tuple[float, Any]:
-            model = KMeans(k=k, seed=seed, featuresCol=f"{prefix}vec", predictionCol=f"{prefix}k",
-                           maxIter=int(params.get("max_iter", 20))).fit(sample_vec)
-            return evaluator.evaluate(model.transform(sample_vec)), model
-
-        # One fit per k, side by side: each is a chain of small jobs on the cached sample, bound by
-        # job scheduling more than by the cores, so the fits overlap well. Each fit is seeded and
-        # independent of the others, so the choice does not depend on the threads.
-        with ThreadPoolExecutor(max_workers=max(1, min(len(candidates), KMEANS_PARALLEL_FITS))) as pool:
-            fitted = dict(zip(candidates, pool.map(fit, candidates), strict=True))
-        sample_vec.unpersist()
-        best = None
-        silhouettes: dict[int, float] = {}
-        for k, (score, model) in fitted.items():  # ascending k: a tie keeps the smaller k
-            silhouettes[k] = round(score, 4)
-            if best is None or score > best[1] + 1e-9:
-                best = (k, score, model)
-        if best is None:
-            raise ValueError(f"{where}: not enough customers ({n_sample}) for k-means with k in {k_values}")
-        k, score, model = best
-        logger.info("k-means behaviour clusters: silhouette by k %s; chose k=%d", silhouettes, k)
-        centers = [list(c) for c in model.clusterCenters()]
-        labels = params.get("labels") or {}
-        names = _cluster_names(centers, [labels.get(f, f) for f in features])
-        assigned = model.transform(prep_model.transform(prepared))
-        name_expr = F.element_at(F.array(*[F.lit(n) for n in names]), F.col(f"{prefix}k") + 1)
-        result = assigned.withColumns({f"{prefix}cluster": F.col(f"{prefix}k").cast("int"),
-                                       f"{prefix}name": name_expr})
-        result = result.drop(*logged, f"{prefix}raw", f"{prefix}vec", f"{prefix}k")
-        return result, {"k": k, "silhouette": score, "silhouettes": silhouettes, "names": names}
-
-
-def _cluster_names(centers: list[list[float]], labels: list[str]) -> list[str]:
-    """Name each cluster after its largest standardised centre coordinate (``high_<feature>``), or
-    ``low_activity`` when every coordinate is below the mean; duplicates get a suffix."""
-    names: list[str] = []
-    for center in centers:
-        top = max(range(len(center)), key=lambda i: center[i])
-        name = f"high_{labels[top]}" if center[top] > 0 else "low_activity"
-        base, n = name, 2
-        while name in names:
-            name, n = f"{base}_{n}", n + 1
-        names.append(name)
-    return names
+    def scored_columns(self, prefix: str, clustering: Clustering) -> dict[str, Column]:
+        return {f"{prefix}{out}": column for out, column in cluster_columns(clustering).items()}
 
 
 REGISTRY: dict[str, Any] = {

@@ -2,7 +2,8 @@
 
 1. one aggregation for the population statistics of all algorithm instances (RFM edges, median
    inter-purchase time, tertiles, co-purchase counts);
-2. k-means instances fit on a sample (their own jobs) and add two columns by projection;
+2. k-means instances score with their registered clustering (a Column expression), or fit one on a
+   sample of the snapshot (their own jobs) when none is registered;
 3. one projection for all algorithmic, predictive and rule tags (rules are ordered in dependency
    levels that Spark collapses into a single Project).
 """
@@ -19,7 +20,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from tagging.algorithms import REGISTRY
-from tagging.catalogue import SPARK_TYPES, Catalogue, Tag
+from tagging.catalogue import SPARK_TYPES, Algorithm, Catalogue, Tag
+from tagging.clusters import Clustering
 from tagging.validate import dependency_order
 
 logger = logging.getLogger(__name__)
@@ -41,16 +43,18 @@ def _prefix(instance: str) -> str:
 
 
 def compute_tags(features: DataFrame, catalogue: Catalogue, lists: Mapping[str, Sequence[Any]],
-                 scorers: Mapping[str, Scorer] | None = None) -> tuple[DataFrame, TagRunInfo]:
+                 scorers: Mapping[str, Scorer] | None = None,
+                 clusterings: Mapping[str, Clustering] | None = None) -> tuple[DataFrame, TagRunInfo]:
     """Add one column per tag to the feature snapshot.
 
     Input: features_daily rows of one ``as_of`` (customer_id, as_of, features). ``scorers``: for each
     predictive model named by a tag, a function from the model's feature columns to its score column.
+    ``clusterings``: the registered clustering of each k-means instance; an instance without one is
+    fitted on this snapshot.
     Output: customer_id, as_of and one column per tag (catalogue order, typed by value_type).
     """
     info = TagRunInfo()
-    used = {t.algorithm for t in catalogue.of_kind("algorithmic")}
-    instances = {name: algo for name, algo in catalogue.algorithms.items() if name in used}
+    instances = used_algorithms(catalogue)
     stats_exprs: list[Column] = []
     for name, algo in instances.items():
         impl = REGISTRY[algo.type]
@@ -58,19 +62,21 @@ def compute_tags(features: DataFrame, catalogue: Catalogue, lists: Mapping[str, 
     if stats_exprs:
         row = features.agg(*stats_exprs).first()
         info.stats = row.asDict() if row is not None else {}
-    tagged = features
-    for name, algo in instances.items():
-        impl = REGISTRY[algo.type]
-        if hasattr(impl, "fit_transform"):
-            tagged, info.kmeans[name] = impl.fit_transform(tagged, _prefix(name), algo.params, lists,
-                                                          f"{algo.file}: algorithms.{name}")
     algo_columns: dict[str, Column] = {}
     for name, algo in instances.items():
         impl = REGISTRY[algo.type]
-        if not hasattr(impl, "fit_transform"):
-            outputs = impl.columns(_prefix(name), algo.params, lists, info.stats, f"{algo.file}: algorithms.{name}")
+        where = f"{algo.file}: algorithms.{name}"
+        if hasattr(impl, "fit"):
+            clustering = (clusterings or {}).get(name)
+            fitted_here = clustering is None
+            if clustering is None:
+                clustering = impl.fit(features, algo.params, lists, where)
+            info.kmeans[name] = {**clustering.summary(), "fitted_in_run": fitted_here}
+            algo_columns.update(impl.scored_columns(_prefix(name), clustering))
+        else:
+            outputs = impl.columns(_prefix(name), algo.params, lists, info.stats, where)
             algo_columns.update({f"{_prefix(name)}{out}": column for out, column in outputs.items()})
-    tagged = tagged.withColumns(algo_columns) if algo_columns else tagged
+    tagged = features.withColumns(algo_columns) if algo_columns else features
     level0: dict[str, Column] = {}
     for tag in catalogue.of_kind("algorithmic"):
         level0[tag.name] = F.col(f"{_prefix(tag.algorithm or '')}{tag.output}").cast(SPARK_TYPES[tag.value_type])
@@ -85,6 +91,17 @@ def compute_tags(features: DataFrame, catalogue: Catalogue, lists: Mapping[str, 
     return tagged.select("customer_id", "as_of", *[t.name for t in catalogue.tags]), info
 
 
+def used_algorithms(catalogue: Catalogue) -> dict[str, Algorithm]:
+    """The algorithm instances some tag reads, in catalogue order."""
+    used = {t.algorithm for t in catalogue.of_kind("algorithmic")}
+    return {name: algo for name, algo in catalogue.algorithms.items() if name in used}
+
+
+def clustering_instances(catalogue: Catalogue) -> dict[str, Algorithm]:
+    """The k-means instances some tag reads: each is fitted by ``cdp train`` and registered under its name."""
+    return {name: algo for name, algo in used_algorithms(catalogue).items() if hasattr(REGISTRY[algo.type], "fit")}
+
+
 def _predictive_column(tag: Tag, catalogue: Catalogue, scorers: Mapping[str, Scorer]) -> Column:
     spec = catalogue.models[tag.model or ""]
     scorer = scorers.get(spec.name)
@@ -94,12 +111,16 @@ def _predictive_column(tag: Tag, catalogue: Catalogue, scorers: Mapping[str, Sco
     return F.when(F.expr(spec.population), score).cast(SPARK_TYPES[tag.value_type])
 
 
-def tag_versions(catalogue: Catalogue, model_versions: Mapping[str, str]) -> dict[str, str]:
-    """tag -> ``def:<hash>`` (rule, algorithmic) or ``model:<name>/<version>`` (predictive)."""
+def tag_versions(catalogue: Catalogue, model_versions: Mapping[str, str],
+                 cluster_versions: Mapping[str, str] | None = None) -> dict[str, str]:
+    """tag -> ``def:<hash>`` (rule, algorithmic) or ``model:<name>/<version>`` (predictive, and the
+    outputs of a k-means instance scored with a registered clustering: ``cluster_versions``)."""
     out: dict[str, str] = {}
     for tag in catalogue.tags:
         if tag.kind == "predictive":
             out[tag.name] = f"model:{tag.model}/{model_versions.get(tag.model or '', 'unknown')}"
+        elif tag.kind == "algorithmic" and tag.algorithm in (cluster_versions or {}):
+            out[tag.name] = f"model:{tag.algorithm}/{(cluster_versions or {})[tag.algorithm or '']}"
         else:
             out[tag.name] = catalogue.version(tag)
     return out

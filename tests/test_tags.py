@@ -1,6 +1,8 @@
 """Tag catalogue validation and rule / algorithmic tag values on tiny hand-built feature tables."""
 from __future__ import annotations
 
+import math
+import random
 from datetime import date, datetime
 
 import pytest
@@ -11,6 +13,8 @@ from pyspark.testing import assertDataFrameEqual
 from features.config import ListItem
 from tagging import (
     CatalogueError,
+    Clustering,
+    ClusterModel,
     compute_tags,
     merge,
     parse_file,
@@ -20,6 +24,7 @@ from tagging import (
     to_long,
     validate_catalogue,
 )
+from tagging.clusters import cluster_columns, fit_clustering
 from tagging.compute import TAGS_LONG_SCHEMA
 
 AS_OF = date(2024, 3, 1)
@@ -184,6 +189,58 @@ def test_kmeans_chooses_k_and_names_clusters(spark):
     expected = spark.createDataFrame([(c, AS_OF, "high_buying" if c.startswith("buyer") else "high_browsing")
                                       for c, *_ in rows], "customer_id string, as_of date, cluster_name string")
     assertDataFrameEqual(wide, expected)
+
+
+def test_registered_clustering_scores_by_nearest_centre_without_a_fit(spark):
+    # z = (log1p(x) - mean) * scale; orders: log1p(e - 1) = 1, mean 1, scale 2 -> 0; views scale 0 -> 0
+    e1 = math.e - 1
+    clustering = Clustering(features=("orders", "views"), means=(1.0, 3.0), scales=(2.0, 0.0),
+                            centers=((-2.0, 0.0), (0.0, 0.0), (2.0, 0.0), (0.0, 0.0)),
+                            names=("low_activity", "high_buying", "high_buying_2", "dup"),
+                            silhouettes={4: 0.5}, sample_rows=10)
+    cols = {"orders": T.DoubleType(), "views": T.DoubleType()}
+    rows = [("c1", e1, 9.0),           # z = (0, 0): centres 1 and 3 tie, the first wins
+            ("c2", 0.0, None),         # log1p(0) = 0: z = (-2, 0), centre 0
+            ("c3", None, 1.0),         # null counts as 0: centre 0
+            ("c4", -5.0, 0.0),         # negative counts as 0: centre 0
+            ("c5", math.e ** 2 - 1, 0.0),  # log1p = 2: z = (2, 0), centre 2
+            ("c6", math.e ** 1.6 - 1, 0.0)]  # z = (1.2, 0): nearer centre 2 (0.64) than 1 (1.44)
+    features = _features(spark, cols, rows)
+    catalogue = _catalogue(spark, features, ("km.yaml", {
+        "algorithms": {"km": {"type": "kmeans", "features": ["orders", "views"]}},
+        "tags": [_algo_tag("cluster", "km", "cluster", "int"), _algo_tag("cluster_name", "km", "name", "string")]}))
+    wide, info = compute_tags(features, catalogue, LISTS, clusterings={"km": clustering})
+    assert info.kmeans["km"]["fitted_in_run"] is False and info.kmeans["km"]["k"] == 4
+    expected = [("c1", 1, "high_buying"), ("c2", 0, "low_activity"), ("c3", 0, "low_activity"),
+                ("c4", 0, "low_activity"), ("c5", 2, "high_buying_2"), ("c6", 2, "high_buying_2")]
+    assertDataFrameEqual(wide, spark.createDataFrame([(c, AS_OF, k, n) for c, k, n in expected],
+                                                     "customer_id string, as_of date, cluster int, cluster_name string"))
+    # the registered model's numpy predict assigns the same clusters
+    frame = features.select("orders", "views").toPandas()
+    assert list(ClusterModel(clustering).predict(None, frame)) == [k for _, k, _ in expected]
+
+
+def test_fitted_clustering_assigns_as_spark_ml_kmeans(spark):
+    from pyspark.ml.clustering import KMeans
+    from pyspark.ml.feature import StandardScaler, VectorAssembler
+
+    rng = random.Random(5)
+    rows = [(f"c{i}", float(rng.choice([0, 2, 40]) + rng.random()), float(rng.choice([0, 10, 300]) * rng.random()),
+             None if i % 7 == 0 else float(rng.randint(0, 5))) for i in range(300)]
+    features = _features(spark, {"a": T.DoubleType(), "b": T.DoubleType(), "c": T.DoubleType()}, rows)
+    clustering = fit_clustering(features, ["a", "b", "c"], {}, [2, 3, 4], seed=3, sample_rows=1000)
+    assert clustering.sample_rows == 300 and clustering.k in (2, 3, 4)
+    assert clustering.silhouette == max(clustering.silhouettes.values())
+    ours = features.select("customer_id", cluster_columns(clustering)["cluster"].alias("k"))
+    # Spark ML's own pipeline on the same log1p features, with our scaler and centres
+    logged = features.select("customer_id", *[F.log1p(F.greatest(F.coalesce(F.col(c), F.lit(0.0)), F.lit(0.0)))
+                                              .alias(c) for c in "abc"])
+    raw = VectorAssembler(inputCols=list("abc"), outputCol="raw").transform(logged)
+    scaled = StandardScaler(inputCol="raw", outputCol="features", withMean=True, withStd=True).fit(raw).transform(raw)
+    model = KMeans(k=clustering.k, seed=3, maxIter=20).fit(scaled)
+    assert [v for c in model.clusterCenters() for v in c] == pytest.approx([v for c in clustering.centers for v in c])
+    theirs = model.transform(scaled).select("customer_id", F.col("prediction").cast("int").alias("k"))
+    assertDataFrameEqual(ours, theirs)
 
 
 def test_shipped_catalogue_is_valid_and_broad(spark, conf_dir):

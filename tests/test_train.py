@@ -86,11 +86,15 @@ models:
     population: "true"
     features: [orders_count_30d, orders_count_90d, orders_count_365d, days_since_last_order]
     max_iter: 50
+algorithms:
+  km: {type: kmeans, features: [orders_count_90d, orders_count_365d, days_since_last_order], k_min: 2, k_max: 3}
 tags:
   - {name: purchase_propensity_30d, zh: 购买概率, en: Purchase propensity, description: p, kind: predictive,
      type: double, model: cdp_purchase_30d}
   - {name: likely_buyer, zh: 可能购买, en: Likely buyer, description: p >= 0.5, kind: rule, type: boolean,
      sql: "purchase_propensity_30d >= 0.5"}
+  - {name: buying_cluster, zh: 购买聚类, en: Buying cluster, description: k-means, kind: algorithmic, type: int,
+     algorithm: km, output: cluster}
 """
 START, END = date(2023, 1, 1), date(2024, 1, 1)
 
@@ -134,20 +138,30 @@ def test_promotion_only_when_better_and_scoring_uses_alias(spark, lake, ctx):
     from jobs import train as train_job
 
     _silver(spark, lake)
-    first = train_job.run(spark, ctx)[0]
+    first, first_km = train_job.run(spark, ctx)
     # honest split: train on features as of Nov 2, labels [Nov 2, Dec 2); evaluate as of Dec 2
     assert (first["train_as_of"], first["eval_as_of"]) == ("2023-11-02", "2023-12-02")
     assert first["promoted"] and first["version"] == "1" and first["metrics"]["auc"] > 0.7
-    second = train_job.run(spark, ctx)[0]  # same data, same model: not better than the champion
+    # the clustering is fitted as of the end of the data and promoted: there was no champion
+    assert (first_km["model"], first_km["version"], first_km["promoted"], first_km["metric"]) == \
+        ("km", "1", True, "silhouette")
+    assert first_km["eval_as_of"] == "2024-01-01" and first_km["metrics"]["k"] in (2.0, 3.0)
+    second, second_km = train_job.run(spark, ctx)  # same data, same models: not better than the champions
     assert (second["version"], second["promoted"], second["champion_version"]) == ("2", False, "1")
     assert second["champion_value"] == pytest.approx(first["value"])
+    # the champion re-scored on the same (hash-drawn) sample ties the refit: no gain of 0.01, kept
+    assert (second_km["version"], second_km["promoted"], second_km["champion_version"]) == ("2", False, "1")
+    assert second_km["champion_value"] == pytest.approx(first_km["value"], abs=1e-4)
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("cdp_purchase_30d", "champion").version) == "1"
 
     features_job.run(spark, ctx, date(2023, 12, 15))
     result = tag_job.run(spark, ctx)
     assert result["model_versions"] == {"cdp_purchase_30d": "1"}
+    # the clusters come from the registered clustering, not from a fit on this snapshot
+    assert result["cluster_versions"] == {"km": "1"} and result["kmeans"]["km"]["fitted_in_run"] is False
     long = lake.read("tags_long")
+    assert {r["version"] for r in long.where("tag = 'buying_cluster'").collect()} == {"model:km/1"}
     assert {r["version"] for r in long.where("tag = 'purchase_propensity_30d'").collect()} == \
         {"model:cdp_purchase_30d/1"}
     wide = lake.read("tags_wide")
