@@ -103,7 +103,7 @@ STEPS: tuple[Step, ...] = (
          ("silver_identifiers",)),
     Step("features", "jobs.build_features", "customer feature snapshot",
          ("customer_profile", "silver_orders", "silver_events"), _offer_as_of),
-    Step("train", "jobs.train", "train predictive tag models, promote champions", ("features_daily",),
+    Step("train", "jobs.train", "train predictive tag models and the clustering, promote champions", ("features_daily",),
          _offer_train),
     Step("tag", "jobs.tag", "compute every tag in the catalogue", ("features_daily",), _offer_as_of),
     Step("audiences", "jobs.audiences", "evaluate, gate and publish audiences", ("tags_wide",), _offer_as_of),

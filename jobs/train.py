@@ -179,7 +179,7 @@ def train_model(spark: SparkSession, lake: Lake, config: FeatureConfig, spec: Mo
         example = test[features].head(5).astype("float64")
         signature = infer_signature(example, model.predict(None, example))
         info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature,
-                                       registered_model_name=spec.name)
+                                       input_example=example, registered_model_name=spec.name)
         version = str(info.registered_model_version)
         client.set_model_version_tag(spec.name, version, f"eval_{metric}", str(new_value))
         client.set_model_version_tag(spec.name, version, "eval_as_of", t_eval.isoformat())
@@ -248,7 +248,7 @@ def train_clustering(algo: Algorithm, snapshot: DataFrame, as_of: date, lists: A
         example = snapshot.select(*clustering.features).limit(5).toPandas().astype("float64")
         info = mlflow.pyfunc.log_model(name="model", python_model=model,
                                        signature=infer_signature(example, model.predict(None, example)),
-                                       registered_model_name=algo.name)
+                                       input_example=example, registered_model_name=algo.name)
         version = str(info.registered_model_version)
         client.set_model_version_tag(algo.name, version, "silhouette", str(clustering.silhouette))
         client.set_model_version_tag(algo.name, version, "as_of", as_of.isoformat())
