@@ -340,7 +340,7 @@ class _Backend:
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise SchemaMismatch(f"{uri}: no columns {missing} in the table")
-        return ArrowScan(frame.select(*[F.col(f"`{c}`") for c in columns]), columns)
+        return ArrowScan(frame.select(*[F.col(_quoted(c)) for c in columns]), columns)
 
     def copy_overwrite(self, source_uri: str, uri: str, metadata: dict[str, Any]) -> int:
         """Read the source's rows and overwrite the table with them (backends may do better)."""
@@ -525,7 +525,7 @@ class _EmbeddedBackend(_Backend):
             frame = self._read_files(files, data_schema)
             for column, value in zip(partition_columns, key, strict=True):
                 frame = frame.withColumn(column, F.lit(value).cast(partition_types[column]))
-            parts.append(frame.select(*[F.col(f"`{name}`") for name in schema.fieldNames()]))
+            parts.append(frame.select(*[F.col(_quoted(name)) for name in schema.fieldNames()]))
         result = parts[0]
         for part in parts[1:]:
             result = result.unionByName(part)
@@ -573,7 +573,7 @@ class _EmbeddedBackend(_Backend):
                     table_schema = self._spark_schema(table)
                 # write files with the table's column types and order; missing columns stay null
                 df = df.select(*[
-                    (F.col(f"`{f.name}`") if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name)
+                    (F.col(_quoted(f.name)) if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name)
                     for f in table_schema.fields
                     if f.name in df.columns or f.name not in partition_by
                 ])
@@ -593,8 +593,8 @@ class _EmbeddedBackend(_Backend):
         if replace_where:
             for column, value in replace_where.items():
                 allowed = list(value) if isinstance(value, (list, tuple, set)) else [value]
-                stray = df.filter(~F.col(f"`{column}`").isin(allowed) | F.col(f"`{column}`").isNull()) \
-                    if None not in allowed else df.filter(~F.col(f"`{column}`").isin(allowed))
+                stray = df.filter(~F.col(_quoted(column)).isin(allowed) | F.col(_quoted(column)).isNull()) \
+                    if None not in allowed else df.filter(~F.col(_quoted(column)).isin(allowed))
                 if stray.limit(1).count():
                     raise LakeError(f"{uri}: data holds rows outside replace_where {column}={value!r}")
 
@@ -602,8 +602,10 @@ class _EmbeddedBackend(_Backend):
         target = f"{uri}/{folder}"
         files: set[str] | None = None  # Spark's writer: every file of the folder
         try:
+            # mapInArrow resolves each input column by name: a dot or a backtick in one would not resolve
             if len(df.columns) >= ARROW_WRITE_MIN_COLUMNS and all(
-                    isinstance(df.schema[c].dataType, _ARROW_PARTITION_TYPES) for c in partition_by):
+                    isinstance(df.schema[c].dataType, _ARROW_PARTITION_TYPES) for c in partition_by) and not any(
+                    "." in c or "`" in c for c in df.columns):
                 # a wide table: the tasks write Arrow batches with pyarrow; Spark's Parquet writer
                 # shreds every row into hundreds of column writers (tags_wide, 1M customers and 664
                 # columns: 70-81 s with Spark's writer, 51-56 s through Arrow)
@@ -759,7 +761,7 @@ class _EmbeddedBackend(_Backend):
         table = self._table(uri)
         table_schema = self._spark_schema(table)
         _check_schema_compatible(table_schema, _as_nullable(df.schema), uri, evolve_schema=False)
-        source = df.select(*[(F.col(f"`{f.name}`") if f.name in df.columns else F.lit(None))
+        source = df.select(*[(F.col(_quoted(f.name)) if f.name in df.columns else F.lit(None))
                              .cast(f.dataType).alias(f.name) for f in table_schema.fields])
         rows = source.count()
         if rows <= MERGE_ON_DRIVER_MAX_ROWS:
@@ -777,7 +779,7 @@ class _EmbeddedBackend(_Backend):
         # Large sources: rewrite in Spark. Safe while reading the table, since the new files go to a
         # fresh folder and the old ones stay until vacuum.
         target = self.read(uri, None)
-        key_columns = [F.col(f"`{k}`") for k in keys]
+        key_columns = [F.col(_quoted(k)) for k in keys]
         # rows the source does not touch survive, unless unmatched rows are to be deleted
         kept = target.limit(0) if delete_unmatched else target.join(source.select(*key_columns), on=keys,
                                                                      how="left_anti")
@@ -889,6 +891,11 @@ ARROW_WRITE_MIN_COLUMNS = 200
 def _same_batches(batches: Iterator[Any]) -> Iterator[Any]:
     """mapInArrow function that passes a partition's Arrow batches on unchanged."""
     yield from batches
+
+
+def _quoted(name: str) -> str:
+    """A column name as a SQL identifier (backticks doubled inside)."""
+    return "`" + name.replace("`", "``") + "`"
 
 
 def _parquet_file_writer(batches: ArrowBatches, schema: T.StructType, folder_uri: str,
