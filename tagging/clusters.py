@@ -159,13 +159,19 @@ def fit_clustering(features: DataFrame, names: Sequence[str], labels: Mapping[st
 
 def silhouette_of(clustering: Clustering, features: DataFrame) -> float:
     """The silhouette of ``clustering``'s assignment of the ``features`` rows, in its own standardised
-    space: how a registered clustering does on a sample another fit was chosen on."""
+    space: how a registered clustering does on a sample another fit was chosen on. -1 (the worst)
+    when it puts every row in one cluster."""
     from pyspark.ml.evaluation import ClusteringEvaluator
     from pyspark.ml.functions import array_to_vector
 
     scored = features.select(array_to_vector(F.array(*_standardised(clustering))).alias("features"),
-                             cluster_columns(clustering)["cluster"].cast("double").alias("prediction"))
-    return float(ClusteringEvaluator(featuresCol="features", predictionCol="prediction").evaluate(scored))
+                             cluster_columns(clustering)["cluster"].cast("double").alias("prediction")).cache()
+    try:
+        if scored.select("prediction").distinct().limit(2).count() < 2:
+            return -1.0  # every row in one cluster: no silhouette (Spark's evaluator refuses), the worst
+        return float(ClusteringEvaluator(featuresCol="features", predictionCol="prediction").evaluate(scored))
+    finally:
+        scored.unpersist()
 
 
 class ClusterModel(mlflow.pyfunc.PythonModel):

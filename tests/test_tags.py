@@ -24,7 +24,7 @@ from tagging import (
     to_long,
     validate_catalogue,
 )
-from tagging.clusters import cluster_columns, fit_clustering
+from tagging.clusters import cluster_columns, fit_clustering, silhouette_of
 from tagging.compute import TAGS_LONG_SCHEMA
 
 AS_OF = date(2024, 3, 1)
@@ -215,6 +215,9 @@ def test_registered_clustering_scores_by_nearest_centre_without_a_fit(spark):
                 ("c4", 0, "low_activity"), ("c5", 2, "high_buying_2"), ("c6", 2, "high_buying_2")]
     assertDataFrameEqual(wide, spark.createDataFrame([(c, AS_OF, k, n) for c, k, n in expected],
                                                      "customer_id string, as_of date, cluster int, cluster_name string"))
+    # scored on rows it puts in one cluster, a clustering gets the worst silhouette, not an error
+    assert silhouette_of(clustering, features.where("customer_id IN ('c2', 'c3', 'c4')")) == -1.0
+    assert -1.0 < silhouette_of(clustering, features) <= 1.0
     # the registered model's numpy predict assigns the same clusters
     frame = features.select("orders", "views").toPandas()
     assert list(ClusterModel(clustering).predict(None, frame)) == [k for _, k, _ in expected]
