@@ -17,7 +17,7 @@ from features import FeatureConfig, feature_schema
 from jobs.config import ConfigError, JobContext, load_yaml, parse_file
 from jobs.entry import job_main
 from jobs.lake import Lake
-from tagging import Catalogue, CatalogueError, merge, validate_catalogue
+from tagging import Catalogue, CatalogueError, Tag, merge, validate_catalogue
 from tagging import parse_file as parse_catalogue_file
 from tagging.changes import tag_transitions
 
@@ -45,11 +45,20 @@ def load_catalogue(spark: SparkSession, ctx: JobContext, config: FeatureConfig,
     return validated
 
 
+def _version_text(catalogue: Catalogue, tag: Tag) -> str:
+    if tag.kind == "predictive":
+        return "model version at scoring"
+    algorithm = catalogue.algorithms.get(tag.algorithm or "")
+    if algorithm is not None and algorithm.type == "kmeans":
+        return f"model version at scoring ({catalogue.version(tag)} when fitted for the run)"
+    return catalogue.version(tag)
+
+
 def describe(catalogue: Catalogue, name: str, config: FeatureConfig) -> str:
     tag = catalogue.get(name)
     lines = [f"{tag.name}  ({tag.kind}, {tag.value_type})", f"  {tag.display_en} / {tag.display_zh}",
              f"  {tag.description}", f"  category: {tag.category}   owner: {tag.owner}   file: {tag.file}",
-             f"  version: {catalogue.version(tag) if tag.kind != 'predictive' else 'model version at scoring'}"]
+             f"  version: {_version_text(catalogue, tag)}"]
     if tag.kind == "rule":
         lines.append(f"  sql: {tag.sql}")
     elif tag.kind == "algorithmic":
