@@ -35,7 +35,7 @@ from jobs.lake import Lake
 from jobs.tags import load_catalogue
 from tagging import Algorithm, Clustering, ClusterModel, ModelSpec, clustering_instances
 from tagging.algorithms import REGISTRY
-from tagging.clusters import fit_sample, silhouette_of
+from tagging.clusters import aligned_to, fit_sample, silhouette_of
 from tagging.predictive import (
     ClvModel,
     classification_metrics,
@@ -230,6 +230,7 @@ def train_clustering(algo: Algorithm, snapshot: DataFrame, as_of: date, lists: A
     elif champion is not None:
         logger.warning("train %s: the champion (v%s) clusters other features %s; the new fit replaces it",
                        algo.name, champion_version, list(champion.features))
+    clustering = aligned_to(clustering, champion)  # the champion's numbers for the clusters that persist
     gain = float(params.get("min_silhouette_gain", MIN_SILHOUETTE_GAIN))
     better = champion_version is None or old_value is None or clustering.silhouette >= old_value + gain
     client = MlflowClient()
@@ -239,6 +240,7 @@ def train_clustering(algo: Algorithm, snapshot: DataFrame, as_of: date, lists: A
                            "k": clustering.k, "k_candidates": ",".join(map(str, clustering.silhouettes)),
                            "sample_rows": clustering.sample_rows, "names": ",".join(clustering.names),
                            "min_silhouette_gain": gain, "cdp_run_id": run_id,
+                           "numbered_after_version": champion_version if old_value is not None else "none",
                            **{f"param_{k}": v for k, v in params.items() if k not in ("features", "labels")}})
         mlflow.log_metrics({"silhouette": clustering.silhouette,
                             **{f"silhouette_k{k}": v for k, v in clustering.silhouettes.items()}})

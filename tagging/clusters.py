@@ -157,6 +157,37 @@ def fit_clustering(features: DataFrame, names: Sequence[str], labels: Mapping[st
                       silhouettes={k: round(fitted[k][0], 4) for k in candidates}, sample_rows=n_sample)
 
 
+def aligned_to(new: Clustering, previous: Clustering | None) -> Clustering:
+    """``new`` with its clusters renumbered after ``previous``'s: centres are matched one to one (the
+    matching with the least total squared distance, in ``new``'s standardised space) and a matched
+    cluster takes its match's number when that number exists (< new.k); the others take the numbers
+    left, in their order. So a refit does not renumber the clusters that persist, and an audience on
+    ``behaviour_cluster = 2`` keeps its meaning. Unchanged when ``previous`` clusters other features.
+    """
+    if previous is None or previous.features != new.features:
+        return new
+    from scipy.optimize import linear_sum_assignment
+
+    def in_new_space(center: Sequence[float]) -> np.ndarray:
+        logged = [c / s + m if s != 0 else m for c, s, m in zip(center, previous.scales, previous.means, strict=True)]
+        return np.array([(x - m) * s for x, m, s in zip(logged, new.means, new.scales, strict=True)])
+
+    old_centers = [in_new_space(c) for c in previous.centers]
+    cost = np.array([[float(((np.array(c) - o) ** 2).sum()) for o in old_centers] for c in new.centers])
+    number: dict[int, int] = {}
+    for index, old in zip(*linear_sum_assignment(cost), strict=True):
+        if old < new.k:
+            number[int(index)] = int(old)
+    free = iter(sorted(set(range(new.k)) - set(number.values())))
+    for index in range(new.k):
+        if index not in number:
+            number[index] = next(free)
+    order = sorted(range(new.k), key=lambda index: number[index])
+    return Clustering(features=new.features, means=new.means, scales=new.scales,
+                      centers=tuple(new.centers[i] for i in order), names=tuple(new.names[i] for i in order),
+                      silhouettes=new.silhouettes, sample_rows=new.sample_rows)
+
+
 def silhouette_of(clustering: Clustering, features: DataFrame) -> float:
     """The silhouette of ``clustering``'s assignment of the ``features`` rows, in its own standardised
     space: how a registered clustering does on a sample another fit was chosen on. -1 (the worst)

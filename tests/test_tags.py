@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from datetime import date, datetime
 
 import pytest
@@ -24,7 +25,7 @@ from tagging import (
     to_long,
     validate_catalogue,
 )
-from tagging.clusters import cluster_columns, fit_clustering, silhouette_of
+from tagging.clusters import aligned_to, cluster_columns, fit_clustering, silhouette_of
 from tagging.compute import TAGS_LONG_SCHEMA
 
 AS_OF = date(2024, 3, 1)
@@ -221,6 +222,28 @@ def test_registered_clustering_scores_by_nearest_centre_without_a_fit(spark):
     # the registered model's numpy predict assigns the same clusters
     frame = features.select("orders", "views").toPandas()
     assert list(ClusterModel(clustering).predict(None, frame)) == [k for _, k, _ in expected]
+
+
+def test_refit_clusters_keep_the_previous_numbers_where_they_persist():
+    def clustering(centers, names, means=(0.0, 0.0), scales=(1.0, 1.0)):
+        return Clustering(features=("a", "b"), means=means, scales=scales, centers=centers, names=names,
+                          silhouettes={len(centers): 0.5}, sample_rows=100)
+
+    previous = clustering(((0.0, 0.0), (5.0, 0.0), (0.0, 5.0)), ("low", "high_a", "high_b"))
+    # the same three clusters, moved a little, fitted in another order, plus a new one; the refit's
+    # scaler differs: previous centres are compared in its space (log-space centre (5, 0) is (2.5, -1))
+    refit = clustering(((0.1, 4.0), (-1.0, -1.0), (9.0, 9.0), (2.4, -1.1)), ("high_b", "low", "both", "high_a"),
+                       means=(0.0, 1.0), scales=(0.5, 1.0))
+    aligned = aligned_to(refit, previous)
+    assert aligned.names == ("low", "high_a", "high_b", "both")
+    assert aligned.centers == ((-1.0, -1.0), (2.4, -1.1), (0.1, 4.0), (9.0, 9.0))
+    assert aligned_to(refit, None) == refit
+    assert aligned_to(refit, replace(previous, features=("a", "c"))) == refit
+    # fewer clusters than before: a match to a number the refit does not have leaves it to the free ones
+    two = clustering(((0.0, 5.0), (0.0, 0.0)), ("high_b", "low"))
+    assert aligned_to(two, previous).names == ("low", "high_b")
+    fewer = clustering(((0.0, 5.1), (5.0, 0.1)), ("high_b", "high_a"))  # previous numbers 2 and 1
+    assert aligned_to(fewer, previous).names == ("high_b", "high_a")
 
 
 def test_fitted_clustering_assigns_as_spark_ml_kmeans(spark):
