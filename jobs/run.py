@@ -36,8 +36,8 @@ from jobs.entry import JobFailed
 logger = logging.getLogger("jobs.run")  # not __name__: under spark-submit this module is __main__
 
 RUNS_TABLE = "runs"
-# Models `cdp train` registers (docs/ARCHITECTURE.md "Models"): the predictive ones and the k-means
-# behaviour clustering; training is due while any of them has no `champion` alias.
+# Models `cdp train` registers (docs/ARCHITECTURE.md "Models"), for a train module that does not say
+# when training is due (jobs.train does, from the catalogue): due while one has no `champion` alias.
 TRAINED_MODELS = ("cdp_churn", "cdp_purchase_30d", "cdp_clv_12m", "behaviour_kmeans")
 CHAMPION_ALIAS = "champion"
 DEFAULT_CUSTOMERS = 10_000

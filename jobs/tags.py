@@ -26,21 +26,30 @@ logger = logging.getLogger(__name__)
 TAGS_WIDE = "tags_wide"
 
 
-def load_catalogue(spark: SparkSession, ctx: JobContext, config: FeatureConfig,
-                   schema: T.StructType | None = None) -> Catalogue:
-    """Parse every ``conf/tags/*.yaml`` and validate it against the feature schema (the given one, or
-    the one derived from conf/features.yaml). Errors become ConfigError naming file and tag."""
+def parse_catalogue(ctx: JobContext, config: FeatureConfig) -> Catalogue:
+    """Every ``conf/tags/*.yaml`` parsed and merged, not validated against the features (no Spark).
+    Errors become ConfigError naming file and tag."""
     folder = ctx.conf_path("tags")
     files = sorted(Path(folder).glob("*.yaml"))
     if not files:
         raise ConfigError(f"{folder}: no tag catalogue files (*.yaml)")
     try:
-        catalogue = merge(parse_catalogue_file(str(path), load_yaml(path), config.lists) for path in files)
+        return merge(parse_catalogue_file(str(path), load_yaml(path), config.lists) for path in files)
+    except CatalogueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def load_catalogue(spark: SparkSession, ctx: JobContext, config: FeatureConfig,
+                   schema: T.StructType | None = None) -> Catalogue:
+    """Parse every ``conf/tags/*.yaml`` and validate it against the feature schema (the given one, or
+    the one derived from conf/features.yaml). Errors become ConfigError naming file and tag."""
+    catalogue = parse_catalogue(ctx, config)
+    try:
         schema = schema or feature_schema(spark, config)
         validated = validate_catalogue(catalogue, schema, config.lists, spark)
     except CatalogueError as exc:
         raise ConfigError(str(exc)) from exc
-    logger.info("tag catalogue: %d tags from %d files (%s)", len(validated.tags), len(files),
+    logger.info("tag catalogue: %d tags from %d files (%s)", len(validated.tags), len({t.file for t in validated.tags}),
                 ", ".join(f"{k} {len(validated.of_kind(k))}" for k in ("rule", "algorithmic", "predictive")))
     return validated
 

@@ -32,7 +32,7 @@ from jobs.build_features import build_snapshot, load_feature_config, parse_date,
 from jobs.config import JobContext
 from jobs.entry import JobFailed, job_main
 from jobs.lake import Lake
-from jobs.tags import load_catalogue
+from jobs.tags import load_catalogue, parse_catalogue
 from tagging import Algorithm, Clustering, ClusterModel, ModelSpec, clustering_instances
 from tagging.algorithms import REGISTRY
 from tagging.clusters import aligned_to, fit_sample, silhouette_of
@@ -78,6 +78,29 @@ def _experiment(name: str, artifact_root: str) -> str:
     if existing is not None:
         return existing.experiment_id
     return mlflow.create_experiment(name, artifact_location=f"{artifact_root}/{name}")
+
+
+def training_due(ctx: JobContext) -> tuple[bool, str]:
+    """Training is due while a model of the catalogue (each predictive model, each k-means instance a
+    tag reads) has no version carrying its alias. Reads the catalogue without validating it: no Spark.
+    """
+    from mlflow.tracking import MlflowClient
+
+    catalogue = parse_catalogue(ctx, load_feature_config(ctx))
+    configure_mlflow(ctx.lake_root)
+    aliases = {name: ALIAS for name in catalogue.models}
+    aliases.update({t.model: t.alias for t in catalogue.of_kind("predictive") if t.model})
+    aliases.update({name: str(algo.params.get("alias", ALIAS)) for name, algo in clustering_instances(catalogue).items()})
+    client = MlflowClient()
+    missing = []
+    for name, alias in aliases.items():
+        try:
+            client.get_model_version_by_alias(name, alias)
+        except Exception:  # noqa: BLE001 - registry has no such model or alias
+            missing.append(f"{name}@{alias}")
+    if missing:
+        return True, f"no version with the alias for {', '.join(missing)}"
+    return False, f"every model ({', '.join(aliases)}) has a version with its alias; pass --train to retrain"
 
 
 def data_end(lake: Lake) -> date:

@@ -138,7 +138,11 @@ def test_promotion_only_when_better_and_scoring_uses_alias(spark, lake, ctx):
     from jobs import train as train_job
 
     _silver(spark, lake)
+    # the runner trains while a model of the catalogue, the clustering included, lacks its alias
+    assert train_job.training_due(ctx) == (
+        True, "no version with the alias for cdp_purchase_30d@champion, km@champion")
     first, first_km = train_job.run(spark, ctx)
+    assert train_job.training_due(ctx)[0] is False
     # honest split: train on features as of Nov 2, labels [Nov 2, Dec 2); evaluate as of Dec 2
     assert (first["train_as_of"], first["eval_as_of"]) == ("2023-11-02", "2023-12-02")
     assert first["promoted"] and first["version"] == "1" and first["metrics"]["auc"] > 0.7
