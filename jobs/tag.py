@@ -26,7 +26,7 @@ from jobs.entry import JobFailed, job_main
 from jobs.gates import publish_with_gates, staging_name
 from jobs.lake import Lake
 from jobs.tags import load_catalogue
-from jobs.train import configure_mlflow, registered_clustering
+from jobs.train import alias_version, configure_mlflow, registered_clustering
 from tagging import (
     ArrowTransform,
     Catalogue,
@@ -45,36 +45,32 @@ logger = logging.getLogger(__name__)
 
 
 def model_scorers(spark: SparkSession, catalogue: Catalogue) -> tuple[dict[str, Scorer], dict[str, str]]:
-    """A Spark UDF per predictive model, loaded by alias, and the version each alias points to.
+    """A Spark UDF per predictive model, of the version its alias points to, and that version.
 
     Models without the alias yet (``cdp train`` not run) score null, with a warning.
     """
     import mlflow.pyfunc
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
     scorers: dict[str, Scorer] = {}
     versions: dict[str, str] = {}
     for tag in catalogue.of_kind("predictive"):
         name = tag.model or ""
         if name in scorers:
             continue
-        try:
-            version = client.get_model_version_by_alias(name, tag.alias).version
-        except Exception:  # noqa: BLE001 - registry has no such model or alias
+        version = alias_version(name, tag.alias)
+        if version is None:
             logger.warning("tag: no model version with alias %s for %s; run `cdp train`; its tags are null",
                            tag.alias, name)
             scorers[name] = lambda cols: F.lit(None).cast("double")
             versions[name] = "none"
             continue
-        udf = mlflow.pyfunc.spark_udf(spark, f"models:/{name}@{tag.alias}", result_type="double",
-                                      env_manager="local")
+        udf = mlflow.pyfunc.spark_udf(spark, f"models:/{name}/{version}", result_type="double", env_manager="local")
 
         def score(cols: list[Column], udf: Any = udf) -> Column:
             # the model's signature names its inputs; pass the columns in that order, as doubles
             return udf(*[c.cast("double") for c in cols])
 
-        scorers[name], versions[name] = score, str(version)
+        scorers[name], versions[name] = score, version
         logger.info("tag: scoring %s with models:/%s@%s = version %s", tag.name, name, tag.alias, version)
     return scorers, versions
 

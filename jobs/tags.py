@@ -17,7 +17,7 @@ from features import FeatureConfig, feature_schema
 from jobs.config import ConfigError, JobContext, load_yaml, parse_file
 from jobs.entry import job_main
 from jobs.lake import Lake
-from tagging import Catalogue, CatalogueError, Tag, merge, validate_catalogue
+from tagging import Catalogue, CatalogueError, Tag, clustering_instances, merge, validate_catalogue
 from tagging import parse_file as parse_catalogue_file
 from tagging.changes import tag_transitions
 
@@ -57,8 +57,7 @@ def load_catalogue(spark: SparkSession, ctx: JobContext, config: FeatureConfig,
 def _version_text(catalogue: Catalogue, tag: Tag) -> str:
     if tag.kind == "predictive":
         return "model version at scoring"
-    algorithm = catalogue.algorithms.get(tag.algorithm or "")
-    if algorithm is not None and algorithm.type == "kmeans":
+    if tag.algorithm in clustering_instances(catalogue):
         return f"model version at scoring ({catalogue.version(tag)} when fitted for the run)"
     return catalogue.version(tag)
 
@@ -73,7 +72,7 @@ def describe(catalogue: Catalogue, name: str, config: FeatureConfig) -> str:
     elif tag.kind == "algorithmic":
         algo = catalogue.algorithms[tag.algorithm or ""]
         lines.append(f"  algorithm: {algo.name} ({algo.type}) output {tag.output}; params {dict(algo.params)}")
-        if algo.type == "kmeans":
+        if algo.name in clustering_instances(catalogue):
             lines.append(f"  model: models:/{algo.name}@{algo.params.get('alias', 'champion')} (fitted by cdp train; "
                          "fitted for the run when none is registered)")
     else:

@@ -80,24 +80,28 @@ def _experiment(name: str, artifact_root: str) -> str:
     return mlflow.create_experiment(name, artifact_location=f"{artifact_root}/{name}")
 
 
+def alias_version(name: str, alias: str) -> str | None:
+    """The version of registered model ``name`` that carries ``alias``, or None (no such model or alias).
+    Load that version (``models:/<name>/<version>``), not the alias, so that what is used is what is
+    recorded even if the alias moves meanwhile."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except Exception:  # noqa: BLE001 - registry has no such model or alias
+        return None
+
+
 def training_due(ctx: JobContext) -> tuple[bool, str]:
     """Training is due while a model of the catalogue (each predictive model, each k-means instance a
     tag reads) has no version carrying its alias. Reads the catalogue without validating it: no Spark.
     """
-    from mlflow.tracking import MlflowClient
-
     catalogue = parse_catalogue(ctx, load_feature_config(ctx))
     configure_mlflow(ctx.lake_root)
     aliases = {name: ALIAS for name in catalogue.models}
     aliases.update({t.model: t.alias for t in catalogue.of_kind("predictive") if t.model})
     aliases.update({name: str(algo.params.get("alias", ALIAS)) for name, algo in clustering_instances(catalogue).items()})
-    client = MlflowClient()
-    missing = []
-    for name, alias in aliases.items():
-        try:
-            client.get_model_version_by_alias(name, alias)
-        except Exception:  # noqa: BLE001 - registry has no such model or alias
-            missing.append(f"{name}@{alias}")
+    missing = [f"{name}@{alias}" for name, alias in aliases.items() if alias_version(name, alias) is None]
     if missing:
         return True, f"no version with the alias for {', '.join(missing)}"
     return False, f"every model ({', '.join(aliases)}) has a version with its alias; pass --train to retrain"
@@ -137,16 +141,14 @@ def evaluate(model: Any, spec: ModelSpec, frame: pd.DataFrame) -> dict[str, floa
     return classification_metrics(frame["label"].to_numpy(), model.predict(None, frame))
 
 
-def _champion_metrics(client: Any, spec: ModelSpec, frame: pd.DataFrame) -> tuple[str | None, dict[str, float]]:
+def _champion_metrics(spec: ModelSpec, frame: pd.DataFrame) -> tuple[str | None, dict[str, float]]:
     import mlflow
 
-    try:
-        version = client.get_model_version_by_alias(spec.name, ALIAS)
-    except Exception:  # noqa: BLE001 - no registered model or no alias yet
+    version = alias_version(spec.name, ALIAS)
+    if version is None:
         return None, {}
-    champion = mlflow.pyfunc.load_model(f"models:/{spec.name}@{ALIAS}")
-    inner = champion.unwrap_python_model()
-    return str(version.version), evaluate(inner, spec, frame)
+    champion = mlflow.pyfunc.load_model(f"models:/{spec.name}/{version}").unwrap_python_model()
+    return version, evaluate(champion, spec, frame)
 
 
 def train_model(spark: SparkSession, lake: Lake, config: FeatureConfig, spec: ModelSpec, end: date,
@@ -181,7 +183,7 @@ def train_model(spark: SparkSession, lake: Lake, config: FeatureConfig, spec: Mo
     train_metrics = evaluate(model, spec, train)
     metric, higher = primary_metric(spec.task)
     client = MlflowClient()
-    champion_version, champion_metrics = _champion_metrics(client, spec, test)
+    champion_version, champion_metrics = _champion_metrics(spec, test)
     new_value, old_value = metrics[metric], champion_metrics.get(metric)
     better = old_value is None or (not math.isnan(new_value) and (
         new_value > old_value if higher else new_value < old_value))
@@ -219,14 +221,11 @@ def train_model(spark: SparkSession, lake: Lake, config: FeatureConfig, spec: Mo
 def registered_clustering(name: str, alias: str) -> tuple[str | None, Clustering | None]:
     """The version of k-means instance ``name`` carrying ``alias`` and its clustering, or (None, None)."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    try:
-        version = MlflowClient().get_model_version_by_alias(name, alias)
-    except Exception:  # noqa: BLE001 - registry has no such model or alias
+    version = alias_version(name, alias)
+    if version is None:
         return None, None
-    model = mlflow.pyfunc.load_model(f"models:/{name}@{alias}").unwrap_python_model()
-    return str(version.version), model.clustering
+    return version, mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().clustering
 
 
 def train_clustering(algo: Algorithm, snapshot: DataFrame, as_of: date, lists: Any, artifact_root: str,

@@ -104,12 +104,6 @@ def fit_sample(features: DataFrame, sample_rows: int, seed: int) -> DataFrame:
     return features.where(F.pmod(F.xxhash64(F.col("customer_id"), F.lit(seed)), F.lit(SAMPLE_BUCKETS)) < buckets)
 
 
-def _vectors(df: DataFrame, columns: list[Column]) -> DataFrame:
-    from pyspark.ml.functions import array_to_vector
-
-    return df.select(array_to_vector(F.array(*columns)).alias("features"))
-
-
 def fit_clustering(features: DataFrame, names: Sequence[str], labels: Mapping[str, str], k_values: Sequence[int],
                    *, seed: int = 42, sample_rows: int = 50_000, max_iter: int = 20) -> Clustering:
     """Fit k-means (Spark ML) for each k in ``k_values`` on a sample and keep the best silhouette.
@@ -120,10 +114,10 @@ def fit_clustering(features: DataFrame, names: Sequence[str], labels: Mapping[st
     from pyspark.ml.clustering import KMeans
     from pyspark.ml.evaluation import ClusteringEvaluator
     from pyspark.ml.feature import StandardScaler
+    from pyspark.ml.functions import array_to_vector
     from pyspark.util import inheritable_thread_target
 
-    sample = _vectors(fit_sample(features, sample_rows, seed), _log_features(names)).withColumnRenamed(
-        "features", "raw")
+    sample = fit_sample(features, sample_rows, seed).select(array_to_vector(F.array(*_log_features(names))).alias("raw"))
     scaler = StandardScaler(inputCol="raw", outputCol="features", withMean=True, withStd=True).fit(sample)
     sample_vec = scaler.transform(sample).select("features").cache()
     n_sample = sample_vec.count()
