@@ -120,6 +120,8 @@ def peak_memory_mb(spark: SparkSession) -> tuple[float, float]:
 
 
 def timed(spark: SparkSession, label: str, fn):
+    """Run ``fn`` as job group ``label``, print its wall time, jobs, stages and peak memory;
+    returns (fn's result, wall seconds)."""
     sc = spark.sparkContext
     sc.setJobGroup(label, label)
     start = time.perf_counter()
@@ -131,7 +133,13 @@ def timed(spark: SparkSession, label: str, fn):
     jvm, py = peak_memory_mb(spark)
     print(f"{label:<22} {elapsed:8.1f} s   jobs {len(jobs):4d}   stages {stages:4d}   "
           f"peak JVM {jvm:7.0f} MiB   peak Python {py:6.0f} MiB", flush=True)
-    return result
+    return result, elapsed
+
+
+def scan_tables(lake, tables) -> None:
+    """Read every row and column of each table once, to a no-op sink."""
+    for table in tables:
+        lake.read(table).write.format("noop").mode("overwrite").save()
 
 
 def identity_batches(batches):
@@ -143,8 +151,7 @@ def measure_floor(spark: SparkSession, lake, read_once_s: float) -> None:
     """Read each output once, then rewrite it with pyarrow in the tasks to a scratch table (dropped)."""
     outputs = ("features_daily", "tags_wide", "tags_long")
     start = time.perf_counter()
-    timed(spark, "outputs read once", lambda: [lake.read(t).write.format("noop").mode("overwrite").save()
-                                               for t in outputs])
+    timed(spark, "outputs read once", lambda: scan_tables(lake, outputs))
     rewrite_s = 0.0
     for table in outputs:
         schema = lake.read(table).schema
@@ -153,9 +160,7 @@ def measure_floor(spark: SparkSession, lake, read_once_s: float) -> None:
         def rewrite(table: str = table, scan=scan, schema: T.StructType = schema) -> None:
             lake.write_arrow(scan.source, f"_floor_{table}", scan.feeding(identity_batches), schema, mode="overwrite")
 
-        begin = time.perf_counter()
-        timed(spark, f"rewrite {table}", rewrite)
-        rewrite_s += time.perf_counter() - begin
+        rewrite_s += timed(spark, f"rewrite {table}", rewrite)[1]
         shutil.rmtree(lake.uri(f"_floor_{table}"), ignore_errors=True)
     print(f"outputs rewritten once: {rewrite_s:.1f} s; with the inputs read once {read_once_s + rewrite_s:.1f} s, "
           f"{(read_once_s + rewrite_s) / read_once_s:.1f}x reading the inputs once "
@@ -198,21 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         sizes = {t: lake.read(t).count() for t in ("silver_orders", "silver_order_lines", "silver_events")}
         print(f"customers {args.customers:,}; rows {sizes}; synthesis {time.perf_counter() - start:.0f} s")
 
-        def read_all() -> None:
-            for table in ("customer_profile", "customer_records", "silver_orders", "silver_order_lines",
-                          "silver_returns", "silver_events", "silver_consent"):
-                lake.read(table).write.format("noop").mode("overwrite").save()  # full scan, no output
-
-        begin = time.perf_counter()
-        timed(spark, "read inputs once", read_all)
-        read_once_s = time.perf_counter() - begin
+        inputs = ("customer_profile", "customer_records", "silver_orders", "silver_order_lines", "silver_returns",
+                  "silver_events", "silver_consent")
+        read_once_s = timed(spark, "read inputs once", lambda: scan_tables(lake, inputs))[1]
         start = time.perf_counter()
         results = train_job.run(spark, ctx, AS_OF, models=["behaviour_kmeans"] if args.no_train else None)
         print("train (untimed in the total): " + ", ".join(
             f"{r['model']} v{r['version']} {r['metric']}={r['value']:.3f}" for r in results)
             + f" in {time.perf_counter() - start:.0f} s")
         timed(spark, "cdp features", lambda: features_job.run(spark, ctx, AS_OF))
-        result = timed(spark, "cdp tag (all tags)", lambda: tag_job.run(spark, ctx, AS_OF))
+        result, _ = timed(spark, "cdp tag (all tags)", lambda: tag_job.run(spark, ctx, AS_OF))
         print(f"tags {result['tags']}, customers {result['customers']:,}, models {result['model_versions']}, "
               f"k-means {[(v['k'], 'fitted in the run' if v['fitted_in_run'] else 'registered') for v in result['kmeans'].values()]}")
         if args.floor:
