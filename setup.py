@@ -22,6 +22,9 @@ CORE = [
 ]
 TEST = [
     "pytest>=8",
+    "wheel>=0.43",  # tests build the wheel (one top-level package)
+    "ruff>=0.6",
+    "import-linter>=2.1",
     "hypothesis>=6",
     "chispa>=0.10",
     "duckdb==1.4.4",  # the delta extension below is built for exactly this DuckDB
@@ -34,16 +37,16 @@ NOTEBOOKS = ["jupyterlab>=4", "papermill>=2.6", "ipykernel>=6"]
 
 setup(
     name="cdp-spark",
-    version="0.1.0",
+    version="0.2.0",
     description="Customer Data Platform as PySpark jobs: land, identity, tags, audiences",
     python_requires=">=3.10",
-    packages=find_packages(include=["jobs", "jobs.*", "identity", "identity.*", "features",
-                                    "features.*", "tagging", "tagging.*", "expectations",
-                                    "expectations.*"]) + ["jobs.conf"],
-    # conf/ ships inside the wheel as jobs.conf, the default when --conf is not given.
-    package_dir={"jobs.conf": "conf"},
-    package_data={"": ["py.typed"], "jobs.conf": ["*.yaml", "*/*.yaml"]},
+    # One top-level package: everything installs under cdp (src/ layout, so tests import the installed
+    # package, never the checkout by accident). conf/ stays a top-level folder users edit and ships
+    # inside the wheel as cdp.conf, the default when --conf is not given.
+    package_dir={"": "src", "cdp.conf": "conf"},
+    packages=find_packages("src", include=["cdp", "cdp.*"]) + ["cdp.conf"],
+    package_data={"": ["py.typed"], "cdp.conf": ["*.yaml", "*/*.yaml"]},
     install_requires=CORE,
     extras_require={"test": TEST, "notebooks": NOTEBOOKS},
-    entry_points={"console_scripts": ["cdp=jobs.cli:main"]},
+    entry_points={"console_scripts": ["cdp=cdp.jobs.cli:main"]},
 )

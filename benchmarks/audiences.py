@@ -22,7 +22,7 @@ from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from expectations.audience import (
+from cdp.audiences.language import (
     Audience,
     behaviour_conditions,
     behaviour_flags,

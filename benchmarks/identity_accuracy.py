@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-CDP = [sys.executable, "-m", "jobs.cli"]
+CDP = [sys.executable, "-m", "cdp.jobs.cli"]
 
 
 def step(name: str, args: list[str], env: dict[str, str]) -> float:

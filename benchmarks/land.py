@@ -21,12 +21,12 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers must use this
 
 
 def measure(customers: int, workdir: Path, seed: int, memory: str) -> dict[str, float]:
-    from jobs.config import JobContext, Profile
-    from jobs.generate import run as generate
-    from jobs.lake import Lake
-    from jobs.land import run as land
-    from jobs.session import build_session
-    from jobs.standardize import run as standardize
+    from cdp.jobs.generate import run as generate
+    from cdp.jobs.land import run as land
+    from cdp.jobs.standardize import run as standardize
+    from cdp.lake import Lake
+    from cdp.runtime.config import JobContext, Profile
+    from cdp.runtime.session import build_session
 
     raw = workdir / f"raw-{customers}"
     lake_root = workdir / f"lake-{customers}"

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import psutil
 
-from jobs import run as pipeline
-from jobs.config import JobContext, Profile
-from jobs.entry import setup_logging
-from jobs.generate import DEFAULT_END
-from jobs.session import build_session
+from cdp.jobs import run as pipeline
+from cdp.jobs.entry import setup_logging
+from cdp.runtime.config import JobContext, Profile
+from cdp.runtime.session import build_session
+from cdp.synthetic import DEFAULT_END
 
 MB = 1024 * 1024
 
@@ -98,8 +98,8 @@ def read_feature_inputs_once(spark, lake: str) -> float:
     """Seconds for one full scan of every table `cdp features` reads (its projected columns)."""
     from dataclasses import fields
 
-    from jobs.build_features import read_inputs
-    from jobs.lake import Lake
+    from cdp.jobs.features import read_inputs
+    from cdp.lake import Lake
 
     start = time.perf_counter()
     inputs = read_inputs(spark, Lake(spark, lake))
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     setup_logging(args.verbose)
     logging.getLogger("jobs").setLevel(logging.INFO if args.verbose else logging.WARNING)
-    logging.getLogger("jobs.run").setLevel(logging.INFO)
+    logging.getLogger("cdp.jobs.run").setLevel(logging.INFO)
 
     work = Path(args.lake).parent if args.lake else Path(tempfile.mkdtemp(prefix="cdp-bench-"))
     lake = args.lake or str(work / "lake")

@@ -9,7 +9,7 @@ as Parquet, then times, in the same process:
 
 * ``scipy``: read the Parquet, relabel the 64-bit ids to 0..n-1, ``scipy.sparse.csgraph.connected_components``,
   label every node by its component's smallest node (one core, all in memory);
-* ``spark``: ``identity.components.connected_components`` from the Parquet to labels written as
+* ``spark``: ``cdp.identity.components.connected_components`` from the Parquet to labels written as
   Parquet (session start excluded).
 
 and checks that both give every node the same label. Goal (issue 3): Spark within 10x of scipy at
@@ -92,7 +92,7 @@ def scipy_labels(edges_path: Path, nodes_path: Path) -> tuple[dict[str, float], 
 
 
 def spark_labels(spark, edges_path: Path, nodes_path: Path, out: Path, edges_per_partition: int) -> float:
-    from identity.components import connected_components
+    from cdp.identity.components import connected_components
 
     started = time.perf_counter()
     labels = connected_components(spark.read.parquet(str(nodes_path)), spark.read.parquet(str(edges_path)),
@@ -139,12 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("identity.components").setLevel(logging.INFO)
+    logging.getLogger("cdp.identity.components").setLevel(logging.INFO)
 
     from pyspark.sql import functions as F
 
-    from jobs.config import Profile
-    from jobs.session import build_session
+    from cdp.runtime.config import Profile
+    from cdp.runtime.session import build_session
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cdp-bench-stitch-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}), "cdp-bench-stitch")
     # Warm up the JVM and the Python workers (with numpy and scipy imported) on a tiny graph: session
     # and worker start are not part of the figure, as interpreter start is not part of scipy's.
-    from identity.components import connected_components
+    from cdp.identity.components import connected_components
     tiny_nodes = spark.range(100).select(F.col("id").alias("node"))
     tiny_edges = spark.range(99).select(F.col("id").alias("a"), (F.col("id") + 1).alias("b"))
     connected_components(tiny_nodes, tiny_edges, engine="dataframe").count()

@@ -179,11 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from jobs import build_features as features_job
-    from jobs import tag as tag_job
-    from jobs import train as train_job
-    from jobs.config import JobContext, Profile, load_profile
-    from jobs.lake import Lake
+    from cdp.jobs import features as features_job
+    from cdp.jobs import tag as tag_job
+    from cdp.jobs import train as train_job
+    from cdp.lake import Lake
+    from cdp.runtime.config import JobContext, Profile, load_profile
 
     java_options = load_profile(REPO / "conf", "local").spark.get("spark.driver.extraJavaOptions", "")
     spark = (SparkSession.builder.master("local[2]").appName("bench-tags")

@@ -31,7 +31,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
         .config("spark.sql.shuffle.partitions", "2")  # tiny data: 200 partitions would only add overhead
         .config("spark.default.parallelism", "2")
         .config("spark.ui.enabled", "false")  # no port binding, faster start
-        .config("spark.python.sql.dataFrameDebugging.enabled", "false")  # as jobs.session: no call-site capture per Column
+        .config("spark.python.sql.dataFrameDebugging.enabled", "false")  # as cdp.runtime.session: no call-site capture per Column
         .config("spark.ui.showConsoleProgress", "false")  # keep test logs readable
         .config("spark.sql.session.timeZone", "UTC")  # expected values are written in UTC
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")  # readable by delta-rs
@@ -69,7 +69,7 @@ def _mlflow_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture()
 def lake(spark: SparkSession, tmp_path: Path):
     """A fresh, empty lake on the backend this machine has (embedded here, delta-spark on a cluster)."""
-    from jobs.lake import Lake
+    from cdp.lake import Lake
 
     return Lake(spark, str(tmp_path / "lake"))
 

@@ -13,7 +13,7 @@ import yaml
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from jobs.config import JobContext, Profile
+from cdp.runtime.config import JobContext, Profile
 
 AS_OF = date(2026, 11, 1)
 T0 = datetime(2026, 10, 1, 9, 0)
@@ -133,8 +133,8 @@ def publish_scenario(spark, root: Path, repo_conf: Path):
     Built once per test session; later callers (export, forget) get a copy of the untouched folder,
     lake and conf, which is a valid lake: Delta logs address their files relative to the table.
     """
-    from jobs import audiences
-    from jobs.lake import Lake
+    from cdp.jobs import audiences
+    from cdp.lake import Lake
 
     if repo_conf in _PRISTINE:
         pristine, result = _PRISTINE[repo_conf]
@@ -179,7 +179,7 @@ def test_publish_members_consent_and_counts(spark, scenario):
 
 
 def test_preview_prints_size_overlap_and_composition(spark, scenario):
-    from jobs import audiences
+    from cdp.jobs import audiences
 
     lake, conf, _ = scenario
     preview = audiences.preview(spark, make_ctx(conf, lake.root, "p1"), "vip_email", lake=lake, as_of=AS_OF)
@@ -191,8 +191,8 @@ def test_preview_prints_size_overlap_and_composition(spark, scenario):
 
 
 def test_unknown_tag_is_a_config_error_naming_file_and_key(spark, lake, tmp_path, conf_dir):
-    from jobs import audiences
-    from jobs.config import ConfigError
+    from cdp.jobs import audiences
+    from cdp.runtime.config import ConfigError
 
     build_lake(spark, lake)
     bad = {"name": "oops", "channel": "email", "where": {"all": [{"tag": "value_tier", "=": "gold"},
@@ -206,8 +206,8 @@ def test_unknown_tag_is_a_config_error_naming_file_and_key(spark, lake, tmp_path
 
 
 def test_republish_records_exits_and_gate_blocks_consentless_member(spark, scenario):
-    from jobs import audiences
-    from jobs.entry import JobFailed
+    from cdp.jobs import audiences
+    from cdp.jobs.entry import JobFailed
 
     lake, conf, _ = scenario
     # c6 withdraws e-mail consent: the next publish drops c6 and records the exit
@@ -222,7 +222,7 @@ def test_republish_records_exits_and_gate_blocks_consentless_member(spark, scena
                                                         "audience string, customer_id string, change string"))
 
     # a candidate holding a member without consent never gets published (gate on the real suite)
-    from jobs.gates import publish_with_gates
+    from cdp.runtime.gates import publish_with_gates
 
     bad = lake.read("audience_vip_email").unionByName(
         lake.read("audience_vip_email").limit(1).withColumn("customer_id", F.lit("c4")))

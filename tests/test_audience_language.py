@@ -7,7 +7,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from expectations.audience import (
+from cdp.audiences.language import (
     Audience,
     behaviour_conditions,
     behaviour_flags,

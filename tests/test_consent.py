@@ -5,7 +5,7 @@ from datetime import datetime
 
 from pyspark.testing import assertDataFrameEqual
 
-from expectations.privacy import channel_contacts, consent_current, eligibility, mask_pii
+from cdp.privacy import channel_contacts, consent_current, eligibility, mask_pii
 
 T1, T2 = datetime(2026, 1, 1), datetime(2026, 2, 1)
 CONSENT = "source string, record_id string, channel string, granted boolean, event_time timestamp"

@@ -10,7 +10,7 @@ import pytest
 from pyspark.testing import assertDataFrameEqual
 from test_audience_job import T_CART, make_ctx, publish_scenario
 
-from expectations.activation import export_frame, normalise_email, normalise_phone
+from cdp.audiences.activation import export_frame, normalise_email, normalise_phone
 
 # sha256("test@example.com") and sha256("+8613800138000"), as published by ad platforms' docs / any sha256 tool
 TEST_EMAIL_SHA256 = "973dfe463ec85785f5f95af5ba3906eedb2d931c24e69824a89ea65dba4e813b"
@@ -41,7 +41,7 @@ def test_export_frame_hashes_normalised_identifiers(spark):
 
 @pytest.fixture(scope="module")
 def exported(spark, tmp_path_factory, conf_dir):
-    from jobs import export
+    from cdp.jobs import export
 
     lake, conf, _ = publish_scenario(spark, tmp_path_factory.mktemp("export"), conf_dir)
     # c6 withdraws e-mail consent after the publish, before the export
@@ -80,7 +80,7 @@ def test_export_writes_files_manifest_and_table_without_opted_out(spark, exporte
 
 
 def test_reexport_of_same_publish_version_writes_nothing(spark, exported):
-    from jobs import export
+    from cdp.jobs import export
 
     lake, conf, _ = exported
     folder = Path(lake.root) / "_exports" / "vip_email" / "ads_upload" / "v0"
@@ -93,7 +93,7 @@ def test_reexport_of_same_publish_version_writes_nothing(spark, exported):
 
 
 def test_control_group_and_consentless_members_are_never_sendable(spark):
-    from jobs.export import sendable_members
+    from cdp.jobs.export import sendable_members
 
     members = spark.createDataFrame([("c1", False), ("c2", True), ("c3", False), ("c4", False)],
                                     "customer_id string, in_control boolean")

@@ -9,10 +9,10 @@ from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from features import FeatureConfig, FeatureInputs, build_features, prepare_sources
-from features import schemas as S
-from features.build import aggregation_groups
-from jobs.config import ConfigError, parse_file
+from cdp.features import FeatureConfig, FeatureInputs, build_features, prepare_sources
+from cdp.features import schemas as S
+from cdp.features.build import aggregation_groups
+from cdp.runtime.config import ConfigError, parse_file
 
 AS_OF = date(2024, 3, 1)
 

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 from test_audience_job import make_ctx, publish_scenario
 
-from expectations.privacy import drop_records, suppress, suppressed_records
+from cdp.privacy import drop_records, suppress, suppressed_records
 
 C1_VALUES = {"c1", "a@x.com", "+8613800000001", "M1", "O1", "E1"}
 SHA_A = hashlib.sha256(b"a@x.com").hexdigest()
@@ -18,7 +18,7 @@ SHA_A = hashlib.sha256(b"a@x.com").hexdigest()
 
 @pytest.fixture(scope="module")
 def forgotten(spark, tmp_path_factory, conf_dir):
-    from jobs import export, forget
+    from cdp.jobs import export, forget
 
     lake, conf, _ = publish_scenario(spark, tmp_path_factory.mktemp("forget"), conf_dir)
     export.run(spark, make_ctx(conf, lake.root, "exp1"), lake=lake)
@@ -107,9 +107,9 @@ def test_reload_through_the_suppression_filter_keeps_them_out(spark, forgotten):
 
 
 def test_shared_identifier_is_refused_and_bad_input_is_named(spark, forgotten):
-    from jobs import forget
-    from jobs.config import ConfigError
-    from jobs.entry import JobFailed
+    from cdp.jobs import forget
+    from cdp.jobs.entry import JobFailed
+    from cdp.runtime.config import ConfigError
 
     lake, conf, _, _, _ = forgotten
     with pytest.raises(JobFailed, match="shared identifier"):

@@ -7,10 +7,10 @@ import pytest
 import yaml
 from pyspark.testing import assertDataFrameEqual
 
-from expectations.quality import QualityConfig, columns_needed, view_tag_coverage, view_tag_drift
-from jobs.config import ConfigError, JobContext, Profile, load_yaml
-from jobs.entry import JobFailed
-from jobs.gates import load_quality_config, publish_with_gates
+from cdp.expectations.quality import QualityConfig, columns_needed, view_tag_coverage, view_tag_drift
+from cdp.jobs.entry import JobFailed
+from cdp.runtime.config import ConfigError, JobContext, Profile, load_yaml
+from cdp.runtime.gates import load_quality_config, publish_with_gates
 
 SCHEMA = "customer_id string, in_control boolean"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.generate import GenerateParams, format_phone, generate
-from jobs.sources import SourcesConfig
+from cdp.sources import SourcesConfig
+from cdp.synthetic import GenerateParams, format_phone, generate
 
 CUSTOMERS = 240
 

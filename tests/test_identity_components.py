@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyspark.testing import assertDataFrameEqual
 
-from identity.components import connected_components, graphframes_available, resolve_engine
+from cdp.identity.components import connected_components, graphframes_available, resolve_engine
 
 NODES = "node long"
 EDGES = "a long, b long"

@@ -5,8 +5,8 @@ import copy
 
 import pytest
 
-from identity import IdentityConfig
-from jobs.config import ConfigError, load_yaml, parse_file
+from cdp.identity import IdentityConfig
+from cdp.runtime.config import ConfigError, load_yaml, parse_file
 
 
 def test_shipped_config_parses(conf_dir):

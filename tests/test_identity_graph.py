@@ -7,7 +7,7 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from identity import (
+from cdp.identity import (
     IdentityConfig,
     build_edges,
     build_nodes,
@@ -15,9 +15,9 @@ from identity import (
     flag_shared_identifiers,
     record_identifiers,
 )
-from identity.graph import combined_patterns, node_collisions
-from identity.limits import enforce_limits
-from jobs.config import parse_file
+from cdp.identity.graph import combined_patterns, node_collisions
+from cdp.identity.limits import enforce_limits
+from cdp.runtime.config import parse_file
 
 SILVER = ("source string, record_id string, id_type string, id_value string, raw_value string, "
           "observed_at timestamp")

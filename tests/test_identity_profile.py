@@ -5,8 +5,8 @@ from datetime import date, datetime
 
 from pyspark.testing import assertDataFrameEqual
 
-from identity import IdentityConfig, build_profile
-from identity.config import PROFILE_ATTRIBUTES
+from cdp.identity import IdentityConfig, build_profile
+from cdp.identity.config import PROFILE_ATTRIBUTES
 
 ATTRIBUTES = ("source string, record_id string, observed_at timestamp, name string, gender string, "
               "birth_date date, city string, province string, city_tier int, member_level string, "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pyspark.testing import assertDataFrameEqual
 
-from identity.records import records_of, with_customer_id
+from cdp.identity.records import records_of, with_customer_id
 
 RECORDS = "source string, record_id string, customer_id string"
 

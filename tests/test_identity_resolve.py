@@ -8,15 +8,15 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from identity import (
+from cdp.identity import (
     IdentityConfig,
     PreviousState,
     assign_stable_ids,
     classify_identifiers,
     resolve_identities,
 )
-from identity.resolve import _customer_records
-from jobs.config import parse_file
+from cdp.identity.resolve import _customer_records
+from cdp.runtime.config import parse_file
 
 SILVER = ("source string, record_id string, id_type string, id_value string, raw_value string, "
           "observed_at timestamp")

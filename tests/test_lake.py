@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
-from jobs.lake import Lake, LakeError, SchemaMismatch, TableNotFound, UnsupportedTable, delta_spark_available
+from cdp.lake import Lake, LakeError, SchemaMismatch, TableNotFound, UnsupportedTable, delta_spark_available
 
 PEOPLE = T.StructType([
     T.StructField("customer_id", T.StringType()),
@@ -248,7 +248,7 @@ def test_embedded_writes_wide_tables_through_arrow_with_the_same_rows_and_statis
     """Writes of ARROW_WRITE_MIN_COLUMNS columns or more go through pyarrow: the same rows and types come
     back (timestamps, dates, arrays, maps, nulls), the idempotent-run check holds, the files carry their
     statistics, partitions land in Spark's folders, and a failed task commits nothing."""
-    import jobs.lake as lake_module
+    import cdp.lake as lake_module
 
     extra = {"tier": F.lit(2), "born": F.lit(date(1990, 3, 5)), "tags": F.array(F.lit("a"), F.lit(None).cast("string")),
              "attrs": F.create_map(F.lit("k"), F.col("city")), "flag": F.col("spend") > 15}
@@ -288,7 +288,7 @@ def test_embedded_writes_wide_tables_through_arrow_with_the_same_rows_and_statis
 
 
 def test_partitioned_tables_read_back_columns_with_backticks_in_their_names(any_lake, spark, monkeypatch):
-    import jobs.lake as lake_module
+    import cdp.lake as lake_module
 
     schema = T.StructType([T.StructField("customer_id", T.StringType()), T.StructField("even", T.BooleanType()),
                            T.StructField("odd `name`", T.IntegerType())])
@@ -404,7 +404,7 @@ def test_embedded_write_arrow_commits_only_the_reported_files_with_statistics(la
     assert sum(s["num_records"] for s in stats) == 3 and all(s["num_records"] for s in stats)
     assert min(s["min.customer_id"] for s in stats) == "c1" and max(s["max.visit"] for s in stats) == 2
     # a file that a failed task attempt left in the commit's folder is not part of the commit
-    import jobs.lake as lake_module
+    import cdp.lake as lake_module
 
     folder = Path(lake.uri("visits"), "w-with-stray")
     folder.mkdir()

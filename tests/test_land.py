@@ -12,10 +12,10 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from jobs.config import ConfigError, JobContext, Profile
-from jobs.lake import Lake
-from jobs.land import run as land
-from jobs.sources import SourcesConfig, map_table
+from cdp.jobs.land import run as land
+from cdp.lake import Lake
+from cdp.runtime.config import ConfigError, JobContext, Profile
+from cdp.sources import SourcesConfig, map_table
 
 SOURCES_YAML = """
 defaults: {timezone: Asia/Shanghai}
@@ -204,8 +204,8 @@ def test_rerun_over_the_same_files_adds_nothing_and_new_files_load_once(spark: S
 
 def test_items_explode_into_order_lines(spark: SparkSession, landed) -> None:
     _, ctx, lake, _ = landed
-    from jobs.config import parse_file
-    from jobs.sources import dedupe_records
+    from cdp.runtime.config import parse_file
+    from cdp.sources import dedupe_records
 
     config = parse_file(ctx.conf_path("sources.yaml"), SourcesConfig.from_dict)
     source = config.sources["shop_orders"]
@@ -236,7 +236,7 @@ def test_unknown_source_and_missing_raw_path_fail_fast(spark: SparkSession, tmp_
 
 
 def test_quoted_csv_fields_may_span_lines_and_a_stray_quote_swallows_nothing(tmp_path: Path) -> None:
-    from jobs.land import _read_file
+    from cdp.jobs.land import _read_file
 
     lines = [
         "member_no,name,note",

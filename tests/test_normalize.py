@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from identity.normalize import NORMALIZERS, PY_NORMALIZERS, normalize_email, normalize_phone
+from cdp.identity.normalize import NORMALIZERS, PY_NORMALIZERS, normalize_email, normalize_phone
 
 PHONES = [
     ("+86 138 0013 8000", "+8613800138000"),
@@ -84,7 +84,7 @@ def test_normalize_email_never_raises_and_is_idempotent(raw: str) -> None:
 
 
 def test_registry_names_match_identity_yaml(conf_dir) -> None:
-    from jobs.config import load_yaml
+    from cdp.runtime.config import load_yaml
 
     names = {spec["normalizer"] for spec in load_yaml(conf_dir / "identity.yaml")["types"].values()}
     assert names <= set(NORMALIZERS)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs import report
-from jobs.config import JobContext, Profile
+from cdp import report as report_sections
+from cdp.jobs import report
+from cdp.runtime.config import JobContext, Profile
 
 RUN = "20260101T000000Z-abc123"
 EARLIER = "20251231T000000Z-000000"
@@ -22,7 +23,7 @@ def _ctx(lake) -> JobContext:
 
 
 def _runs(spark, lake):
-    from jobs.run import _runs_schema
+    from cdp.jobs.run import _runs_schema
 
     rows = [
         (EARLIER, "run", "ok", "land", None, None, datetime(2025, 12, 31, tzinfo=UTC), 30.0, {}, None),
@@ -125,15 +126,15 @@ def test_report_renders_every_section_from_a_hand_built_lake(spark, lake, monkey
 
 
 def test_headline_metric_ranks_classifiers_by_auc_and_clv_by_spearman():
-    assert report.headline_metric({"eval_auc": 0.71, "test_auc": 0.9, "eval_log_loss": 0.6}) == ("auc", 0.71)
-    assert report.headline_metric({"test_auc": 0.81}) == ("auc", 0.81)  # no held-out figure: any *_auc
-    assert report.headline_metric({"eval_mae": 287.9, "eval_spearman": 0.31}) == ("spearman", 0.31)
-    assert report.headline_metric({"eval_mae": 287.9}) is None
+    assert report_sections.headline_metric({"eval_auc": 0.71, "test_auc": 0.9, "eval_log_loss": 0.6}) == ("auc", 0.71)
+    assert report_sections.headline_metric({"test_auc": 0.81}) == ("auc", 0.81)  # no held-out figure: any *_auc
+    assert report_sections.headline_metric({"eval_mae": 287.9, "eval_spearman": 0.31}) == ("spearman", 0.31)
+    assert report_sections.headline_metric({"eval_mae": 287.9}) is None
 
 
 def test_run_started_label_reads_the_run_id():
-    assert report.run_started_label("20261126T165126Z-a07391") == "11-26 16:51"
-    assert report.run_started_label("manual-run-000000000") == "run-000000000"  # not a run id: its tail
+    assert report_sections.run_started_label("20261126T165126Z-a07391") == "11-26 16:51"
+    assert report_sections.run_started_label("manual-run-000000000") == "run-000000000"  # not a run id: its tail
 
 
 def test_sections_without_their_tables_say_so(spark, lake):
@@ -151,7 +152,7 @@ def test_sections_without_their_tables_say_so(spark, lake):
 
 
 def test_report_without_any_run_is_a_clear_failure(spark, lake):
-    from jobs.entry import JobFailed
+    from cdp.jobs.entry import JobFailed
 
     with pytest.raises(JobFailed, match="no runs recorded"):
         report.run(spark, _ctx(lake), lake=lake)

@@ -12,10 +12,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
-from jobs import run as runner
-from jobs.config import ConfigError, JobContext, Profile
-from jobs.entry import JobFailed, base_parser
-from jobs.lock import LakeLock, LakeLocked, pid_alive
+from cdp.jobs import run as runner
+from cdp.jobs.entry import JobFailed, base_parser
+from cdp.runtime.config import ConfigError, JobContext, Profile
+from cdp.runtime.lock import LakeLock, LakeLocked, pid_alive
 
 # -- selection (no Spark) -------------------------------------------------------------------------
 
@@ -193,7 +193,7 @@ def _write_people(rows):
 
 
 def test_crashed_step_fails_the_run_and_leaves_the_previous_version_readable(spark, ctx, fake_jobs):
-    from jobs.lake import Lake
+    from cdp.lake import Lake
 
     lake = Lake(spark, ctx.lake_root)
     good = [(1, "ann"), (2, "bo")]
@@ -226,7 +226,7 @@ def test_crashed_step_fails_the_run_and_leaves_the_previous_version_readable(spa
 
 
 def test_a_run_refuses_to_start_while_another_holds_the_lock(spark, ctx, fake_jobs):
-    from jobs.lake import Lake
+    from cdp.lake import Lake
 
     lake = Lake(spark, ctx.lake_root)
     fake_jobs(land=_write_people([(1, "ann")]))
@@ -241,7 +241,7 @@ def test_a_run_refuses_to_start_while_another_holds_the_lock(spark, ctx, fake_jo
 
 
 def test_missing_job_is_skipped_with_a_reason_unless_asked_for_with_only(spark, ctx, fake_jobs):
-    from jobs.lake import Lake
+    from cdp.lake import Lake
 
     lake = Lake(spark, ctx.lake_root)
     fake_jobs(land=_write_people([(1, "ann")]))  # every other step's module is absent
@@ -264,7 +264,7 @@ def test_missing_job_is_skipped_with_a_reason_unless_asked_for_with_only(spark, 
 
 
 def test_train_runs_only_when_due_or_forced(spark, ctx, fake_jobs):
-    from jobs.lake import Lake
+    from cdp.lake import Lake
 
     lake = Lake(spark, ctx.lake_root)
     trained: list[str] = []

@@ -1,7 +1,7 @@
 """The session helper's JVM options: a profile's are appended to the launch's, never replace them."""
 from __future__ import annotations
 
-from jobs.session import merged_java_options
+from cdp.runtime.session import merged_java_options
 
 
 def test_profile_java_options_are_appended_to_what_the_launch_set():

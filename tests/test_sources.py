@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.config import ConfigError, parse_file
-from jobs.sources import SourcesConfig
+from cdp.runtime.config import ConfigError, parse_file
+from cdp.sources import SourcesConfig
 
 GOOD = {
     "sources": {

@@ -9,11 +9,11 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.testing import assertDataFrameEqual
 
-from jobs.config import ConfigError, JobContext, Profile
-from jobs.lake import Lake
-from jobs.land import run as land
-from jobs.standardize import SILVER_SCHEMAS, load_normalizers, normalize_identifiers
-from jobs.standardize import run as standardize
+from cdp.jobs.land import run as land
+from cdp.jobs.standardize import SILVER_SCHEMAS, load_normalizers, normalize_identifiers
+from cdp.jobs.standardize import run as standardize
+from cdp.lake import Lake
+from cdp.runtime.config import ConfigError, JobContext, Profile
 
 SOURCES_YAML = """
 defaults: {timezone: Asia/Shanghai}

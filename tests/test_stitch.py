@@ -11,10 +11,10 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from identity import IdentityConfig
-from jobs import stitch
-from jobs.config import JobContext, Profile, parse_file
-from jobs.entry import JobFailed
+from cdp.identity import IdentityConfig
+from cdp.jobs import stitch
+from cdp.jobs.entry import JobFailed
+from cdp.runtime.config import JobContext, Profile, parse_file
 
 SILVER = ("source string, record_id string, id_type string, id_value string, raw_value string, "
           "observed_at timestamp")

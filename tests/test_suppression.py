@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pyspark.testing import assertDataFrameEqual
 
-from jobs.standardize import SILVER_SCHEMAS, apply_suppression
+from cdp.jobs.standardize import SILVER_SCHEMAS, apply_suppression
 
 SEEN = datetime(2025, 1, 1)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from jobs import tags as tags_job
-from jobs.config import JobContext, Profile
-from tagging.changes import NO_ROW, tag_transitions
+from cdp.jobs import tags as tags_job
+from cdp.runtime.config import JobContext, Profile
+from cdp.tagging.changes import NO_ROW, tag_transitions
 
 WIDE = "customer_id string, as_of date, run_id string, segment string, vip boolean"
 

@@ -11,8 +11,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
-from features.config import ListItem
-from tagging import (
+from cdp.features.config import ListItem
+from cdp.tagging import (
     CatalogueError,
     Clustering,
     ClusterModel,
@@ -25,8 +25,8 @@ from tagging import (
     to_long,
     validate_catalogue,
 )
-from tagging.clusters import aligned_to, cluster_columns, fit_clustering, silhouette_of
-from tagging.compute import TAGS_LONG_SCHEMA
+from cdp.tagging.clusters import aligned_to, cluster_columns, fit_clustering, silhouette_of
+from cdp.tagging.compute import TAGS_LONG_SCHEMA
 
 AS_OF = date(2024, 3, 1)
 LISTS = {"cats": tuple(ListItem.from_dict(v, "cats") for v in ("a", "b", "c"))}
@@ -270,9 +270,9 @@ def test_fitted_clustering_assigns_as_spark_ml_kmeans(spark):
 
 
 def test_shipped_catalogue_is_valid_and_broad(spark, conf_dir):
-    from features import FeatureConfig, feature_schema
-    from jobs.config import load_yaml
-    from jobs.config import parse_file as parse_config
+    from cdp.features import FeatureConfig, feature_schema
+    from cdp.runtime.config import load_yaml
+    from cdp.runtime.config import parse_file as parse_config
 
     config = parse_config(conf_dir / "features.yaml", FeatureConfig.from_dict)
     catalogue = merge(parse_file(str(p), load_yaml(p), config.lists) for p in sorted((conf_dir / "tags").glob("*.yaml")))
@@ -336,7 +336,7 @@ def test_long_form_and_per_tag_statistics(spark):
 def test_double_strings_match_sparks_cast(spark):
     import pyarrow as pa
 
-    from tagging.compute import double_strings
+    from cdp.tagging.compute import double_strings
 
     values = [0.0, -0.0, 5.0, -3.0, 0.1, 0.1 + 0.2, 12000.0, 1234567.5, 9999999.0, 1e7, 12345678.9, 1e20, 0.001,
               0.00099, 1e-4, -1.25e-7, 0.7781234, 452.68, 2.0 ** 53, float("nan"), float("inf"), float("-inf"), None]

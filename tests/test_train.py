@@ -15,12 +15,12 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from expectations.quality import view_tag_drift
-from features import schemas as S
-from jobs.config import JobContext, Profile
-from tagging import ModelSpec
-from tagging.clv import CLV_INPUTS, fit_bgnbd, fit_gamma_gamma
-from tagging.predictive import classification_metrics, snapshot_features
+from cdp.expectations.quality import view_tag_drift
+from cdp.features import schemas as S
+from cdp.runtime.config import JobContext, Profile
+from cdp.tagging import ModelSpec
+from cdp.tagging.clv import CLV_INPUTS, fit_bgnbd, fit_gamma_gamma
+from cdp.tagging.predictive import classification_metrics, snapshot_features
 
 # Python UDF workers (mlflow spark_udf) must run this interpreter, which has pandas; collection runs
 # before the session fixture starts the JVM. (To move into tests/conftest.py and jobs/session.py.)
@@ -133,9 +133,9 @@ def ctx(tmp_path, lake):
 def test_promotion_only_when_better_and_scoring_uses_alias(spark, lake, ctx):
     from mlflow.tracking import MlflowClient
 
-    from jobs import build_features as features_job
-    from jobs import tag as tag_job
-    from jobs import train as train_job
+    from cdp.jobs import features as features_job
+    from cdp.jobs import tag as tag_job
+    from cdp.jobs import train as train_job
 
     _silver(spark, lake)
     # the runner trains while a model of the catalogue, the clustering included, lacks its alias

@@ -9,7 +9,7 @@ import sys
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs.lake import Lake
+from cdp.lake import Lake
 
 # Tables named audience_* that are bookkeeping, not published audiences (jobs/audiences.py).
 NOT_AUDIENCES = {"audience_changes", "audience_stats"}

@@ -88,9 +88,9 @@ wait_for_log "$SPARK_LOG_DIR/*Master*.out" "I have been elected leader" "the mas
 wait_for_log "$SPARK_LOG_DIR/*Worker*.out" "Successfully registered with master" "the worker to register"
 echo "   up (${SECONDS} s)"
 
-echo "== spark-submit jobs/run.py: $CUSTOMERS generated customers, lake $WORK/lake"
+echo "== spark-submit src/cdp/jobs/run.py: $CUSTOMERS generated customers, lake $WORK/lake"
 # The wheel goes first on the driver's and executors' sys.path. --conf names the config folder the
-# driver reads (it must be a real folder; jobs.conf inside the wheel is a zip entry).
+# driver reads (it must be a real folder; cdp.jobs.conf inside the wheel is a zip entry).
 # --driver-memory 4g: the plans of `tag` and its gates (hundreds of tag columns) take more than 2g of
 # driver heap while they are analysed (OutOfMemoryError with 2g at 1000 customers).
 # spark.storage.blockManagerHeartbeatTimeoutMs: Spark 4.2's executor heartbeat thread can die on a race
@@ -104,7 +104,7 @@ echo "== spark-submit jobs/run.py: $CUSTOMERS generated customers, lake $WORK/la
   --conf spark.pyspark.python="$PY" --conf spark.pyspark.driver.python="$PY" \
   --conf spark.driver.host=127.0.0.1 --conf spark.ui.enabled=false --conf spark.log.level=WARN \
   --conf spark.storage.blockManagerHeartbeatTimeoutMs=1800000 \
-  jobs/run.py --conf "$REPO/conf" --profile standalone --lake "$WORK/lake" --raw "$WORK/raw" --customers "$CUSTOMERS" --seed 7 ${CDP_CLUSTER_RUN_ARGS:-}
+  src/cdp/jobs/run.py --conf "$REPO/conf" --profile standalone --lake "$WORK/lake" --raw "$WORK/raw" --customers "$CUSTOMERS" --seed 7 ${CDP_CLUSTER_RUN_ARGS:-}
 echo "   pipeline done (${SECONDS} s)"
 
 echo "== checking the published audiences through the lake"

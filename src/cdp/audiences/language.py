@@ -1,0 +1,669 @@
+"""The audience language: YAML definitions by business users, compiled to Spark columns.
+
+An audience file (``conf/audiences/<name>.yaml``) looks like::
+
+    name: lapsed_vip_email
+    channel: email                      # email | sms | wechat | ads
+    description: VIPs who stopped buying
+    where:                              # one condition, usually a nested all / any / not
+      all:
+        - {tag: value_tier, in: [gold, platinum]}
+        - {tag: churn_risk, between: [0.6, 1.0]}
+        - {profile: city_tier, "<=": 2}
+        - any:
+            - {event: email_open, at_least: 2, within_days: 30}
+            - {bought: {category: shoes, within_days: 90}}
+        - not: {tag: is_employee, "=": true}
+    exclude:                            # any match removes the customer
+      - {did: add_to_cart, not_followed_by: checkout, within_days: 3}
+    suppression_lists: [legal_hold]     # lists in the suppression_list table (erasure always applies)
+    cap: {size: 50000, order_by: [{tag: clv_12m, desc: true}]}
+    control_group: {percent: 10}
+    destinations:
+      - {name: crm_email, format: csv}
+
+Leaf conditions:
+    ``{tag: T, OP: V}`` / ``{profile: A, OP: V}`` with OP one of ``=, !=, in, not in, between,
+    >=, <=, >, <, is null, is not null`` (``is null`` takes ``true``). A missing value (null) makes
+    every operator false except ``!=`` and ``not in``, which are the exact negations of ``=`` and
+    ``in``; so ``not`` and ``!=`` agree.
+    ``{event: E, at_least: n, within_days: d, channel: C}``: at least n events of type E (optionally
+    on channel C) in the last d days.
+    ``{did: X, not_followed_by: Y, within_days: d}``: an X event in the last d days with no Y event at
+    or after the latest X (e.g. cart abandonment).
+    ``{bought: {category: C | [C...], within_days: d, at_least: n}}``: at least n paid orders with a
+    line in category C in the last d days.
+
+Every parsed node keeps its key path (``where.all[3].any[0]``) so validation errors name it.
+Compilation is in two steps: :func:`behaviour_flags` turns all behaviour conditions of all
+audiences into one boolean column each with a single aggregation per input, and
+:func:`compile_condition` turns a condition into one Spark ``Column`` over the customer frame
+built by :func:`customer_frame`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from cdp.identity.records import with_customer_id
+
+Channel = Literal["email", "sms", "wechat", "ads"]
+CHANNELS: tuple[str, ...] = ("email", "sms", "wechat", "ads")
+OPERATORS: tuple[str, ...] = ("=", "!=", "in", "not in", "between", ">=", "<=", ">", "<",
+                              "is null", "is not null")
+EXPORT_FORMATS: tuple[str, ...] = ("csv", "parquet", "jsonl")
+
+TAG_PREFIX = "tag__"
+PROFILE_PREFIX = "profile__"
+BEHAVIOUR_PREFIX = "beh__"
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+# -- condition tree ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttributeCondition:
+    """A comparison on a tag (``source='tag'``) or a profile attribute (``source='profile'``)."""
+
+    source: Literal["tag", "profile"]
+    name: str
+    op: str
+    value: Any
+    path: str
+
+
+@dataclass(frozen=True)
+class EventCondition:
+    event_type: str
+    at_least: int
+    within_days: int
+    path: str
+    channel: str | None = None
+
+    @property
+    def key(self) -> str:
+        return _behaviour_key("event", self.event_type, self.at_least, self.within_days, self.channel)
+
+
+@dataclass(frozen=True)
+class SequenceCondition:
+    did: str
+    not_followed_by: str
+    within_days: int
+    path: str
+
+    @property
+    def key(self) -> str:
+        return _behaviour_key("sequence", self.did, self.not_followed_by, self.within_days)
+
+
+@dataclass(frozen=True)
+class PurchaseCondition:
+    categories: tuple[str, ...]
+    within_days: int
+    at_least: int
+    path: str
+
+    @property
+    def key(self) -> str:
+        return _behaviour_key("bought", sorted(self.categories), self.within_days, self.at_least)
+
+
+@dataclass(frozen=True)
+class AllOf:
+    children: tuple[Condition, ...]
+    path: str
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    children: tuple[Condition, ...]
+    path: str
+
+
+@dataclass(frozen=True)
+class NotOf:
+    child: Condition
+    path: str
+
+
+Condition = AttributeCondition | EventCondition | SequenceCondition | PurchaseCondition | AllOf | AnyOf | NotOf
+BehaviourCondition = EventCondition | SequenceCondition | PurchaseCondition
+
+
+def _behaviour_key(*parts: Any) -> str:
+    digest = hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:12]
+    return f"{BEHAVIOUR_PREFIX}{parts[0]}_{digest}"
+
+
+# -- audience definition ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OrderKey:
+    source: Literal["tag", "profile"]
+    name: str
+    desc: bool
+    path: str
+
+
+@dataclass(frozen=True)
+class SizeCap:
+    size: int
+    order_by: tuple[OrderKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where ``cdp export`` sends the audience. ``hashed``: SHA-256 emails / phones (ad platforms)."""
+
+    name: str
+    format: Literal["csv", "parquet", "jsonl"]
+    hashed: bool = True
+    default_region: str = "CN"
+
+
+@dataclass(frozen=True)
+class Audience:
+    name: str
+    channel: str
+    where: Condition
+    description: str = ""
+    exclude: tuple[Condition, ...] = ()
+    suppression_lists: tuple[str, ...] = ()
+    cap: SizeCap | None = None
+    control_percent: float = 0.0
+    wechat_appid: str | None = None
+    destinations: tuple[Destination, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Any, *, default_name: str | None = None) -> Audience:
+        """Parse one audience file's content. Raises ``ValueError`` naming the key path."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"audience: expected a mapping, got {type(data).__name__}")
+        known = {"name", "channel", "description", "where", "exclude", "suppression_lists", "cap",
+                 "control_group", "wechat_appid", "destinations"}
+        _no_unknown_keys(data, known, "audience")
+        name = data.get("name", default_name)
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"name: audience name must be lower snake_case, got {name!r}")
+        channel = data.get("channel")
+        if channel not in CHANNELS:
+            raise ValueError(f"channel: expected one of {list(CHANNELS)}, got {channel!r}")
+        if "where" not in data:
+            raise ValueError("where: required key is missing")
+        where = parse_condition(data["where"], "where")
+        exclude_raw = data.get("exclude") or []
+        if not isinstance(exclude_raw, list):
+            raise ValueError("exclude: expected a list of conditions")
+        exclude = tuple(parse_condition(item, f"exclude[{i}]") for i, item in enumerate(exclude_raw))
+        lists = data.get("suppression_lists") or []
+        if not isinstance(lists, list) or not all(isinstance(x, str) and x for x in lists):
+            raise ValueError("suppression_lists: expected a list of list names")
+        cap = _parse_cap(data.get("cap"), "cap")
+        control_percent = _parse_control(data.get("control_group"), "control_group")
+        appid = data.get("wechat_appid")
+        if appid is not None and not isinstance(appid, str):
+            raise ValueError("wechat_appid: expected a string")
+        destinations_raw = data.get("destinations") or []
+        if not isinstance(destinations_raw, list):
+            raise ValueError("destinations: expected a list")
+        destinations = tuple(_parse_destination(d, f"destinations[{i}]")
+                             for i, d in enumerate(destinations_raw))
+        names = [d.name for d in destinations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"destinations: duplicate destination names {names}")
+        return cls(name=name, channel=channel, where=where, description=str(data.get("description") or ""),
+                   exclude=exclude, suppression_lists=tuple(lists), cap=cap,
+                   control_percent=control_percent, wechat_appid=appid, destinations=destinations)
+
+    def conditions(self) -> list[Condition]:
+        return [self.where, *self.exclude]
+
+
+def _no_unknown_keys(data: Mapping[str, Any], known: Iterable[str], where: str) -> None:
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{where}.{unknown[0]}: unknown key (expected one of {sorted(known)})")
+
+
+def _positive_int(value: Any, path: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{path}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _parse_cap(data: Any, path: str) -> SizeCap | None:
+    if data is None:
+        return None
+    if isinstance(data, int) and not isinstance(data, bool):
+        return SizeCap(size=_positive_int(data, path))
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a size or a mapping with size and order_by")
+    _no_unknown_keys(data, {"size", "order_by"}, path)
+    size = _positive_int(data.get("size"), f"{path}.size")
+    keys = []
+    order_by = data.get("order_by") or []
+    if not isinstance(order_by, list):
+        raise ValueError(f"{path}.order_by: expected a list of {{tag: NAME, desc: true}}")
+    for i, item in enumerate(order_by):
+        item_path = f"{path}.order_by[{i}]"
+        if not isinstance(item, Mapping):
+            raise ValueError(f"{item_path}: expected a mapping like {{tag: NAME, desc: true}}")
+        _no_unknown_keys(item, {"tag", "profile", "desc"}, item_path)
+        source = "tag" if "tag" in item else "profile" if "profile" in item else None
+        if source is None:
+            raise ValueError(f"{item_path}: needs a 'tag' or 'profile' key")
+        desc = item.get("desc", True)
+        if not isinstance(desc, bool):
+            raise ValueError(f"{item_path}.desc: expected true or false")
+        keys.append(OrderKey(source=source, name=str(item[source]), desc=desc, path=f"{item_path}.{source}"))
+    return SizeCap(size=size, order_by=tuple(keys))
+
+
+def _parse_control(data: Any, path: str) -> float:
+    if data is None:
+        return 0.0
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a mapping like {{percent: 10}}")
+    _no_unknown_keys(data, {"percent"}, path)
+    percent = data.get("percent")
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent < 100:
+        raise ValueError(f"{path}.percent: expected a number in [0, 100), got {percent!r}")
+    return float(percent)
+
+
+def _parse_destination(data: Any, path: str) -> Destination:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a mapping with name and format")
+    _no_unknown_keys(data, {"name", "format", "hashed", "default_region"}, path)
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"{path}.name: expected a lower snake_case name, got {name!r}")
+    fmt = data.get("format")
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"{path}.format: expected one of {list(EXPORT_FORMATS)}, got {fmt!r}")
+    hashed = data.get("hashed", True)
+    if not isinstance(hashed, bool):
+        raise ValueError(f"{path}.hashed: expected true or false")
+    region = data.get("default_region", "CN")
+    if not isinstance(region, str) or len(region) != 2:
+        raise ValueError(f"{path}.default_region: expected a two-letter region code, got {region!r}")
+    return Destination(name=name, format=fmt, hashed=hashed, default_region=region.upper())
+
+
+def parse_condition(data: Any, path: str) -> Condition:
+    """Parse one condition node (recursively). Raises ``ValueError`` naming the key path."""
+    if not isinstance(data, Mapping) or not data:
+        raise ValueError(f"{path}: expected a condition mapping, got {data!r}")
+    if "all" in data or "any" in data:
+        key = "all" if "all" in data else "any"
+        _no_unknown_keys(data, {key}, path)
+        items = data[key]
+        if not isinstance(items, list) or not items:
+            raise ValueError(f"{path}.{key}: expected a non-empty list of conditions")
+        children = tuple(parse_condition(item, f"{path}.{key}[{i}]") for i, item in enumerate(items))
+        return AllOf(children, path) if key == "all" else AnyOf(children, path)
+    if "not" in data:
+        _no_unknown_keys(data, {"not"}, path)
+        return NotOf(parse_condition(data["not"], f"{path}.not"), path)
+    if "tag" in data or "profile" in data:
+        source = "tag" if "tag" in data else "profile"
+        name = data[source]
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{path}.{source}: expected a name, got {name!r}")
+        ops = [k for k in data if k != source]
+        if len(ops) != 1:
+            raise ValueError(f"{path}: a {source} condition needs exactly one operator "
+                             f"(one of {list(OPERATORS)}), got {ops}")
+        op = ops[0]
+        if op not in OPERATORS:
+            raise ValueError(f"{path}.{op}: unknown operator (expected one of {list(OPERATORS)})")
+        value = _check_operand(op, data[op], f"{path}.{op}")
+        return AttributeCondition(source=source, name=name, op=op, value=value, path=path)
+    if "event" in data:
+        _no_unknown_keys(data, {"event", "at_least", "within_days", "channel"}, path)
+        event = data["event"]
+        if not isinstance(event, str) or not event:
+            raise ValueError(f"{path}.event: expected an event type")
+        channel = data.get("channel")
+        if channel is not None and not isinstance(channel, str):
+            raise ValueError(f"{path}.channel: expected a channel name")
+        return EventCondition(event_type=event, at_least=_positive_int(data.get("at_least", 1), f"{path}.at_least"),
+                              within_days=_positive_int(data.get("within_days"), f"{path}.within_days"),
+                              path=path, channel=channel)
+    if "did" in data:
+        _no_unknown_keys(data, {"did", "not_followed_by", "within_days"}, path)
+        did, nxt = data.get("did"), data.get("not_followed_by")
+        if not isinstance(did, str) or not did:
+            raise ValueError(f"{path}.did: expected an event type")
+        if not isinstance(nxt, str) or not nxt:
+            raise ValueError(f"{path}.not_followed_by: expected an event type")
+        return SequenceCondition(did=did, not_followed_by=nxt,
+                                 within_days=_positive_int(data.get("within_days"), f"{path}.within_days"),
+                                 path=path)
+    if "bought" in data:
+        _no_unknown_keys(data, {"bought"}, path)
+        spec = data["bought"]
+        spec_path = f"{path}.bought"
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"{spec_path}: expected a mapping with category and within_days")
+        _no_unknown_keys(spec, {"category", "within_days", "at_least"}, spec_path)
+        category = spec.get("category")
+        categories = [category] if isinstance(category, str) else category
+        if not isinstance(categories, list) or not categories or not all(isinstance(c, str) for c in categories):
+            raise ValueError(f"{spec_path}.category: expected a category or a list of categories")
+        return PurchaseCondition(categories=tuple(categories),
+                                 within_days=_positive_int(spec.get("within_days"), f"{spec_path}.within_days"),
+                                 at_least=_positive_int(spec.get("at_least", 1), f"{spec_path}.at_least"),
+                                 path=path)
+    raise ValueError(f"{path}: unknown condition with keys {sorted(data)}; expected one of "
+                     "all, any, not, tag, profile, event, did, bought")
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _check_operand(op: str, value: Any, path: str) -> Any:
+    if op in ("in", "not in"):
+        if not isinstance(value, list) or not value or not all(_scalar(v) and v is not None for v in value):
+            raise ValueError(f"{path}: expected a non-empty list of values")
+        return tuple(value)
+    if op == "between":
+        if not isinstance(value, list) or len(value) != 2 or not all(_scalar(v) and v is not None for v in value):
+            raise ValueError(f"{path}: expected [low, high]")
+        return tuple(value)
+    if op in ("is null", "is not null"):
+        if value is not True:
+            raise ValueError(f"{path}: write '{op}: true'")
+        return True
+    if not _scalar(value) or value is None:
+        raise ValueError(f"{path}: expected a single value, got {value!r}")
+    return value
+
+
+# -- validation against what exists -----------------------------------------------------------------
+def iter_conditions(condition: Condition) -> Iterable[Condition]:
+    yield condition
+    if isinstance(condition, (AllOf, AnyOf)):
+        for child in condition.children:
+            yield from iter_conditions(child)
+    elif isinstance(condition, NotOf):
+        yield from iter_conditions(condition.child)
+
+
+def behaviour_conditions(audiences: Iterable[Audience]) -> list[BehaviourCondition]:
+    """Every distinct behaviour condition in ``audiences`` (by key), in first-seen order."""
+    seen: dict[str, BehaviourCondition] = {}
+    for audience in audiences:
+        for root in audience.conditions():
+            for node in iter_conditions(root):
+                if isinstance(node, (EventCondition, SequenceCondition, PurchaseCondition)):
+                    seen.setdefault(node.key, node)
+    return list(seen.values())
+
+
+def validate_audience(audience: Audience, *, tags: Iterable[str], profile_attributes: Iterable[str],
+                      event_types: Iterable[str] | None = None) -> list[str]:
+    """Problems with names used by ``audience`` (unknown tag, attribute, event type), by key path."""
+    tags, attrs = set(tags), set(profile_attributes)
+    events = set(event_types) if event_types is not None else None
+    problems: list[str] = []
+    for root in audience.conditions():
+        for node in iter_conditions(root):
+            if isinstance(node, AttributeCondition):
+                known = tags if node.source == "tag" else attrs
+                if node.name not in known:
+                    problems.append(f"{node.path}.{node.source}: unknown {node.source} {node.name!r}")
+            elif events is not None and isinstance(node, EventCondition) and node.event_type not in events:
+                problems.append(f"{node.path}.event: unknown event type {node.event_type!r}")
+            elif events is not None and isinstance(node, SequenceCondition):
+                for key, value in (("did", node.did), ("not_followed_by", node.not_followed_by)):
+                    if value not in events:
+                        problems.append(f"{node.path}.{key}: unknown event type {value!r}")
+    if audience.cap:
+        for key in audience.cap.order_by:
+            known = tags if key.source == "tag" else attrs
+            if key.name not in known:
+                problems.append(f"{key.path}: unknown {key.source} {key.name!r}")
+    return problems
+
+
+# -- customer frame ----------------------------------------------------------------------------------
+def customer_frame(profile: DataFrame, tags_wide: DataFrame | None = None,
+                   behaviour: DataFrame | None = None, *, only: Collection[str] | None = None) -> DataFrame:
+    """One row per customer of ``profile`` with prefixed tag, profile and behaviour columns.
+
+    Args:
+        profile: ``customer_profile`` (customer_id + attributes).
+        tags_wide: ``tags_wide`` (customer_id + one column per tag; bookkeeping columns ignored).
+        behaviour: output of :func:`behaviour_flags` (customer_id + ``beh__*`` booleans).
+        only: keep only these prefixed profile and tag columns (e.g. the union of
+            :func:`referenced_columns`); None keeps all. tags_wide is not joined when none of
+            its tags is kept, which spares shuffling hundreds of tag columns nobody reads.
+
+    Returns:
+        customer_id, ``profile__<attr>`` per profile column, ``tag__<tag>`` per tag,
+        ``beh__*`` per behaviour flag (false when the customer has no activity).
+    """
+    def kept(name: str) -> bool:
+        return only is None or name in only
+
+    frame = profile.select("customer_id", *[F.col(f"`{c}`").alias(PROFILE_PREFIX + c)
+                                            for c in profile.columns
+                                            if c != "customer_id" and kept(PROFILE_PREFIX + c)])
+    if tags_wide is not None:
+        tag_columns = [c for c in tag_names(tags_wide) if kept(TAG_PREFIX + c)]
+        if tag_columns or only is None:
+            tags = tags_wide.select("customer_id", *[F.col(f"`{c}`").alias(TAG_PREFIX + c) for c in tag_columns])
+            frame = frame.join(tags, on="customer_id", how="left")
+    if behaviour is not None:
+        flags = [c for c in behaviour.columns if c != "customer_id"]
+        frame = frame.join(behaviour, on="customer_id", how="left").select(
+            *[c for c in frame.columns], *[F.coalesce(F.col(c), F.lit(False)).alias(c) for c in flags])
+    return frame
+
+
+def tag_names(tags_wide: DataFrame) -> list[str]:
+    return [c for c in tags_wide.columns if c not in ("customer_id", "as_of", "computed_at", "run_id")]
+
+
+def events_by_customer(silver_events: DataFrame, customer_records: DataFrame) -> DataFrame:
+    """silver_events mapped to customers: customer_id, event_type, channel, event_time."""
+    return with_customer_id(silver_events, customer_records).select("customer_id", "event_type", "channel",
+                                                                    "event_time")
+
+
+def purchases_by_customer(silver_orders: DataFrame, silver_order_lines: DataFrame,
+                          customer_records: DataFrame) -> DataFrame:
+    """Paid order lines per customer: customer_id, order_id, order_time, category."""
+    paid = silver_orders.filter(F.col("status").isin("paid", "partially_returned"))
+    orders = with_customer_id(paid, customer_records).select("customer_id", "order_id", "order_time")
+    lines = silver_order_lines.select("order_id", "category").distinct()
+    return orders.join(lines, on="order_id", how="inner").select("customer_id", "order_id", "order_time",
+                                                                 "category")
+
+
+def behaviour_flags(conditions: Sequence[BehaviourCondition], *, as_of: datetime,
+                    events: DataFrame | None = None, purchases: DataFrame | None = None) -> DataFrame | None:
+    """One boolean column per behaviour condition, from one aggregation per input.
+
+    Args:
+        conditions: from :func:`behaviour_conditions`.
+        as_of: the evaluation time; a window of d days is ``[as_of - d days, as_of]``.
+        events: :func:`events_by_customer` output (needed by event / sequence conditions).
+        purchases: :func:`purchases_by_customer` output (needed by bought conditions).
+
+    Returns:
+        customer_id + one ``beh__*`` boolean column per condition (keyed by ``condition.key``),
+        only for customers with some activity; None when there are no conditions.
+    """
+    event_conds = [c for c in conditions if isinstance(c, (EventCondition, SequenceCondition))]
+    purchase_conds = [c for c in conditions if isinstance(c, PurchaseCondition)]
+    frames: list[DataFrame] = []
+    as_of_lit = F.lit(as_of).cast("timestamp")
+
+    def in_window(time_col: str, days: int) -> Column:
+        return (F.col(time_col) >= F.lit(as_of - timedelta(days=days)).cast("timestamp")) & \
+            (F.col(time_col) <= as_of_lit)
+
+    if event_conds:
+        if events is None:
+            raise ValueError("behaviour conditions on events need the events frame")
+        aggs: list[Column] = []
+        for cond in event_conds:
+            if isinstance(cond, EventCondition):
+                hit = (F.col("event_type") == cond.event_type) & in_window("event_time", cond.within_days)
+                if cond.channel is not None:
+                    hit = hit & (F.col("channel") == cond.channel)
+                aggs.append((F.count(F.when(hit, 1)) >= cond.at_least).alias(cond.key))
+            else:
+                window = in_window("event_time", cond.within_days)
+                last_did = F.max(F.when((F.col("event_type") == cond.did) & window, F.col("event_time")))
+                last_next = F.max(F.when((F.col("event_type") == cond.not_followed_by) & window,
+                                         F.col("event_time")))
+                aggs.append((last_did.isNotNull() & (last_next.isNull() | (last_next < last_did)))
+                            .alias(cond.key))
+        frames.append(events.groupBy("customer_id").agg(*aggs))
+    if purchase_conds:
+        if purchases is None:
+            raise ValueError("bought conditions need the purchases frame")
+        aggs = [(F.size(F.collect_set(F.when(F.col("category").isin(*c.categories)
+                                             & in_window("order_time", c.within_days), F.col("order_id"))))
+                 >= c.at_least).alias(c.key) for c in purchase_conds]
+        frames.append(purchases.groupBy("customer_id").agg(*aggs))
+    if not frames:
+        return None
+    result = frames[0]
+    for other in frames[1:]:
+        result = result.join(other, on="customer_id", how="full_outer")
+    return result
+
+
+# -- compilation ---------------------------------------------------------------------------------------
+def _attribute_column(cond: AttributeCondition) -> Column:
+    prefix = TAG_PREFIX if cond.source == "tag" else PROFILE_PREFIX
+    col = F.col(f"`{prefix}{cond.name}`")
+    op, value = cond.op, cond.value
+    if op == "is null":
+        return col.isNull()
+    if op == "is not null":
+        return col.isNotNull()
+    if op in ("=", "!="):
+        test = col == F.lit(value)
+    elif op in ("in", "not in"):
+        test = col.isin(*value)
+    elif op == "between":
+        test = col.between(F.lit(value[0]), F.lit(value[1]))
+    elif op == ">=":
+        test = col >= F.lit(value)
+    elif op == "<=":
+        test = col <= F.lit(value)
+    elif op == ">":
+        test = col > F.lit(value)
+    elif op == "<":
+        test = col < F.lit(value)
+    else:  # parse_condition only lets OPERATORS through
+        raise ValueError(f"{cond.path}: unknown operator {op!r}")
+    # Null (unknown) never matches; != and not in are the exact negations of = and in.
+    test = F.coalesce(test, F.lit(False))
+    return ~test if op in ("!=", "not in") else test
+
+
+def compile_condition(condition: Condition) -> Column:
+    """One boolean Column (never null) over the :func:`customer_frame` of the audience's inputs."""
+    if isinstance(condition, AttributeCondition):
+        return _attribute_column(condition)
+    if isinstance(condition, (EventCondition, SequenceCondition, PurchaseCondition)):
+        return F.coalesce(F.col(condition.key), F.lit(False))
+    if isinstance(condition, AllOf):
+        result = compile_condition(condition.children[0])
+        for child in condition.children[1:]:
+            result = result & compile_condition(child)
+        return result
+    if isinstance(condition, AnyOf):
+        result = compile_condition(condition.children[0])
+        for child in condition.children[1:]:
+            result = result | compile_condition(child)
+        return result
+    if isinstance(condition, NotOf):
+        return ~compile_condition(condition.child)
+    raise TypeError(f"not a condition: {condition!r}")
+
+
+def compile_audience(audience: Audience) -> Column:
+    """``where`` and not any ``exclude``: the audience's membership test over the customer frame."""
+    test = compile_condition(audience.where)
+    for excluded in audience.exclude:
+        test = test & ~compile_condition(excluded)
+    return test
+
+
+def control_hash(audience_name: str, customer_id: Column | str = "customer_id") -> Column:
+    """A stable bucket in [0, 10000) from the audience name and the customer id (no randomness)."""
+    cid = F.col(customer_id) if isinstance(customer_id, str) else customer_id
+    return F.pmod(F.xxhash64(F.concat_ws(":", F.lit("control"), F.lit(audience_name), cid)), F.lit(10000))
+
+
+def order_hash(audience_name: str) -> Column:
+    """Deterministic tie-break for size caps, different from the control-group hash."""
+    return F.xxhash64(F.concat_ws(":", F.lit("cap"), F.lit(audience_name), F.col("customer_id")))
+
+
+def select_members(customers: DataFrame, audience: Audience, *,
+                   eligible: DataFrame | None = None) -> DataFrame:
+    """Evaluate ``audience`` over the customer frame: conditions, eligibility, cap, control group.
+
+    Args:
+        customers: :func:`customer_frame` output holding every column the audience uses.
+        audience: the parsed definition.
+        eligible: optional customer_id frame of customers that may be contacted on the channel
+            (consent, reachability, suppression); applied before the cap so the cap counts
+            people who can actually be reached.
+
+    Returns:
+        customer_id string, in_control boolean: one row per member.
+    """
+    matched = customers.filter(compile_audience(audience))
+    if eligible is not None:
+        matched = matched.join(eligible.select("customer_id"), on="customer_id", how="left_semi")
+    if audience.cap is not None:
+        order = []
+        for key in audience.cap.order_by:
+            prefix = TAG_PREFIX if key.source == "tag" else PROFILE_PREFIX
+            col = F.col(f"`{prefix}{key.name}`")
+            order.append(col.desc_nulls_last() if key.desc else col.asc_nulls_last())
+        order += [order_hash(audience.name).asc(), F.col("customer_id").asc()]
+        matched = matched.orderBy(*order).limit(audience.cap.size)
+    in_control = (control_hash(audience.name) < F.lit(int(round(audience.control_percent * 100)))) \
+        if audience.control_percent > 0 else F.lit(False)
+    return matched.select(F.col("customer_id"), in_control.alias("in_control"))
+
+
+def referenced_columns(audience: Audience) -> list[str]:
+    """Customer-frame columns the audience reads (for pruning and for error messages)."""
+    cols: list[str] = []
+    for root in audience.conditions():
+        for node in iter_conditions(root):
+            if isinstance(node, AttributeCondition):
+                cols.append((TAG_PREFIX if node.source == "tag" else PROFILE_PREFIX) + node.name)
+            elif isinstance(node, (EventCondition, SequenceCondition, PurchaseCondition)):
+                cols.append(node.key)
+    if audience.cap:
+        cols += [(TAG_PREFIX if k.source == "tag" else PROFILE_PREFIX) + k.name for k in audience.cap.order_by]
+    return list(dict.fromkeys(cols))
+
+
+__all__ = [
+    "CHANNELS", "OPERATORS", "Audience", "AllOf", "AnyOf", "AttributeCondition", "Destination",
+    "EventCondition", "NotOf", "PurchaseCondition", "SequenceCondition", "SizeCap",
+    "behaviour_conditions", "behaviour_flags", "compile_audience", "compile_condition",
+    "control_hash", "customer_frame", "events_by_customer", "parse_condition",
+    "purchases_by_customer", "referenced_columns", "select_members", "tag_names", "validate_audience",
+]

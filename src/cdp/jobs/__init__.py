@@ -1,0 +1,1 @@
+"""Entry points: one module per ``cdp`` command, each with ``run(spark, ctx, ...)`` and ``main(argv)``."""

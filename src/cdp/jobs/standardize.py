@@ -1,0 +1,353 @@
+"""``cdp standardize``: bronze tables -> the canonical silver tables of docs/ARCHITECTURE.md.
+
+Per source: bronze records are deduplicated on the record id (latest event time wins, then the
+latest load and file position), then mapped onto the canonical tables as ``conf/sources.yaml``
+declares. Identifiers are normalised with the normaliser that ``conf/identity.yaml`` names for
+their type (``types.<type>.normalizer``); values that are not valid after normalisation are left
+out of ``silver_identifiers`` and written to ``quarantine`` (stage ``standardize``) with the reason.
+
+Every silver table is overwritten as a whole, so a re-run over the same bronze gives the same
+silver (idempotent).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import reduce
+from pathlib import Path
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from cdp.identity.normalize import NORMALIZERS, PYTHON_NORMALIZERS
+from cdp.jobs.land import QUARANTINE, QUARANTINE_SCHEMA, load_sources
+from cdp.runtime.config import ConfigError, JobContext, load_yaml
+from cdp.sources import (
+    CANONICAL_SCHEMAS,
+    SourcesConfig,
+    SourceSpec,
+    dedupe_records,
+    map_attributes,
+    map_events,
+    map_identifiers,
+    map_table,
+)
+
+logger = logging.getLogger(__name__)
+
+SILVER_SCHEMAS: dict[str, str] = {
+    "silver_identifiers": "source string, record_id string, id_type string, id_value string, "
+                          "raw_value string, observed_at timestamp",
+    "silver_customer_attributes": "source string, record_id string, observed_at timestamp, name string, "
+                                  "gender string, birth_date date, city string, province string, "
+                                  "city_tier int, member_level string, member_since date",
+    "silver_events": "event_id string, source string, record_id string, event_type string, channel string, "
+                     "event_time timestamp, session_id string, product_id string, category string, "
+                     "attributes map<string,string>",
+    "silver_orders": "order_id string, source string, record_id string, order_time timestamp, "
+                     "channel string, store_id string, status string, total_amount double, "
+                     "discount_amount double, coupon_code string, payment_method string, currency string",
+    "silver_order_lines": "order_id string, line_no int, product_id string, category string, quantity int, "
+                          "unit_price double, line_amount double",
+    "silver_returns": "return_id string, order_id string, product_id string, quantity int, "
+                      "refund_amount double, return_time timestamp",
+    "silver_consent": "source string, record_id string, channel string, granted boolean, event_time timestamp",
+    "silver_products": "product_id string, name string, category string, subcategory string, brand string, "
+                       "price double",
+}
+
+
+@dataclass
+class StandardizeResult:
+    rows: dict[str, int] = field(default_factory=dict)
+    invalid_identifiers: dict[str, int] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+
+
+def load_normalizers(path: Path) -> dict[str, str]:
+    """id_type -> normaliser name, from ``types.<type>.normalizer`` (the only key read here)."""
+    data = load_yaml(path)
+    types = data.get("types") if isinstance(data, dict) else None
+    if not isinstance(types, dict) or not types:
+        raise ConfigError(f"{path}: types: expected a mapping of identifier types")
+    result = {}
+    for id_type, spec in types.items():
+        name = spec.get("normalizer") if isinstance(spec, dict) else None
+        if not isinstance(name, str):
+            raise ConfigError(f"{path}: types.{id_type}.normalizer: required key is missing")
+        if name not in NORMALIZERS:
+            raise ConfigError(f"{path}: types.{id_type}.normalizer: unknown normaliser {name!r}; "
+                              f"known: {sorted(NORMALIZERS)}")
+        result[str(id_type)] = name
+    return result
+
+
+def check_identifier_types(config: SourcesConfig, normalizers: dict[str, str], sources_file: Path,
+                           identity_file: Path) -> None:
+    for source in config.sources.values():
+        for i, spec in enumerate(source.identifiers):
+            if spec.type not in normalizers:
+                raise ConfigError(f"{sources_file}: sources.{source.name}.identifiers[{i}].type: "
+                                  f"{spec.type!r} is not a type in {identity_file} ({sorted(normalizers)})")
+
+
+# -- transforms -----------------------------------------------------------------------------------
+
+def normalize_identifiers(raw_ids: DataFrame, normalizers: dict[str, str]) -> DataFrame:
+    """Raw identifier rows -> the same rows with ``id_value`` (null when invalid).
+
+    Spark-expression normalisers apply to every row in one projection. A Python normaliser (the
+    phone one) sees each distinct value of its type once, through a lookup joined back to only
+    that type's rows. Joining a lookup of every type back to every row cost a sort-merge join of
+    all identifier rows plus one scan of all sources per type.
+
+    Input columns: id_type, raw_value, qualifier, plus anything else (kept).
+    """
+    id_type, raw = F.col("id_type"), F.col("raw_value")
+    native = sorted((t, n) for t, n in normalizers.items() if n not in PYTHON_NORMALIZERS)
+    in_python = sorted((t, n) for t, n in normalizers.items() if n in PYTHON_NORMALIZERS)
+    native_value = F.lit(None).cast("string")
+    if native:
+        native_value = F.when(id_type == native[0][0], NORMALIZERS[native[0][1]](raw))
+        for type_name, name in native[1:]:
+            native_value = native_value.when(id_type == type_name, NORMALIZERS[name](raw))
+    python_types = [t for t, _ in in_python]
+    is_python = F.coalesce(id_type.isin(*python_types), F.lit(False)) if python_types else F.lit(False)
+    normalized = raw_ids.filter(~is_python).withColumn("_normalized", native_value)
+    if python_types:
+        python_rows = raw_ids.filter(is_python)
+        distinct = python_rows.select("id_type", "raw_value").distinct()
+        # one branch per Python normaliser (not per type): types sharing it share its pass
+        types_of: dict[str, list[str]] = {}
+        for type_name, name in in_python:
+            types_of.setdefault(name, []).append(type_name)
+        lookup = reduce(DataFrame.unionByName, [
+            distinct.filter(id_type.isin(*types)).select("id_type", "raw_value",
+                                                         NORMALIZERS[name](raw).alias("_normalized"))
+            for name, types in sorted(types_of.items())])
+        normalized = normalized.unionByName(python_rows.join(lookup, on=["id_type", "raw_value"], how="left"))
+    value = F.when(F.col("qualifier").isNotNull() & F.col("_normalized").isNotNull(),
+                   F.concat(F.trim(F.col("qualifier")), F.lit(":"), F.col("_normalized"))
+                   ).otherwise(F.col("_normalized"))
+    columns = ["id_type", "raw_value", *[c for c in raw_ids.columns if c not in ("id_type", "raw_value")]]
+    return normalized.withColumn("id_value", value).select(*columns, "id_value")
+
+
+def silver_identifiers(normalized: DataFrame) -> DataFrame:
+    """Valid identifiers, one row per (source, record_id, id_type, id_value)."""
+    return (normalized.filter(F.col("id_value").isNotNull())
+            .groupBy("source", "record_id", "id_type", "id_value")
+            .agg(F.min("raw_value").alias("raw_value"), F.min("observed_at").alias("observed_at"))
+            .select("source", "record_id", "id_type", "id_value", "raw_value", "observed_at"))
+
+
+def invalid_identifiers(normalized: DataFrame, normalizers: dict[str, str], now: datetime) -> DataFrame:
+    """Identifiers present in the record but invalid after normalisation, as quarantine rows."""
+    names = F.create_map(*[item for k, v in sorted(normalizers.items()) for item in (F.lit(k), F.lit(v))])
+    return (normalized.filter(F.col("id_value").isNull())
+            .select(F.col("source"), F.lit("standardize").alias("stage"), F.lit(None).cast("string").alias("load_id"),
+                    F.col("_source_file").alias("file"), F.col("_line").alias("line"),
+                    F.col("field"), F.col("raw_value").alias("raw"),
+                    F.concat(F.col("field"), F.lit(": invalid "), F.col("id_type"), F.lit(" after normaliser "),
+                             F.element_at(names, F.col("id_type")), F.lit(" (record "), F.col("record_id"),
+                             F.lit(")")).alias("reason"),
+                    F.lit(now).cast("timestamp").alias("quarantined_at")))
+
+
+def _latest(df: DataFrame, keys: list[str], order: list[Any]) -> DataFrame:
+    window = Window.partitionBy(*keys).orderBy(*order)
+    return df.withColumn("_rank", F.row_number().over(window)).filter("_rank = 1").drop("_rank")
+
+
+def _union(frames: list[DataFrame], spark: SparkSession, table: str) -> DataFrame:
+    schema = SILVER_SCHEMAS[table]
+    if not frames:
+        return spark.createDataFrame([], schema)
+    return reduce(lambda a, b: a.unionByName(b), frames)
+
+
+def identifier_observations(records: dict[str, tuple[SourceSpec, DataFrame]],
+                            normalizers: dict[str, str]) -> DataFrame | None:
+    """Every identifier of every record, normalised (``id_value`` null when invalid); None without any."""
+    raw_ids = [map_identifiers(df, spec) for spec, df in records.values() if spec.identifiers]
+    if not raw_ids:
+        return None
+    return normalize_identifiers(reduce(DataFrame.unionByName, raw_ids), normalizers)
+
+
+def build_silver(spark: SparkSession, records: dict[str, tuple[SourceSpec, DataFrame]],
+                 normalized: DataFrame | None, normalizers: dict[str, str],
+                 now: datetime) -> tuple[dict[str, DataFrame], DataFrame]:
+    """Deduplicated records per source and their normalised identifiers (:func:`identifier_observations`)
+    -> the silver tables and the invalid-identifier quarantine."""
+    tables: dict[str, DataFrame] = {}
+    tables["silver_identifiers"] = (silver_identifiers(normalized) if normalized is not None
+                                    else spark.createDataFrame([], SILVER_SCHEMAS["silver_identifiers"]))
+    quarantine = (invalid_identifiers(normalized, normalizers, now) if normalized is not None
+                  else spark.createDataFrame([], QUARANTINE_SCHEMA))
+
+    attributes = [f for spec, df in records.values() for f in map_attributes(df, spec)]
+    tables["silver_customer_attributes"] = _union(
+        [f.select("source", "record_id", "observed_at", *CANONICAL_SCHEMAS["attributes"]) for f in attributes],
+        spark, "silver_customer_attributes")
+
+    events = [f for spec, df in records.values() for f in map_events(df, spec)]
+    events_df = _union([f.select(*_columns("silver_events")) for f in events], spark, "silver_events")
+    tables["silver_events"] = _latest(
+        events_df.filter(F.col("event_type").isNotNull() & F.col("event_time").isNotNull()),
+        ["event_id"], [F.col("event_time").desc()])
+
+    orders = [f for spec, df in records.values() for f in map_table(df, spec, "orders")]
+    orders_df = _union([f.withColumn("_observed", F.col("observed_at")).select(*_columns("silver_orders"), "_observed")
+                        for f in orders], spark, "silver_orders") if orders else \
+        spark.createDataFrame([], SILVER_SCHEMAS["silver_orders"] + ", _observed timestamp")
+    tables["silver_orders"] = _latest(orders_df.filter(F.col("order_id").isNotNull()), ["order_id"],
+                                      [F.col("_observed").desc_nulls_last(), F.col("source"),
+                                       F.col("record_id")]).drop("_observed")
+
+    lines = [f for spec, df in records.values() for f in map_table(df, spec, "order_lines")]
+    lines_df = _union([f.select(*_columns("silver_order_lines")) for f in lines], spark, "silver_order_lines")
+    lines_df = lines_df.withColumn("line_amount", F.coalesce(
+        F.col("line_amount"), F.round(F.col("quantity") * F.col("unit_price"), 2)))
+    tables["silver_order_lines"] = _latest(
+        lines_df.filter(F.col("order_id").isNotNull() & F.col("line_no").isNotNull()),
+        ["order_id", "line_no"], [F.col("product_id")])
+
+    returns = [f for spec, df in records.values() for f in map_table(df, spec, "returns")]
+    returns_df = _union([f.select(*_columns("silver_returns")) for f in returns], spark, "silver_returns")
+    tables["silver_returns"] = _latest(returns_df.filter(F.col("return_id").isNotNull()), ["return_id"],
+                                       [F.col("return_time").desc_nulls_last()])
+
+    consent = [f for spec, df in records.values() for f in map_table(df, spec, "consent")]
+    tables["silver_consent"] = _union(
+        [f.select(*_columns("silver_consent")) for f in consent], spark, "silver_consent"
+    ).filter(F.col("granted").isNotNull() & F.col("event_time").isNotNull() & F.col("channel").isNotNull()
+             ).dropDuplicates(["source", "record_id", "channel", "event_time"])
+
+    products = [f for spec, df in records.values() for f in map_table(df, spec, "products")]
+    products_df = _union([f.select(*_columns("silver_products")) for f in products], spark, "silver_products")
+    tables["silver_products"] = _latest(products_df.filter(F.col("product_id").isNotNull()), ["product_id"],
+                                        [F.col("name")])
+    for name in tables:
+        tables[name] = tables[name].select(*_columns(name))
+    return tables, quarantine
+
+
+def apply_suppression(tables: dict[str, DataFrame], suppression: DataFrame) -> dict[str, DataFrame]:
+    """Drop every record that carries a suppressed (forgotten) identifier from every silver table.
+
+    Records keyed by ``(source, record_id)`` go; order lines and returns follow their dropped orders.
+    ``suppression`` is the ``suppression_list`` table written by ``cdp forget`` (hashed identifiers).
+    """
+    from cdp.privacy import drop_records, suppressed_records
+
+    blocked = suppressed_records(tables["silver_identifiers"], suppression).persist(StorageLevel.MEMORY_AND_DISK)
+    kept = {name: (drop_records(df, blocked).select(*df.columns)
+                   if {"source", "record_id"} <= set(df.columns) else df)
+            for name, df in tables.items()}
+    dropped_orders = (tables["silver_orders"].join(blocked, on=["source", "record_id"], how="left_semi")
+                      .select("order_id"))
+    for name in ("silver_order_lines", "silver_returns"):
+        kept[name] = kept[name].join(dropped_orders, on="order_id", how="left_anti").select(*_columns(name))
+    return kept
+
+
+def _columns(table: str) -> list[str]:
+    return [field.name for field in T._parse_datatype_string(SILVER_SCHEMAS[table]).fields]
+
+
+def _row_count(lake: Any, name: str) -> int:
+    """Rows of the table's current version from the Delta log's file statistics (no Spark job)."""
+    try:
+        from deltalake import DeltaTable
+
+        actions = DeltaTable(lake.uri(name)).get_add_actions(flatten=True)
+        counts = actions.column("num_records").to_pylist()
+        if all(c is not None for c in counts):
+            return int(sum(counts))
+    except Exception:  # stats missing or a store delta-rs cannot open: count with Spark instead
+        logger.debug("%s: no file statistics, counting with Spark", name)
+    return lake.read(name).count()
+
+
+# -- the job --------------------------------------------------------------------------------------
+
+def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> StandardizeResult:
+    """Rebuild every silver table from the bronze tables of all sources in sources.yaml.
+
+    Always all sources: silver tables are overwritten whole, so a subset would drop the others.
+    """
+    from cdp.lake import Lake
+
+    sources_file, config = load_sources(ctx)
+    identity_file = ctx.conf_path("identity.yaml")
+    normalizers = load_normalizers(identity_file)
+    check_identifier_types(config, normalizers, sources_file, identity_file)
+    selected = list(config.sources.values())
+    lake = lake or Lake(spark, ctx.lake_root)
+    result = StandardizeResult()
+    records: dict[str, tuple[SourceSpec, DataFrame]] = {}
+    for source in selected:
+        if not lake.exists(source.bronze_table):
+            logger.warning("%s: no bronze table %s yet (run cdp land first); skipped", source.name,
+                           source.bronze_table)
+            continue
+        deduped = dedupe_records(lake.read(source.bronze_table), source).persist(StorageLevel.MEMORY_AND_DISK)
+        records[source.name] = (source, deduped)
+        result.sources.append(source.name)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    # Normalised once (the phone normaliser is Python) and read three times: silver, quarantine, suppression.
+    normalized = identifier_observations(records, normalizers)
+    if normalized is not None:
+        normalized = normalized.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        tables, quarantine = build_silver(spark, records, normalized, normalizers, now)
+        if lake.exists("suppression_list"):
+            # a forgotten person must not be re-created by a later load
+            tables = apply_suppression(tables, lake.read("suppression_list"))
+        metadata = {"run_id": ctx.run_id, "job": "standardize", "sources": ",".join(result.sources)}
+        for name, table in tables.items():
+            lake.write(table, name, "overwrite", metadata=metadata)
+            result.rows[name] = _row_count(lake, name)
+        quarantine = quarantine.persist(StorageLevel.MEMORY_AND_DISK)
+        for row in quarantine.groupBy("source", "field").count().collect():
+            key = f"{row['source']}.{row['field']}"
+            result.invalid_identifiers[key] = row["count"]
+        if lake.exists(QUARANTINE):
+            lake.write(quarantine, QUARANTINE, "overwrite", replace_where={"stage": "standardize"},
+                       metadata=metadata)
+        else:
+            lake.write(quarantine, QUARANTINE, "append", partition_by=["stage"], metadata=metadata)
+        quarantine.unpersist()
+    finally:
+        for _, deduped in records.values():
+            deduped.unpersist()
+        if normalized is not None:
+            normalized.unpersist()
+    for name, count in result.rows.items():
+        logger.info("%-28s %10d rows", name, count)
+    logger.info("invalid identifiers (quarantined): %d %s", sum(result.invalid_identifiers.values()),
+                dict(sorted(result.invalid_identifiers.items())))
+    return result
+
+
+def _run_from_args(spark: SparkSession, ctx: JobContext, args: argparse.Namespace) -> int:
+    run(spark, ctx)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cdp.jobs.entry import job_main
+
+    return job_main("standardize", argv, _run_from_args,
+                    description="bronze -> silver canonical tables")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

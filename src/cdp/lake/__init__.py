@@ -1,0 +1,1098 @@
+"""Read and write lake tables by name, as real Delta tables, with or without the delta-spark jars.
+
+Two backends, chosen when the :class:`Lake` is built:
+
+* ``delta-spark`` when ``io.delta.sql.DeltaSparkSessionExtension`` is loaded in the session (a
+  cluster, or a laptop started with ``--packages io.delta:...``): native ``format("delta")``.
+* ``embedded`` otherwise: Spark writes Parquet files straight into a fresh sub-folder of the table,
+  and the driver commits them as one Delta transaction with the ``deltalake`` package (delta-rs),
+  with per-file statistics read from the Parquet footers. Reads list the active files from the Delta
+  log and hand them to Spark's Parquet reader, so reading stays distributed.
+
+Both write the same open Delta protocol, so a table written by one is readable by the other, by
+``deltalake`` and by DuckDB. A failed write commits nothing: readers keep seeing the last version.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import re
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+from urllib.parse import unquote, urlparse
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+logger = logging.getLogger(__name__)
+
+WriteMode = Literal["append", "overwrite"]
+# a function from an iterator of Arrow record batches to another (as for DataFrame.mapInArrow)
+ArrowBatches = Callable[[Iterator[Any]], Iterator[Any]]
+BackendName = Literal["auto", "delta-spark", "embedded"]
+
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Source rows above this are merged by rewriting the table in Spark rather than shipping them to the
+# driver as Arrow for delta-rs's merge (which holds its source in driver memory).
+MERGE_ON_DRIVER_MAX_ROWS = 2_000_000
+# Strings longer than this get no min/max statistics (Delta readers expect them to be exact here).
+_MAX_STATS_STRING = 32
+_UNSUPPORTED_READER_FEATURES = {"deletionVectors", "columnMapping"}
+
+
+class LakeError(RuntimeError):
+    """Base class for lake errors."""
+
+
+class TableNotFound(LakeError):
+    """The table does not exist in the lake."""
+
+
+class SchemaMismatch(LakeError):
+    """The data does not fit the table's schema and schema evolution was not asked for."""
+
+
+class UnsupportedTable(LakeError):
+    """The table uses Delta features the embedded backend cannot read (deletion vectors, column mapping)."""
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    inserted: int
+    updated: int
+    deleted: int
+
+
+def delta_spark_available(spark: SparkSession) -> bool:
+    """True when the delta-spark extension is configured and its JVM classes are loadable."""
+    extensions = spark.conf.get("spark.sql.extensions", "") or ""
+    if "io.delta.sql.DeltaSparkSessionExtension" not in extensions:
+        return False
+    try:
+        jvm = spark.sparkContext._jvm  # noqa: SLF001 - only to probe the classpath, never to log
+        jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means the classes are not usable
+        return False
+
+
+def _to_local_or_uri(root: str) -> str:
+    """Local paths become absolute; URIs (s3a://, abfss://, hdfs://, file://) stay as they are."""
+    parsed = urlparse(root)
+    if parsed.scheme in ("", "file"):
+        path = parsed.path if parsed.scheme == "file" else root
+        return os.path.abspath(os.path.expanduser(path))
+    return root.rstrip("/")
+
+
+def _spark_path(uri: str) -> str:
+    return f"file://{uri}" if uri.startswith("/") else uri
+
+
+def _delta_rs_uri(uri: str) -> str:
+    # delta-rs speaks s3:// where Hadoop speaks s3a://
+    return "s3://" + uri[len("s3a://"):] if uri.startswith("s3a://") else uri
+
+
+def _as_nullable(schema: T.StructType) -> T.StructType:
+    """Delta tables written from DataFrames are nullable, as delta-spark makes them."""
+    return T.StructType([T.StructField(f.name, _nullable_type(f.dataType), True, f.metadata)
+                         for f in schema.fields])
+
+
+def _nullable_type(data_type: T.DataType) -> T.DataType:
+    if isinstance(data_type, T.StructType):
+        return _as_nullable(data_type)
+    if isinstance(data_type, T.ArrayType):
+        return T.ArrayType(_nullable_type(data_type.elementType), True)
+    if isinstance(data_type, T.MapType):
+        return T.MapType(data_type.keyType, _nullable_type(data_type.valueType), True)
+    return data_type
+
+
+def _sql_literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, datetime):
+        return f"TIMESTAMP '{value.isoformat(sep=' ')}'"
+    if isinstance(value, date):
+        return f"DATE '{value.isoformat()}'"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def replace_where_sql(replace_where: Mapping[str, Any]) -> str:
+    """``{"as_of": "2024-01-01", "source": ["a", "b"]}`` -> a SQL predicate."""
+    clauses = []
+    for column, value in replace_where.items():
+        if isinstance(value, (list, tuple, set)):
+            values = ", ".join(_sql_literal(v) for v in value)
+            clauses.append(f"`{column}` IN ({values})")
+        elif value is None:
+            clauses.append(f"`{column}` IS NULL")
+        else:
+            clauses.append(f"`{column}` = {_sql_literal(value)}")
+    return " AND ".join(clauses)
+
+
+class Lake:
+    """Tables by name under one root, on the best Delta backend this session has.
+
+    Args:
+        spark: the active session.
+        root: lake root (local path or URI); each table is the folder ``<root>/<name>``.
+        backend: ``auto`` (default) picks delta-spark when its classes are loaded, else embedded.
+        storage_options: passed to delta-rs for object stores (the embedded backend only).
+    """
+
+    def __init__(self, spark: SparkSession, root: str, backend: BackendName = "auto",
+                 storage_options: dict[str, str] | None = None) -> None:
+        self.spark = spark
+        self.root = _to_local_or_uri(root)
+        if backend == "auto":
+            backend = "delta-spark" if delta_spark_available(spark) else "embedded"
+        if backend == "delta-spark" and not delta_spark_available(spark):
+            raise LakeError("backend 'delta-spark' asked for, but io.delta.sql.DeltaSparkSessionExtension "
+                            "is not loaded in this session (start Spark with --packages io.delta:...)")
+        self.backend: str = backend
+        self._impl: _Backend = (_DeltaSparkBackend(spark) if backend == "delta-spark"
+                                else _EmbeddedBackend(spark, storage_options or {}))
+        if self.root.startswith("/"):
+            os.makedirs(self.root, exist_ok=True)
+        logger.debug("lake at %s on the %s backend", self.root, self.backend)
+
+    # -- naming -------------------------------------------------------------------------------
+    def uri(self, name: str) -> str:
+        if not _TABLE_NAME.match(name):
+            raise LakeError(f"invalid table name {name!r}: use letters, digits and underscores")
+        return f"{self.root}/{name}"
+
+    def exists(self, name: str) -> bool:
+        return self._impl.exists(self.uri(name))
+
+    def tables(self) -> list[str]:
+        """Names of the Delta tables directly under the root (local lakes only)."""
+        if not self.root.startswith("/") or not os.path.isdir(self.root):
+            return []
+        return sorted(entry for entry in os.listdir(self.root)
+                      if os.path.isdir(os.path.join(self.root, entry, "_delta_log")))
+
+    # -- reads --------------------------------------------------------------------------------
+    def read(self, name: str, version: int | None = None) -> DataFrame:
+        """The table as of ``version`` (default: the latest). Raises :class:`TableNotFound`."""
+        uri = self.uri(name)
+        if not self._impl.exists(uri):
+            raise TableNotFound(f"table {name!r} does not exist in the lake at {self.root}")
+        return self._impl.read(uri, version)
+
+    def version(self, name: str) -> int:
+        return self._impl.version(self._existing(name))
+
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Commits newest first: version, timestamp, operation and the custom metadata of each."""
+        return self._impl.history(self._existing(name), limit)
+
+    def app_version(self, name: str, app_id: str) -> int | None:
+        """The last ``app_version`` committed for ``app_id`` (Delta app transactions), if any."""
+        uri = self.uri(name)
+        if not self._impl.exists(uri):
+            return None
+        from deltalake import DeltaTable
+
+        return DeltaTable(_delta_rs_uri(uri)).transaction_version(app_id)
+
+    # -- writes -------------------------------------------------------------------------------
+    def write(self, df: DataFrame, name: str, mode: WriteMode = "append", *,
+              partition_by: Sequence[str] | None = None,
+              replace_where: Mapping[str, Any] | None = None,
+              app_id: str | None = None, app_version: int | None = None,
+              evolve_schema: bool = False,
+              metadata: Mapping[str, Any] | None = None) -> int | None:
+        """Write ``df`` as one commit. Returns the new version, or None when skipped as a re-run.
+
+        Args:
+            mode: ``append`` or ``overwrite``.
+            partition_by: partition columns when the table is created (must match later).
+            replace_where: with ``overwrite``, replace only the partitions with these values.
+            app_id, app_version: idempotency key; when the table already holds a commit for
+                ``app_id`` at ``app_version`` or later, nothing is written.
+            evolve_schema: on append, add new columns to the table instead of refusing.
+            metadata: custom commit metadata (run id, job, row counts) kept in the history.
+
+        On the embedded backend, a DataFrame of ``ARROW_WRITE_MIN_COLUMNS`` columns or more (the
+        feature snapshot, the tags) has its tasks write Parquet with pyarrow from Arrow batches, in
+        Spark's ``column=value`` folders when partitioned (by strings, dates, integers or booleans);
+        the files and the commit are those Spark's writer would make.
+        """
+        if mode not in ("append", "overwrite"):
+            raise LakeError(f"unknown write mode {mode!r}: use 'append' or 'overwrite'")
+        if replace_where and mode != "overwrite":
+            raise LakeError("replace_where is only meaningful with mode='overwrite'")
+        if (app_id is None) != (app_version is None):
+            raise LakeError("app_id and app_version go together")
+        uri = self.uri(name)
+        if app_id is not None:
+            done = self.app_version(name, app_id)
+            if done is not None and done >= int(app_version):  # type: ignore[arg-type]
+                logger.info("%s: %s@%s already committed, skipping write", name, app_id, app_version)
+                return None
+        return self._impl.write(df, uri, mode, list(partition_by or []), dict(replace_where or {}),
+                                app_id, app_version, evolve_schema, dict(metadata or {}))
+
+    def copy_overwrite(self, source: str, name: str, *, metadata: Mapping[str, Any] | None = None) -> int:
+        """Replace table ``name`` with the current contents of table ``source``: one overwrite commit,
+        the same as ``write(read(source), name, mode="overwrite")``.
+
+        The embedded backend copies the data files into ``name`` (no decode and re-encode) when
+        neither table is partitioned; otherwise, and on delta-spark, the rows are read and written.
+        Used to publish a staged table once its gates pass. Returns the new version of ``name``.
+        """
+        return self._impl.copy_overwrite(self._existing(source), self.uri(name), dict(metadata or {}))
+
+    def write_arrow(self, source: DataFrame, name: str, batches: ArrowBatches, schema: T.StructType,
+                    mode: WriteMode = "append", *, metadata: Mapping[str, Any] | None = None) -> int:
+        """Write the rows of ``source.mapInArrow(batches, schema)`` as one commit of the unpartitioned
+        table ``name``; returns the new version.
+
+        The embedded backend has each task write the Arrow batches it makes straight to a Parquet file
+        with pyarrow, and commits exactly the files that the tasks report (a failed or retried
+        attempt's file is never committed). That skips turning every row into a Spark row and back:
+        for a function that makes many rows of few (tags_long, 108M rows of 1.4M), a fifth of the
+        time of Spark's writer. delta-spark writes ``source.mapInArrow(batches, schema)`` itself.
+        """
+        if mode not in ("append", "overwrite"):
+            raise LakeError(f"unknown write mode {mode!r}: use 'append' or 'overwrite'")
+        return self._impl.write_arrow(source, self.uri(name), batches, schema, mode, dict(metadata or {}))
+
+    def arrow_scan(self, name: str, columns: Sequence[str], version: int | None = None) -> ArrowScan:
+        """The table's ``columns`` as Arrow record batches inside Spark tasks: see :class:`ArrowScan`."""
+        uri = self._existing(name)
+        return self._impl.arrow_scan(uri, tuple(columns), version)
+
+    def merge(self, df: DataFrame, name: str, keys: Sequence[str], *, delete_unmatched: bool = False,
+              metadata: Mapping[str, Any] | None = None) -> MergeResult:
+        """Upsert ``df`` into the table on ``keys``; creates the table when it does not exist.
+
+        With ``delete_unmatched``, target rows whose keys are not in ``df`` are deleted too.
+        """
+        if not keys:
+            raise LakeError("merge needs at least one key column")
+        missing = [k for k in keys if k not in df.columns]
+        if missing:
+            raise LakeError(f"merge into {name!r}: key columns {missing} are not in the source")
+        uri = self.uri(name)
+        if not self._impl.exists(uri):
+            self._impl.write(df, uri, "append", [], {}, None, None, False, dict(metadata or {}))
+            inserted = df.count()
+            return MergeResult(inserted=inserted, updated=0, deleted=0)
+        return self._impl.merge(df, uri, list(keys), delete_unmatched, dict(metadata or {}))
+
+    def delete(self, name: str, condition: str, *, metadata: Mapping[str, Any] | None = None) -> int:
+        """Delete the rows matching a SQL predicate over the table's columns; returns how many."""
+        return self._impl.delete(self._existing(name), condition, dict(metadata or {}))
+
+    def vacuum(self, name: str, retention_hours: int = 0) -> list[str]:
+        """Remove files no longer referenced by the last ``retention_hours`` of versions.
+
+        With 0, older versions can no longer be read: use it to make erasure final.
+        """
+        return self._impl.vacuum(self._existing(name), retention_hours)
+
+    def _existing(self, name: str) -> str:
+        uri = self.uri(name)
+        if not self._impl.exists(uri):
+            raise TableNotFound(f"table {name!r} does not exist in the lake at {self.root}")
+        return uri
+
+
+class _Backend:
+    def exists(self, uri: str) -> bool: ...
+    def read(self, uri: str, version: int | None) -> DataFrame: ...
+    def version(self, uri: str) -> int: ...
+    def history(self, uri: str, limit: int | None) -> list[dict[str, Any]]: ...
+    def write(self, df: DataFrame, uri: str, mode: str, partition_by: list[str],
+              replace_where: dict[str, Any], app_id: str | None, app_version: int | None,
+              evolve_schema: bool, metadata: dict[str, Any]) -> int | None: ...
+    def merge(self, df: DataFrame, uri: str, keys: list[str], delete_unmatched: bool,
+              metadata: dict[str, Any]) -> MergeResult: ...
+    def delete(self, uri: str, condition: str, metadata: dict[str, Any]) -> int: ...
+    def vacuum(self, uri: str, retention_hours: int) -> list[str]: ...
+
+    def write_arrow(self, source: DataFrame, uri: str, batches: ArrowBatches, schema: T.StructType, mode: str,
+                    metadata: dict[str, Any]) -> int:
+        """Write the rows of ``source.mapInArrow`` through :meth:`write` (backends may do better)."""
+        version = self.write(source.mapInArrow(batches, schema), uri, mode, [], {}, None, None, False, metadata)
+        assert version is not None  # only a write with an app id is ever skipped
+        return version
+
+    def arrow_scan(self, uri: str, columns: tuple[str, ...], version: int | None) -> ArrowScan:
+        """Spark reads the table (backends may do better)."""
+        frame = self.read(uri, version)
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise SchemaMismatch(f"{uri}: no columns {missing} in the table")
+        return ArrowScan(frame.select(*[F.col(_quoted(c)) for c in columns]), columns)
+
+    def copy_overwrite(self, source_uri: str, uri: str, metadata: dict[str, Any]) -> int:
+        """Read the source's rows and overwrite the table with them (backends may do better)."""
+        version = self.write(self.read(source_uri, None), uri, "overwrite", [], {}, None, None, False, metadata)
+        assert version is not None  # only a write with an app id is ever skipped
+        return version
+
+
+def _check_schema_compatible(table_schema: T.StructType, df_schema: T.StructType, uri: str,
+                             evolve_schema: bool) -> list[T.StructField]:
+    """Return the new columns ``df`` brings; refuse type changes, and new columns unless evolving."""
+    table_fields = {f.name.lower(): f for f in table_schema.fields}
+    new_fields: list[T.StructField] = []
+    for field in df_schema.fields:
+        existing = table_fields.get(field.name.lower())
+        if existing is None:
+            new_fields.append(field)
+        elif _nullable_type(existing.dataType) != _nullable_type(field.dataType):
+            raise SchemaMismatch(
+                f"{uri}: column {field.name!r} is {existing.dataType.simpleString()} in the table but "
+                f"{field.dataType.simpleString()} in the data; cast it, or overwrite the table")
+    if new_fields and not evolve_schema:
+        names = [f.name for f in new_fields]
+        raise SchemaMismatch(
+            f"{uri}: the data has columns {names} that the table does not; pass evolve_schema=True "
+            "to add them, or select only the table's columns")
+    return new_fields
+
+
+class _DeltaSparkBackend(_Backend):
+    """Native delta-spark: used wherever the jars are on the classpath."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        from delta.tables import DeltaTable
+
+        self.spark = spark
+        self.DeltaTable = DeltaTable
+
+    def exists(self, uri: str) -> bool:
+        return bool(self.DeltaTable.isDeltaTable(self.spark, _spark_path(uri)))
+
+    def read(self, uri: str, version: int | None) -> DataFrame:
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(_spark_path(uri))
+
+    def version(self, uri: str) -> int:
+        return int(self.DeltaTable.forPath(self.spark, _spark_path(uri)).history(1).collect()[0]["version"])
+
+    def history(self, uri: str, limit: int | None) -> list[dict[str, Any]]:
+        table = self.DeltaTable.forPath(self.spark, _spark_path(uri))
+        rows = (table.history(limit) if limit else table.history()).collect()
+        entries = []
+        for row in rows:
+            entry = {"version": row["version"], "timestamp": row["timestamp"],
+                     "operation": row["operation"],
+                     "operationMetrics": dict(row["operationMetrics"] or {})}
+            if row["userMetadata"]:
+                entry.update(json.loads(row["userMetadata"]))
+            entries.append(entry)
+        return entries
+
+    def write(self, df, uri, mode, partition_by, replace_where, app_id, app_version, evolve_schema,
+              metadata):
+        if self.exists(uri) and mode == "append":
+            table_schema = self.read(uri, None).schema
+            _check_schema_compatible(table_schema, df.schema, uri, evolve_schema)
+        writer = df.write.format("delta").mode(mode)
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        if replace_where:
+            writer = writer.option("replaceWhere", replace_where_sql(replace_where))
+        elif mode == "overwrite":
+            writer = writer.option("overwriteSchema", "true")
+        if evolve_schema:
+            writer = writer.option("mergeSchema", "true")
+        if app_id is not None:
+            writer = writer.option("txnAppId", app_id).option("txnVersion", str(app_version))
+        if metadata:
+            writer = writer.option("userMetadata", json.dumps(metadata, default=str))
+        writer.save(_spark_path(uri))
+        return self.version(uri)
+
+    def merge(self, df, uri, keys, delete_unmatched, metadata):
+        table = self.DeltaTable.forPath(self.spark, _spark_path(uri))
+        condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        builder = (table.alias("t").merge(df.alias("s"), condition)
+                   .whenMatchedUpdateAll().whenNotMatchedInsertAll())
+        if delete_unmatched:
+            builder = builder.whenNotMatchedBySourceDelete()
+        builder.execute()
+        metrics = table.history(1).collect()[0]["operationMetrics"] or {}
+        return MergeResult(inserted=int(metrics.get("numTargetRowsInserted", 0)),
+                           updated=int(metrics.get("numTargetRowsUpdated", 0)),
+                           deleted=int(metrics.get("numTargetRowsDeleted", 0)))
+
+    def delete(self, uri, condition, metadata):
+        table = self.DeltaTable.forPath(self.spark, _spark_path(uri))
+        table.delete(condition)
+        metrics = table.history(1).collect()[0]["operationMetrics"] or {}
+        return int(metrics.get("numDeletedRows", 0))
+
+    def vacuum(self, uri, retention_hours):
+        self.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+        self.DeltaTable.forPath(self.spark, _spark_path(uri)).vacuum(retention_hours)
+        return []
+
+
+class _EmbeddedBackend(_Backend):
+    """Spark writes the Parquet files; delta-rs commits them. No JVM jars needed."""
+
+    def __init__(self, spark: SparkSession, storage_options: dict[str, str]) -> None:
+        self.spark = spark
+        self.storage_options = storage_options
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _table(self, uri: str, version: int | None = None):
+        from deltalake import DeltaTable
+
+        table = DeltaTable(_delta_rs_uri(uri), version=version, storage_options=self.storage_options or None)
+        self._refuse_unsupported(table, uri)
+        return table
+
+    @staticmethod
+    def _refuse_unsupported(table, uri: str) -> None:
+        protocol = table.protocol()
+        features = set(protocol.reader_features or [])
+        config = table.metadata().configuration or {}
+        mapping = config.get("delta.columnMapping.mode", "none")
+        if features & _UNSUPPORTED_READER_FEATURES or (mapping and mapping != "none"):
+            raise UnsupportedTable(
+                f"{uri}: table uses Delta reader features {sorted(features) or [f'columnMapping={mapping}']} "
+                "that the embedded backend cannot read; read it with delta-spark (start Spark with "
+                "--packages io.delta:delta-spark_2.13:<version>) or rewrite it without deletion vectors "
+                "and column mapping")
+
+    @staticmethod
+    def _spark_schema(table) -> T.StructType:
+        return T.StructType.fromJson(json.loads(table.schema().to_json()))
+
+    def exists(self, uri: str) -> bool:
+        from deltalake import DeltaTable
+
+        return DeltaTable.is_deltatable(_delta_rs_uri(uri), storage_options=self.storage_options or None)
+
+    def read(self, uri: str, version: int | None) -> DataFrame:
+        table = self._table(uri, version)
+        schema = self._spark_schema(table)
+        partition_columns = list(table.metadata().partition_columns)
+        files = table.file_uris()
+        if not files:
+            return self.spark.createDataFrame([], schema)
+        if not partition_columns:
+            return self._read_files(files, schema)
+        return self._read_partitioned(table, uri, schema, partition_columns)
+
+    def _read_files(self, files: list[str], data_schema: T.StructType) -> DataFrame:
+        # recursiveFileLookup switches off Spark's partition discovery from folder names: partition
+        # values come from the Delta log, which is the only authority on them.
+        paths = [_spark_path(f) if f.startswith("/") else f for f in files]
+        return (self.spark.read.schema(data_schema).option("recursiveFileLookup", "true")
+                .parquet(*paths))
+
+    def _read_partitioned(self, table, uri: str, schema: T.StructType,
+                          partition_columns: list[str]) -> DataFrame:
+        """Data files carry no partition columns: add them from each file's Delta log entry."""
+        data_schema = T.StructType([f for f in schema.fields if f.name not in partition_columns])
+        partition_types = {f.name: f.dataType for f in schema.fields if f.name in partition_columns}
+        import pyarrow as pa
+
+        adds = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+        base = uri.rstrip("/")
+        files_by_partition: dict[tuple, list[str]] = {}
+        for add in adds:
+            key = tuple(add.get(f"partition.{c}") for c in partition_columns)
+            path = add["path"]
+            full = path if "://" in path or path.startswith("/") else f"{base}/{unquote(path)}"
+            files_by_partition.setdefault(key, []).append(full)
+        parts = []
+        for key, files in files_by_partition.items():
+            frame = self._read_files(files, data_schema)
+            for column, value in zip(partition_columns, key, strict=True):
+                frame = frame.withColumn(column, F.lit(value).cast(partition_types[column]))
+            parts.append(frame.select(*[F.col(_quoted(name)) for name in schema.fieldNames()]))
+        result = parts[0]
+        for part in parts[1:]:
+            result = result.unionByName(part)
+        return result
+
+    def version(self, uri: str) -> int:
+        return int(self._table(uri).version())
+
+    def history(self, uri: str, limit: int | None) -> list[dict[str, Any]]:
+        entries = self._table(uri).history(limit)
+        for entry in entries:
+            if isinstance(entry.get("timestamp"), int):
+                entry["timestamp"] = datetime.fromtimestamp(entry["timestamp"] / 1000, tz=UTC)
+        return entries
+
+    def _commit_properties(self, app_id, app_version, metadata):
+        from deltalake import CommitProperties, Transaction
+
+        transactions = [Transaction(app_id, int(app_version))] if app_id is not None else None
+        return CommitProperties(custom_metadata={k: str(v) for k, v in metadata.items()} or None,
+                                app_transactions=transactions)
+
+    def write(self, df, uri, mode, partition_by, replace_where, app_id, app_version, evolve_schema,
+              metadata):
+        exists = self.exists(uri)
+        table = self._table(uri) if exists else None
+        df_schema = _as_nullable(df.schema)
+        if table is not None:
+            table_schema = self._spark_schema(table)
+            table_partitions = list(table.metadata().partition_columns)
+            if partition_by and partition_by != table_partitions:
+                if mode == "overwrite" and not replace_where:
+                    pass  # a full overwrite may re-partition the table
+                else:
+                    raise SchemaMismatch(f"{uri}: table is partitioned by {table_partitions}, "
+                                         f"not {partition_by}")
+            elif not partition_by:
+                partition_by = table_partitions
+            full_overwrite = mode == "overwrite" and not replace_where
+            if not full_overwrite:
+                new_fields = _check_schema_compatible(table_schema, df_schema, uri, evolve_schema)
+                if new_fields:
+                    self._add_columns(table, new_fields, uri)
+                    table = self._table(uri)
+                    table_schema = self._spark_schema(table)
+                # write files with the table's column types and order; missing columns stay null
+                df = df.select(*[
+                    (F.col(_quoted(f.name)) if f.name in df.columns else F.lit(None)).cast(f.dataType).alias(f.name)
+                    for f in table_schema.fields
+                    if f.name in df.columns or f.name not in partition_by
+                ])
+                commit_schema = table_schema
+            else:
+                commit_schema = df_schema
+        else:
+            commit_schema = df_schema
+        if replace_where:
+            unknown = [c for c in replace_where if c not in partition_by]
+            if unknown:
+                raise LakeError(f"{uri}: replace_where columns {unknown} are not partition columns "
+                                f"{partition_by}; the embedded backend replaces whole partitions only")
+        missing_partitions = [c for c in partition_by if c not in df.columns]
+        if missing_partitions:
+            raise SchemaMismatch(f"{uri}: partition columns {missing_partitions} are not in the data")
+        if replace_where:
+            for column, value in replace_where.items():
+                allowed = list(value) if isinstance(value, (list, tuple, set)) else [value]
+                stray = df.filter(~F.col(_quoted(column)).isin(allowed) | F.col(_quoted(column)).isNull()) \
+                    if None not in allowed else df.filter(~F.col(_quoted(column)).isin(allowed))
+                if stray.limit(1).count():
+                    raise LakeError(f"{uri}: data holds rows outside replace_where {column}={value!r}")
+
+        folder = _new_folder()
+        target = f"{uri}/{folder}"
+        files: set[str] | None = None  # Spark's writer: every file of the folder
+        try:
+            # mapInArrow resolves each input column by name: a dot or a backtick in one would not resolve
+            if len(df.columns) >= ARROW_WRITE_MIN_COLUMNS and all(
+                    isinstance(df.schema[c].dataType, _ARROW_PARTITION_TYPES) for c in partition_by) and not any(
+                    "." in c or "`" in c for c in df.columns):
+                # a wide table: the tasks write Arrow batches with pyarrow; Spark's Parquet writer
+                # shreds every row into hundreds of column writers (tags_wide, 1M customers and 664
+                # columns: 70-81 s with Spark's writer, 51-56 s through Arrow)
+                writer_fn = _parquet_file_writer(_same_batches, _as_nullable(df.schema), _spark_path(target),
+                                                 partition_by)
+                written = df.mapInArrow(writer_fn, "file string, rows long").collect()
+                files = {row["file"] for row in written}
+            else:
+                writer = df.write.mode("errorifexists").option("compression", "snappy")
+                if partition_by:
+                    writer = writer.partitionBy(*partition_by)
+                writer.parquet(_spark_path(target))
+            filters = None
+            if replace_where:
+                filters = []
+                for column, value in replace_where.items():
+                    if isinstance(value, (list, tuple, set)):
+                        filters.append((column, "in", [_partition_string(v) for v in value]))
+                    else:
+                        filters.append((column, "=", _partition_string(value)))
+            return self._commit_folder(uri, table, folder, mode, commit_schema, partition_by, filters,
+                                       self._commit_properties(app_id, app_version, metadata), files=files)
+        except Exception:
+            self._remove_folder(target)
+            raise
+
+    def arrow_scan(self, uri, columns, version):
+        table = self._table(uri, version)
+        self._refuse_unsupported(table, uri)
+        schema = self._spark_schema(table)
+        if table.metadata().partition_columns:
+            return super().arrow_scan(uri, columns, version)  # partition values are in the log, not the files
+        by_name = {f.name: f for f in schema.fields}
+        missing = [c for c in columns if c not in by_name]
+        if missing:
+            raise SchemaMismatch(f"{uri}: no columns {missing} in the table")
+        files = [_spark_path(u) if u.startswith("/") else u for u in table.file_uris()]
+        # one slice per task, files dealt evenly (a round-robin repartition may put them all in one)
+        tasks = max(1, min(len(files), self.spark.sparkContext.defaultParallelism))
+        source = self.spark.createDataFrame(self.spark.sparkContext.parallelize([(f,) for f in files], tasks),
+                                            "file string")
+        return ArrowScan(source, columns, T.StructType([by_name[c] for c in columns]).json())
+
+    def write_arrow(self, source, uri, batches, schema, mode, metadata):
+        schema = _as_nullable(schema)
+        table = self._table(uri) if self.exists(uri) else None
+        if table is not None:
+            partitions = list(table.metadata().partition_columns)
+            if partitions:
+                raise SchemaMismatch(f"{uri}: table is partitioned by {partitions}; write_arrow writes "
+                                     "unpartitioned tables only")
+            if mode == "append":
+                _check_schema_compatible(self._spark_schema(table), schema, uri, evolve_schema=False)
+        folder = _new_folder()
+        target = f"{uri}/{folder}"
+        try:
+            written = source.mapInArrow(_parquet_file_writer(batches, schema, _spark_path(target)),
+                                        "file string, rows long").collect()
+            return self._commit_folder(uri, table, folder, mode, schema, [], None,
+                                       self._commit_properties(None, None, metadata),
+                                       files={row["file"] for row in written})
+        except Exception:
+            self._remove_folder(target)
+            raise
+
+    def _commit_folder(self, uri, table, folder, mode, schema: T.StructType, partition_by, filters,
+                       properties, files: set[str] | None = None) -> int:
+        """Commit the Parquet files under ``<uri>/<folder>`` (every one, or those named in ``files``,
+        relative to the folder) as one version of the table."""
+        from deltalake import Schema as DeltaSchema
+        from deltalake.transaction import create_table_with_add_actions
+
+        add_actions = self._add_actions(uri, folder, partition_by, files)
+        delta_schema = DeltaSchema.from_json(schema.json())
+        if table is None:
+            create_table_with_add_actions(
+                _delta_rs_uri(uri), delta_schema, add_actions, mode="append",
+                partition_by=partition_by or None, storage_options=self.storage_options or None,
+                commit_properties=properties)
+        else:
+            table.create_write_transaction(
+                add_actions, mode=mode, schema=delta_schema, partition_by=partition_by or None,
+                partition_filters=filters, commit_properties=properties)
+        version = self.version(uri)
+        logger.debug("%s: committed version %d (%d files, %s)", uri, version, len(add_actions), mode)
+        return version
+
+    def copy_overwrite(self, source_uri, uri, metadata):
+        from pyarrow import fs as pafs
+
+        source = self._table(source_uri)
+        table = self._table(uri) if self.exists(uri) else None
+        if source.metadata().partition_columns or (table is not None and table.metadata().partition_columns):
+            # partition values live in the log, not in the files: read and write the rows
+            return super().copy_overwrite(source_uri, uri, metadata)
+        folder = _new_folder()
+        target = f"{uri}/{folder}"
+        destination, base = pafs.FileSystem.from_uri(_spark_path(target) if target.startswith("/") else target)
+        try:
+            destination.create_dir(base, recursive=True)
+            for position, file_uri in enumerate(source.file_uris()):
+                origin, path = pafs.FileSystem.from_uri(_spark_path(file_uri) if file_uri.startswith("/") else file_uri)
+                # a position prefix: files of several source folders may share a name
+                pafs.copy_files(path, f"{base}/{position:05d}-{posixpath.basename(path)}",
+                                source_filesystem=origin, destination_filesystem=destination)
+            return self._commit_folder(uri, table, folder, "overwrite", self._spark_schema(source), [], None,
+                                       self._commit_properties(None, None, metadata))
+        except Exception:
+            self._remove_folder(target)
+            raise
+
+    def _add_columns(self, table, new_fields: list[T.StructField], uri: str) -> None:
+        from deltalake import Schema as DeltaSchema
+
+        evolved = DeltaSchema.from_json(_as_nullable(T.StructType(new_fields)).json())
+        table.alter.add_columns(list(evolved.fields))
+        logger.info("%s: added columns %s", uri, [f.name for f in new_fields])
+
+    def _add_actions(self, uri: str, folder: str, partition_by: list[str], files: set[str] | None = None):
+        import pyarrow.parquet as pq
+        from deltalake.transaction import AddAction
+        from pyarrow import fs as pafs
+
+        filesystem, base = pafs.FileSystem.from_uri(_spark_path(uri) if uri.startswith("/") else uri)
+        selector = pafs.FileSelector(f"{base}/{folder}", recursive=True, allow_not_found=True)
+        actions = []
+        for info in filesystem.get_file_info(selector):
+            if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
+                continue
+            relative = info.path[len(base) + 1:]
+            if any(part.startswith(("_", ".")) for part in relative.split("/")[1:]):
+                continue
+            if files is not None and relative[len(folder) + 1:] not in files:
+                continue  # left by a failed or retried task attempt: never part of the table
+            partition_values = _partition_values_from_path(relative, partition_by)
+            with filesystem.open_input_file(info.path) as handle:
+                footer = pq.ParquetFile(handle).metadata
+            mtime = int(info.mtime.timestamp() * 1000) if info.mtime else int(datetime.now(UTC).timestamp() * 1000)
+            actions.append(AddAction(relative, int(info.size), partition_values, mtime, True,
+                                     json.dumps(_file_stats(footer))))
+        return actions
+
+    def _remove_folder(self, target: str) -> None:
+        from pyarrow import fs as pafs
+
+        try:
+            filesystem, path = pafs.FileSystem.from_uri(_spark_path(target) if target.startswith("/") else target)
+            filesystem.delete_dir(path)
+        except Exception:  # noqa: BLE001 - best effort: uncommitted files are invisible anyway
+            logger.debug("could not remove uncommitted folder %s", target)
+
+    def merge(self, df, uri, keys, delete_unmatched, metadata):
+        table = self._table(uri)
+        table_schema = self._spark_schema(table)
+        _check_schema_compatible(table_schema, _as_nullable(df.schema), uri, evolve_schema=False)
+        source = df.select(*[(F.col(_quoted(f.name)) if f.name in df.columns else F.lit(None))
+                             .cast(f.dataType).alias(f.name) for f in table_schema.fields])
+        rows = source.count()
+        if rows <= MERGE_ON_DRIVER_MAX_ROWS:
+            arrow_source = source.toArrow()
+            predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+            merger = (table.merge(arrow_source, predicate, source_alias="s", target_alias="t",
+                                  commit_properties=self._commit_properties(None, None, metadata))
+                      .when_matched_update_all().when_not_matched_insert_all())
+            if delete_unmatched:
+                merger = merger.when_not_matched_by_source_delete()
+            metrics = merger.execute()
+            return MergeResult(inserted=int(metrics.get("num_target_rows_inserted", 0)),
+                               updated=int(metrics.get("num_target_rows_updated", 0)),
+                               deleted=int(metrics.get("num_target_rows_deleted", 0)))
+        # Large sources: rewrite in Spark. Safe while reading the table, since the new files go to a
+        # fresh folder and the old ones stay until vacuum.
+        target = self.read(uri, None)
+        key_columns = [F.col(_quoted(k)) for k in keys]
+        # rows the source does not touch survive, unless unmatched rows are to be deleted
+        kept = target.limit(0) if delete_unmatched else target.join(source.select(*key_columns), on=keys,
+                                                                     how="left_anti")
+        updated = target.join(source.select(*key_columns), on=keys, how="left_semi").count()
+        deleted = 0 if not delete_unmatched else target.join(source.select(*key_columns), on=keys,
+                                                             how="left_anti").count()
+        self.write(kept.unionByName(source), uri, "overwrite", list(table.metadata().partition_columns),
+                   {}, None, None, False, {**metadata, "operation": "MERGE (rewrite)"})
+        return MergeResult(inserted=rows - updated, updated=updated, deleted=deleted)
+
+    def delete(self, uri, condition, metadata):
+        table = self._table(uri)
+        metrics = table.delete(condition, commit_properties=self._commit_properties(None, None, metadata))
+        return int(metrics.get("num_deleted_rows", 0))
+
+    def vacuum(self, uri, retention_hours):
+        table = self._table(uri)
+        removed = table.vacuum(retention_hours=retention_hours, dry_run=False,
+                               enforce_retention_duration=False)
+        self._remove_empty_write_folders(uri)
+        return removed
+
+    def _remove_empty_write_folders(self, uri: str) -> None:
+        if not uri.startswith("/"):
+            return
+        for entry in os.listdir(uri):
+            path = os.path.join(uri, entry)
+            if entry.startswith("w-") and os.path.isdir(path):
+                for dirpath, _dirnames, filenames in os.walk(path, topdown=False):
+                    if all(name.startswith(("_", ".")) for name in filenames):
+                        for name in filenames:
+                            os.remove(os.path.join(dirpath, name))
+                        if not os.listdir(dirpath):
+                            os.rmdir(dirpath)
+
+
+@dataclass(frozen=True)
+class ArrowScan:
+    """A table's columns as Arrow record batches inside Spark tasks, for ``mapInArrow`` functions.
+
+    ``feeding(fn)`` turns a function over the table's batches (``columns``, in that order) into one
+    over the partitions of ``source``; ``map(fn, schema)`` is ``source.mapInArrow(feeding(fn), schema)``
+    and ``Lake.write_arrow(source, name, feeding(fn), schema)`` writes its rows.
+
+    On the embedded backend ``source`` holds the URIs of the table's data files and each task reads
+    its files with pyarrow. For a wide table that is far cheaper than Spark's reader, which builds a
+    row of every column and converts it back to Arrow: tags_wide at 1.4M customers and 660 columns,
+    3 s in one Python process against 46 s of a two-task Spark stage. Columns that a file lacks
+    (added to the table later) read as nulls. On delta-spark (and for partitioned tables) ``source``
+    is the table read by Spark. On an object store, the executors' pyarrow finds its credentials as
+    the driver's does (environment, instance profile), as for the files ``write_arrow`` writes.
+    """
+
+    source: DataFrame
+    columns: tuple[str, ...]
+    files_schema: str | None = None  # the columns' Spark schema (JSON) when ``source`` holds file URIs
+    batch_rows: int = 10_000
+
+    def feeding(self, batches: ArrowBatches) -> ArrowBatches:
+        if self.files_schema is None:
+            return batches
+        return _read_files_then(batches, self.files_schema, self.batch_rows)
+
+    def map(self, batches: ArrowBatches, schema: T.StructType | str) -> DataFrame:
+        return self.source.mapInArrow(self.feeding(batches), schema)
+
+
+def _read_files_then(batches: ArrowBatches, schema_json: str, batch_rows: int) -> ArrowBatches:
+    """mapInArrow function over batches of file URIs: read each Parquet file's columns of the schema,
+    batch by batch, and hand those batches to ``batches``."""
+    def run(partition: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from pyarrow import fs as pafs
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        target = to_arrow_schema(T.StructType.fromJson(json.loads(schema_json)), timezone="UTC")
+
+        def table_batches() -> Iterator[Any]:
+            for files in partition:
+                for uri in files.column(0).to_pylist():
+                    filesystem, path = pafs.FileSystem.from_uri(uri)
+                    with filesystem.open_input_file(path) as handle:
+                        parquet = pq.ParquetFile(handle)
+                        present = set(parquet.schema_arrow.names)
+                        wanted = [f.name for f in target if f.name in present]  # none: batches of rows only
+                        for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted):
+                            arrays = []
+                            for field in target:
+                                if field.name not in present:
+                                    arrays.append(pa.nulls(batch.num_rows, field.type))
+                                    continue
+                                column = batch.column(field.name)
+                                arrays.append(column if column.type == field.type else column.cast(field.type))
+                            yield pa.RecordBatch.from_arrays(arrays, schema=target)
+
+        yield from batches(table_batches())
+    return run
+
+
+# rows buffered per Parquet row group by write_arrow (pyarrow writes each table it is given as its own
+# row groups, so small batches are gathered first)
+_ARROW_ROW_GROUP_ROWS = 1_000_000
+_ARROW_ROW_GROUP_BYTES = 128 * 2**20  # a task holds at most one row group per file it writes
+# writes of at least this many columns go through Arrow on the embedded backend
+ARROW_WRITE_MIN_COLUMNS = 200
+
+
+def _same_batches(batches: Iterator[Any]) -> Iterator[Any]:
+    """mapInArrow function that passes a partition's Arrow batches on unchanged."""
+    yield from batches
+
+
+def _quoted(name: str) -> str:
+    """A column name as a SQL identifier (backticks doubled inside)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _parquet_file_writer(batches: ArrowBatches, schema: T.StructType, folder_uri: str,
+                         partition_by: Sequence[str] = ()) -> ArrowBatches:
+    """mapInArrow function: write the batches that ``batches`` makes of a partition to new Parquet files
+    in ``folder_uri`` (one per task, created on the first row; none for no rows) and yield each file's
+    path relative to the folder and its rows. With ``partition_by``, one file per partition value in
+    Spark's ``column=value`` folders, the partition columns left out of the files as Spark does."""
+    schema_json = schema.json()
+    partition_columns = list(partition_by)
+
+    def write(partition: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+        from pyarrow import fs as pafs
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        # timestamps as UTC instants: sessions run in UTC (cdp.runtime.session), and Spark reads them back as such
+        arrow_schema = to_arrow_schema(T.StructType.fromJson(json.loads(schema_json)), timezone="UTC")
+        data_columns = [name for name in arrow_schema.names if name not in partition_columns]
+        file_schema = pa.schema([arrow_schema.field(name) for name in data_columns])
+        filesystem, base = pafs.FileSystem.from_uri(folder_uri)
+        name = f"part-{uuid.uuid4().hex}.snappy.parquet"  # a new name per task attempt
+
+        class File:
+            def __init__(self, values: tuple[Any, ...]) -> None:
+                folders = [_hive_partition_folder(c, v) for c, v in zip(partition_columns, values, strict=True)]
+                self.relative = "/".join([*folders, name])
+                self.writer: Any = None
+                self.buffered: list[Any] = []
+                self.pending = self.pending_bytes = self.rows = 0
+
+            def add(self, batch: Any) -> None:
+                self.buffered.append(batch)
+                self.rows += batch.num_rows
+                self.pending += batch.num_rows
+                self.pending_bytes += batch.nbytes
+                if self.pending >= _ARROW_ROW_GROUP_ROWS or self.pending_bytes >= _ARROW_ROW_GROUP_BYTES:
+                    self.flush()
+
+            def flush(self) -> None:
+                if not self.buffered:
+                    return
+                path = f"{base}/{self.relative}"
+                if self.writer is None:
+                    filesystem.create_dir(posixpath.dirname(path), recursive=True)
+                    self.writer = pq.ParquetWriter(path, file_schema, filesystem=filesystem, compression="snappy")
+                self.writer.write_table(pa.Table.from_batches(self.buffered, file_schema),
+                                        row_group_size=_ARROW_ROW_GROUP_ROWS)
+                self.buffered.clear()
+                self.pending = self.pending_bytes = 0
+
+        files: dict[tuple[Any, ...], File] = {}
+
+        def file_for(values: tuple[Any, ...]) -> File:
+            if values not in files:
+                files[values] = File(values)
+            return files[values]
+
+        try:
+            for batch in batches(partition):
+                if batch.num_rows == 0:
+                    continue
+                batch = batch if batch.schema.equals(arrow_schema) else batch.cast(arrow_schema)
+                if not partition_columns:
+                    file_for(()).add(batch)
+                    continue
+                keys = pa.Table.from_batches([batch]).select(partition_columns).group_by(
+                    partition_columns, use_threads=False).aggregate([]).to_pylist()
+                for key in keys:
+                    values = tuple(key[c] for c in partition_columns)
+                    rows = batch
+                    if len(keys) > 1:
+                        mask = None
+                        for column, value in zip(partition_columns, values, strict=True):
+                            match = pc.is_null(batch.column(column)) if value is None else \
+                                pc.fill_null(pc.equal(batch.column(column), value), False)
+                            mask = match if mask is None else pc.and_(mask, match)
+                        rows = batch.filter(mask)
+                    file_for(values).add(rows.select(data_columns))
+            for file in files.values():
+                file.flush()
+        finally:
+            for file in files.values():
+                if file.writer is not None:
+                    file.writer.close()
+        written = [file for file in files.values() if file.rows]
+        if written:
+            yield pa.RecordBatch.from_pydict({"file": [f.relative for f in written], "rows": [f.rows for f in written]})
+    return write
+
+
+# the characters Spark escapes in partition folder names (ExternalCatalogUtils.escapePathName)
+_HIVE_ESCAPED = set('"#%\'*/:=?\\\x7f{[]^') | {chr(c) for c in range(1, 32)}
+# partition column types whose values the Arrow writer names as Spark does
+_ARROW_PARTITION_TYPES = (T.StringType, T.DateType, T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.BooleanType)
+
+
+def _hive_partition_folder(column: str, value: Any) -> str:
+    """``column=value`` as Spark names a partition folder (nulls and empty strings as Hive's default)."""
+    def escape(text: str) -> str:
+        return "".join(f"%{ord(c):02X}" if c in _HIVE_ESCAPED else c for c in text)
+
+    text = _partition_string(value)
+    return f"{escape(column)}={'__HIVE_DEFAULT_PARTITION__' if text in (None, '') else escape(text)}"
+
+
+def _new_folder() -> str:
+    """A fresh folder in a table for one commit's data files."""
+    return f"w-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+
+
+def _partition_string(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    return str(value)
+
+
+def _partition_values_from_path(relative: str, partition_by: list[str]) -> dict[str, str | None]:
+    """Partition values from Spark's ``col=value`` folders (escaped like Hive, nulls as a marker)."""
+    values: dict[str, str | None] = {}
+    for part in relative.split("/")[1:-1]:
+        if "=" not in part:
+            continue
+        column, raw = part.split("=", 1)
+        column = unquote(column)
+        if column in partition_by:
+            value = unquote(raw)
+            values[column] = None if value == "__HIVE_DEFAULT_PARTITION__" else value
+    missing = [c for c in partition_by if c not in values]
+    if missing:
+        raise LakeError(f"file {relative} lacks partition folders for {missing}")
+    return values
+
+
+def _format_stat(value: Any, *, upper: bool) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        # Delta keeps millisecond stats: round outward so the range still covers every value.
+        floored = value.replace(microsecond=value.microsecond // 1000 * 1000)
+        if upper and floored != value:
+            floored += timedelta(milliseconds=1)
+        return floored.strftime("%Y-%m-%dT%H:%M:%S.") + f"{floored.microsecond // 1000:03d}Z"
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return None
+    if isinstance(value, float) and value != value:  # NaN says nothing usable
+        return None
+    return value
+
+
+def _file_stats(footer) -> dict[str, Any]:
+    """Delta per-file statistics (numRecords, minValues, maxValues, nullCount) from a Parquet footer.
+
+    Only top-level primitive columns; strings only when short enough to keep exactly.
+    """
+    stats: dict[str, Any] = {"numRecords": footer.num_rows, "minValues": {}, "maxValues": {},
+                             "nullCount": {}}
+    schema = footer.schema
+    top_level = {}
+    for index in range(footer.num_columns):
+        path = schema.column(index).path
+        if "." in path:
+            continue
+        top_level[path] = index
+    for name, index in top_level.items():
+        nulls, lows, highs, exact = 0, [], [], True
+        for group in range(footer.num_row_groups):
+            column = footer.row_group(group).column(index)
+            statistics = column.statistics
+            if statistics is None or not statistics.has_null_count:
+                exact = False
+                break
+            nulls += statistics.null_count
+            if statistics.has_min_max:
+                lows.append(statistics.min)
+                highs.append(statistics.max)
+            elif statistics.null_count < footer.row_group(group).num_rows:
+                exact = False  # values without min/max: no range can be claimed for the file
+        if not exact:
+            continue
+        stats["nullCount"][name] = nulls
+        if not lows:
+            continue
+        low, high = min(lows), max(highs)
+        if isinstance(low, bool) or (isinstance(low, str) and max(len(low), len(high)) > _MAX_STATS_STRING):
+            continue
+        low_value, high_value = _format_stat(low, upper=False), _format_stat(high, upper=True)
+        if low_value is not None and high_value is not None:
+            stats["minValues"][name] = low_value
+            stats["maxValues"][name] = high_value
+    return stats

@@ -1,0 +1,638 @@
+"""The HTML run report: one self-contained folder per run, charts as PNG files, no server needed.
+
+``<lake>/_reports/runs/<run_id>/index.html`` (and the same under ``_reports/runs/latest/``) with
+sections for the run's steps and timings, source volumes, quarantine reasons, silver volumes,
+identity component sizes, merges and splits, tag coverage, model metrics, audience sizes and
+changes, and quality gate results. Each section reads the tables it needs through the lake; when a
+table is absent the section says so instead of failing, so a partial pipeline still gets a report.
+
+``python -m cdp.jobs.report [--for-run ID]`` (or ``spark-submit jobs/report.py``) renders it for a run
+(default: the latest run in the ``runs`` table).
+"""
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+logger = logging.getLogger(__name__)
+
+REPORTS_DIR = "_reports/runs"
+QUALITY_DIR = "_reports/quality"
+LATEST = "latest"
+_STATUS_COLORS = {"ok": "#2e7d32", "failed": "#c62828", "skipped": "#9e9e9e", "not_run": "#cfcfcf"}
+_BLUE, _ORANGE, _RED, _GREY = "#1f6fb2", "#f28e2b", "#c62828", "#9e9e9e"
+
+
+@dataclass
+class Section:
+    """One report section: a title, some HTML, and the chart files it shows."""
+
+    key: str
+    title: str
+    lead: str = ""  # one-line summary shown above the charts
+    body: str = ""
+    charts: list[str] = field(default_factory=list)
+    absent: str | None = None  # why the section has nothing to show
+
+
+@dataclass
+class _Inputs:
+    spark: Any
+    lake: Any
+    run_id: str
+    tables: list[str]
+    out: Path
+
+    def has(self, *names: str) -> str | None:
+        """None when every table exists, else the 'absent' message."""
+        missing = [name for name in names if name not in self.tables]
+        return None if not missing else f"table{'s' if len(missing) > 1 else ''} {', '.join(missing)} not in the lake"
+
+
+# -- charts -------------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=100)
+    _pyplot().close(fig)
+    return name
+
+
+def _height(n: int) -> float:
+    return max(1.8, 0.32 * n + 0.9)
+
+
+def barh(out: Path, name: str, labels: Sequence[str], series: dict[str, Sequence[float]], *, title: str,
+         xlabel: str, colors: Sequence[str] | None = None, bar_colors: Sequence[str] | None = None,
+         log: bool = False, annotate: bool = True) -> str:
+    """Horizontal bars, stacked when ``series`` has several entries; first label on top."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.8, _height(len(labels))))
+    positions = list(range(len(labels)))[::-1]
+    left = [0.0] * len(labels)
+    for index, (series_name, values) in enumerate(series.items()):
+        color = bar_colors if bar_colors is not None else (colors[index] if colors else None)
+        ax.barh(positions, values, left=left, color=color, label=series_name, height=0.7)
+        left = [a + float(b or 0) for a, b in zip(left, values, strict=True)]
+    if annotate:
+        for y, total in zip(positions, left, strict=True):
+            ax.text(total, y, f" {_short(total)}", va="center", fontsize=8)
+    ax.set_yticks(positions, [_clip(label, 40) for label in labels], fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10, loc="left")
+    if log:
+        ax.set_xscale("log")
+    else:  # at most six ticks, large counts as 15k / 1.4M: 16000-wide axes overprinted their labels
+        from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _short(value) if value >= 0 else ""))
+    if len(series) > 1:
+        ax.legend(fontsize=8, loc="best")
+    ax.margins(x=0.12)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save(fig, out, name)
+
+
+def columns(out: Path, name: str, labels: Sequence[str], series: dict[str, Sequence[float]], *, title: str,
+            ylabel: str, colors: Sequence[str] | None = None, log: bool = False) -> str:
+    """Vertical bars side by side per label (one group per label)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.8, 3.0))
+    width = 0.8 / max(1, len(series))
+    for index, (series_name, values) in enumerate(series.items()):
+        xs = [i + (index - (len(series) - 1) / 2) * width for i in range(len(labels))]
+        ax.bar(xs, values, width=width, label=series_name, color=colors[index] if colors else None)
+    ax.set_xticks(range(len(labels)), [_clip(label, 18) for label in labels], fontsize=8,
+                  rotation=30 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10, loc="left")
+    if log:
+        ax.set_yscale("log")
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save(fig, out, name)
+
+
+def _short(value: float) -> str:
+    if value >= 1_000_000:
+        return f"{value / 1_000_000:.1f}M"
+    if value >= 10_000:
+        return f"{value / 1000:.0f}k"
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def _clip(text: Any, width: int) -> str:
+    text = str(text)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: Sequence[int] = ()) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = []
+        for index, value in enumerate(row):
+            cls = ' class="num"' if index in numeric else ""
+            shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else (
+                f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value)))
+            cells.append(f"<td{cls}>{html.escape(shown)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _p(text: str) -> str:
+    return f"<p>{html.escape(text)}</p>"
+
+
+# -- sections -----------------------------------------------------------------------------------
+
+def section_run(inp: _Inputs) -> Section:
+    section = Section("run", "Run and step timings")
+    if absent := inp.has("runs"):
+        section.absent = absent
+        return section
+    from pyspark.sql import functions as F
+
+    rows = (inp.lake.read("runs").filter(F.col("run_id") == inp.run_id).orderBy("started_at").collect())
+    steps = [r for r in rows if r["step"] != "run"]
+    if not steps:
+        section.absent = f"no steps recorded for run {inp.run_id} in the runs table"
+        return section
+    total = next((r for r in rows if r["step"] == "run"), None)
+    status = total["status"] if total else ("failed" if any(r["status"] == "failed" for r in steps) else "running")
+    seconds = total["seconds"] if total else sum(r["seconds"] or 0 for r in steps)
+    section.lead = (f'<p class="status {html.escape(status)}">Run {html.escape(inp.run_id)}: '
+                    f"<b>{html.escape(status.upper())}</b> in {seconds:.1f} s, started "
+                    f"{steps[0]['started_at']:%Y-%m-%d %H:%M:%S} UTC.</p>")
+    section.charts.append(barh(
+        inp.out, "step_timings.png", [r["step"] for r in steps], {"seconds": [r["seconds"] or 0 for r in steps]},
+        title="Wall time per step (colour = status)", xlabel="seconds",
+        bar_colors=[_STATUS_COLORS.get(r["status"], _GREY) for r in steps]))
+    table_rows = []
+    for r in steps:
+        note = (r["error"] or "").splitlines()[0] if r["error"] else r["detail"]
+        versions = ", ".join(f"{k}@v{v}" for k, v in sorted((r["versions"] or {}).items()))
+        table_rows.append([r["step"], r["status"], f"{r['seconds'] or 0:.1f}", r["rows_in"], r["rows_out"],
+                           versions, note])
+    section.body = _table(["step", "status", "seconds", "rows in", "rows out", "versions written", "detail"],
+                           table_rows, numeric=(2, 3, 4))
+    history = (inp.lake.read("runs").filter(F.col("step") == "run").orderBy(F.col("started_at").desc())
+               .limit(12).collect())[::-1]
+    if len(history) > 1:
+        section.charts.append(columns(
+            inp.out, "run_history.png", [r["run_id"][-13:] for r in history],
+            {"seconds": [r["seconds"] or 0 for r in history]}, title="Recent runs: total wall time", ylabel="seconds"))
+    return section
+
+
+def section_sources(inp: _Inputs) -> Section:
+    section = Section("sources", "Source volumes")
+    if absent := inp.has("load_log"):
+        section.absent = absent
+        return section
+    from pyspark.sql import functions as F
+
+    log = inp.lake.read("load_log")
+    this_run = log.filter(F.col("run_id") == inp.run_id)
+    scope = f"files landed by run {inp.run_id}"
+    if this_run.limit(1).count() == 0:
+        this_run, scope = log, "all files ever landed (this run landed none)"
+    rows = (this_run.groupBy("source").agg(F.count(F.lit(1)).alias("files"), F.sum("raw_records").alias("raw"),
+                                           F.sum("bronze_rows").alias("bronze"),
+                                           F.sum("quarantined_rows").alias("quarantined"))
+            .orderBy(F.col("raw").desc()).collect())
+    labels = [r["source"] for r in rows]
+    section.lead = _p(f"Raw records per source = bronze + quarantine; {scope}.")
+    section.charts.append(barh(inp.out, "source_volumes.png", labels,
+                               {"bronze": [r["bronze"] or 0 for r in rows],
+                                "quarantine": [r["quarantined"] or 0 for r in rows]},
+                               title="Records landed per source", xlabel="records", colors=[_BLUE, _RED]))
+    section.body = _table(["source", "files", "raw", "bronze", "quarantined"],
+                           [[r["source"], r["files"], r["raw"], r["bronze"], r["quarantined"]] for r in rows],
+                           numeric=(1, 2, 3, 4))
+    return section
+
+
+def section_quarantine(inp: _Inputs) -> Section:
+    section = Section("quarantine", "Quarantine by reason")
+    if absent := inp.has("quarantine"):
+        section.absent = absent
+        return section
+    from pyspark.sql import functions as F
+
+    quarantine = inp.lake.read("quarantine")
+    if "load_id" in quarantine.columns and "load_log" in inp.tables:
+        loads = inp.lake.read("load_log").filter(F.col("run_id") == inp.run_id).select("load_id").distinct()
+        ours = quarantine.join(loads, on="load_id", how="left_semi")
+        if ours.limit(1).count():
+            quarantine = ours
+    # reasons carry details after a colon ("bad timestamp: 2024-13-01"); group on the kind of problem
+    kind = F.regexp_replace(F.substring_index(F.col("reason"), ":", 1), r"\s+", " ")
+    rows = (quarantine.groupBy("source", kind.alias("reason")).count()
+            .orderBy(F.col("count").desc()).limit(15).collect())
+    if not rows:
+        section.absent = "the quarantine table is empty: every record parsed"
+        return section
+    labels = [f"{r['source']}: {r['reason']}" for r in rows]
+    section.charts.append(barh(inp.out, "quarantine_reasons.png", labels, {"records": [r["count"] for r in rows]},
+                               title="Quarantined records, top reasons", xlabel="records", colors=[_RED]))
+    total = quarantine.count()
+    section.lead = _p(f"{total:,} quarantined records; the 15 most frequent (source, reason) pairs are shown.")
+    return section
+
+
+def section_silver(inp: _Inputs) -> Section:
+    section = Section("silver", "Silver tables")
+    silver = [t for t in inp.tables if t.startswith("silver_")]
+    if not silver:
+        section.absent = "no silver_* tables in the lake"
+        return section
+    from cdp.jobs.run import table_rows
+
+    counts = sorted(((t, table_rows(inp.lake, t)) for t in silver), key=lambda item: -item[1])
+    section.charts.append(barh(inp.out, "silver_rows.png", [t for t, _ in counts], {"rows": [c for _, c in counts]},
+                               title="Rows per silver table", xlabel="rows (log scale)", colors=[_BLUE], log=True))
+    return section
+
+
+_SIZE_BUCKETS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 20), (21, 50), (51, 10**12))
+
+
+def _bucket_label(low: int, high: int) -> str:
+    if low == high:
+        return str(low)
+    return f"{low}+" if high >= 10**12 else f"{low}-{high}"
+
+
+def section_identity(inp: _Inputs) -> Section:
+    section = Section("identity", "Identity: component sizes")
+    if absent := inp.has("identity_map"):
+        section.absent = absent
+        return section
+    from pyspark.sql import functions as F
+
+    identity_map = inp.lake.read("identity_map")
+    sizes = identity_map.groupBy("customer_id").agg(F.count(F.lit(1)).alias("size"))
+    bucket = F.lit(None).cast("string")
+    for low, high in reversed(_SIZE_BUCKETS):
+        bucket = F.when((F.col("size") >= low) & (F.col("size") <= high), F.lit(_bucket_label(low, high))) \
+            .otherwise(bucket)
+    counted = {r["bucket"]: r["customers"] for r in
+               sizes.groupBy(bucket.alias("bucket")).agg(F.count(F.lit(1)).alias("customers")).collect()}
+    labels = [_bucket_label(low, high) for low, high in _SIZE_BUCKETS]
+    stats = sizes.agg(F.count(F.lit(1)).alias("customers"), F.max("size").alias("largest"),
+                      F.avg("size").alias("mean")).first()
+    section.charts.append(columns(inp.out, "component_sizes.png", labels, {"customers": [counted.get(b, 0) for b in labels]},
+                                  title="Customers by number of identifiers", ylabel="customers (log)",
+                                  colors=[_BLUE], log=True))
+    by_type = identity_map.groupBy("id_type").agg(
+        F.count(F.lit(1)).alias("identifiers"),
+        F.sum(F.col("is_shared").cast("int")).alias("shared") if "is_shared" in identity_map.columns
+        else F.lit(0).alias("shared")).orderBy(F.col("identifiers").desc()).collect()
+    section.charts.append(barh(inp.out, "identifiers_by_type.png", [r["id_type"] for r in by_type],
+                               {"linked": [r["identifiers"] - (r["shared"] or 0) for r in by_type],
+                                "shared (not joining persons)": [r["shared"] or 0 for r in by_type]},
+                               title="Identifiers by type", xlabel="identifiers", colors=[_BLUE, _ORANGE]))
+    section.lead = _p(f"{stats['customers']:,} customers; {stats['mean']:.2f} identifiers per customer on "
+                      f"average; the largest holds {stats['largest']:,}.")
+    return section
+
+
+def run_started_label(run_id: str) -> str:
+    """'20261126T165126Z-a07391' -> '11-26 16:51' (a run id starts with its UTC start time)."""
+    try:
+        started = datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ")
+    except ValueError:
+        return run_id[-13:]
+    return f"{started:%m-%d %H:%M}"
+
+
+def section_merges(inp: _Inputs) -> Section:
+    section = Section("merges", "Identity: merges and splits")
+    if absent := inp.has("identity_history"):
+        section.absent = absent
+        return section
+    from pyspark.sql import functions as F
+
+    history = inp.lake.read("identity_history")
+    # run ids start with their UTC start time, so they sort in time order
+    runs = [r["run_id"] for r in history.select("run_id").distinct().orderBy(F.col("run_id").desc())
+            .limit(8).collect()][::-1]
+    counts = {(r["run_id"], r["event"]): r["count"] for r in
+              history.filter(F.col("run_id").isin(runs)).groupBy("run_id", "event").count().collect()}
+    events = sorted({event for _, event in counts})
+    if not runs:
+        section.absent = "identity_history is empty"
+        return section
+    palette = {"new": _BLUE, "merge": _ORANGE, "split": _RED, "move": "#8e6bbf", "retire": _GREY}
+    section.charts.append(columns(inp.out, "identity_events.png", [run_started_label(r) for r in runs],
+                                  {e: [counts.get((r, e), 0) for r in runs] for e in events},
+                                  title="Identity events per run", ylabel="customers (log)",
+                                  colors=[palette.get(e, _GREY) for e in events], log=True))
+    ours = (history.filter(F.col("run_id") == inp.run_id).filter(F.col("event") != "new")
+            .groupBy("event", "reason").count().orderBy(F.col("count").desc()).limit(12).collect())
+    if ours:
+        section.body = _table(["event", "reason", "customers"], [[r["event"], r["reason"], r["count"]] for r in ours],
+                              numeric=(2,))
+    else:
+        section.body = _p(f"No merges, splits, moves or retirements in run {inp.run_id}.")
+    return section
+
+
+def section_tags(inp: _Inputs) -> Section:
+    section = Section("tags", "Tag coverage")
+    if absent := inp.has("tag_stats"):
+        section.absent = absent
+        return section
+    from pyspark.sql import functions as F
+
+    stats = inp.lake.read("tag_stats")
+    latest = stats.filter(F.col("run_id") == inp.run_id)
+    if latest.limit(1).count() == 0:
+        last = stats.agg(F.max("computed_at").alias("at")).first()["at"]
+        latest = stats.filter(F.col("computed_at") == last)
+        scope = "the latest tag run (this run computed no tags)"
+    else:
+        scope = f"run {inp.run_id}"
+    rows = latest.select("tag", "kind", "coverage", "customers", "version").collect()
+    if not rows:
+        section.absent = "tag_stats is empty"
+        return section
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.8, 2.8))
+    kinds = sorted({r["kind"] for r in rows})
+    ax.hist([[100 * (r["coverage"] or 0) for r in rows if r["kind"] == k] for k in kinds], bins=20, range=(0, 100),
+            stacked=True, label=kinds, color=[_BLUE, _ORANGE, "#59a14f"][: len(kinds)])
+    ax.set_xlabel("coverage (% of customers with a value)")
+    ax.set_ylabel("tags")
+    ax.set_title(f"Tag coverage, {len(rows)} tags", fontsize=10, loc="left")
+    ax.legend(fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    section.charts.append(_save(fig, inp.out, "tag_coverage.png"))
+    by_kind = {k: sum(1 for r in rows if r["kind"] == k) for k in kinds}
+    lowest = sorted(rows, key=lambda r: (r["coverage"] or 0, r["tag"]))[:10]
+    section.body = (_p(f"Tags of {scope}: " + ", ".join(f"{n} {k}" for k, n in by_kind.items()) +
+                       f"; {rows[0]['customers']:,} customers.") +
+                    "<h3>Lowest coverage</h3>" +
+                    _table(["tag", "kind", "coverage", "version"],
+                           [[r["tag"], r["kind"], r["coverage"], r["version"]] for r in lowest], numeric=(2,)))
+    return section
+
+
+# The figure that ranks a model, on the later held-out window (eval_*) when logged: AUC for a
+# classifier, Spearman rank correlation for a regression such as CLV (both: 1 is perfect).
+HEADLINE_METRICS = ("auc", "spearman")
+
+
+def headline_metric(metrics: dict[str, float]) -> tuple[str, float] | None:
+    """(name, value) of a run's headline metric: eval_<name> first, else any metric ending in <name>."""
+    for key in HEADLINE_METRICS:
+        value = metrics.get(f"eval_{key}", next((v for k, v in sorted(metrics.items()) if k.lower().endswith(key)),
+                                                 None))
+        if value is not None:
+            return key, float(value)
+    return None
+
+
+def section_models(inp: _Inputs) -> Section:
+    section = Section("models", "Predictive models (MLflow)")
+    from cdp.jobs.run import mlflow_tracking_uri
+
+    uri = mlflow_tracking_uri(inp.lake.root)
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        section.absent = f"no MLflow tracking store at {uri}"
+        return section
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    models = [m for m in client.search_registered_models() if m.name.startswith("cdp_")]
+    if not models:
+        section.absent = f"no cdp_* models registered in {uri}"
+        return section
+    rows, labels, scores = [], [], []
+    for model in sorted(models, key=lambda m: m.name):
+        aliases = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        versions = sorted(client.search_model_versions(f"name='{model.name}'"), key=lambda v: int(v.version))[-4:]
+        for version in versions:
+            metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+            label = f"{model.name} v{version.version}" + (" ★" if "champion" in aliases.get(str(version.version), []) else "")
+            headline = headline_metric(metrics)
+            labels.append(f"{label} · {headline[0]}" if headline else label)
+            scores.append(headline[1] if headline else 0.0)
+            shown = ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items(), key=lambda kv: (not kv[0].startswith("eval_"), kv[0]))[:6])
+            rows.append([model.name, int(version.version), ", ".join(aliases.get(str(version.version), [])), shown])
+    if any(scores):
+        section.charts.append(barh(inp.out, "model_metrics.png", labels, {"held-out score": scores},
+                                   title="Held-out score per model version (★ = champion)",
+                                   xlabel="AUC (classifiers) or Spearman (CLV); 1 is perfect", colors=[_BLUE]))
+    section.body = _table(["model", "version", "aliases", "metrics"], rows, numeric=(1,))
+    return section
+
+
+def section_audiences(inp: _Inputs) -> Section:
+    section = Section("audiences", "Audiences: sizes and changes")
+    if absent := inp.has("audience_stats"):
+        section.absent = absent
+        return section
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    stats = inp.lake.read("audience_stats")
+    newest = Window.partitionBy("audience").orderBy(F.col("computed_at").desc())
+    rows = (stats.withColumn("_n", F.row_number().over(newest)).filter(F.col("_n") == 1)
+            .orderBy(F.col("members").desc()).collect())
+    labels = [r["audience"] for r in rows]
+    section.charts.append(barh(inp.out, "audience_sizes.png", labels,
+                               {"members": [r["members"] - (r["in_control"] or 0) for r in rows],
+                                "control group": [r["in_control"] or 0 for r in rows]},
+                               title="Published audience size", xlabel="customers", colors=[_BLUE, _GREY]))
+    section.charts.append(barh(inp.out, "audience_exclusions.png", labels,
+                               {"no consent": [r["no_consent"] or 0 for r in rows],
+                                "unreachable": [r["unreachable"] or 0 for r in rows],
+                                "suppressed": [r["suppressed"] or 0 for r in rows]},
+                               title="Matched but not published", xlabel="customers",
+                               colors=[_ORANGE, _GREY, _RED]))
+    if "audience_changes" in inp.tables:
+        changes = {(r["audience"], r["change"]): r["count"] for r in
+                   inp.lake.read("audience_changes").filter(F.col("run_id") == inp.run_id)
+                   .groupBy("audience", "change").count().collect()}
+        if changes:
+            section.charts.append(barh(inp.out, "audience_changes.png", labels,
+                                       {"entered": [changes.get((a, "entered"), 0) for a in labels],
+                                        "exited": [changes.get((a, "exited"), 0) for a in labels]},
+                                       title="Entered + exited in this run", xlabel="customers",
+                                       colors=["#59a14f", _RED]))
+    section.body = _table(["audience", "channel", "matched", "published", "control", "version", "computed at"],
+                          [[r["audience"], r["channel"], r["matched"], r["members"], r["in_control"],
+                            r["publish_version"], f"{r['computed_at']:%Y-%m-%d %H:%M}"] for r in rows],
+                          numeric=(2, 3, 4, 5))
+    return section
+
+
+def _read_quality_reports(root: str, run_id: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """The gate JSON reports of ``run_id`` (else of the newest run that has some)."""
+    if urlparse(root).scheme not in ("", "file"):
+        return None, []
+    base = Path(root) / QUALITY_DIR
+    if not base.is_dir():
+        return None, []
+    folders = [base / run_id] if (base / run_id).is_dir() else sorted(
+        (p for p in base.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)[-1:]
+    for folder in folders:
+        reports = [{**json.loads(p.read_text(encoding="utf-8")), "_file": p.stem} for p in sorted(folder.glob("*.json"))]
+        if reports:
+            return folder.name, reports
+    return None, []
+
+
+def section_gates(inp: _Inputs) -> Section:
+    section = Section("gates", "Quality gates")
+    gate_run, reports = _read_quality_reports(inp.lake.root, inp.run_id)
+    if not reports:
+        section.absent = f"no gate reports under {QUALITY_DIR}/ in the lake"
+        return section
+    labels, passed, warned, failed, rows = [], [], [], [], []
+    for report in reports:
+        outcomes = [o for o in report.get("outcomes", []) if not o.get("skipped")]
+        n_fail = sum(1 for o in outcomes if not o["success"] and o.get("blocking"))
+        n_warn = sum(1 for o in outcomes if not o["success"] and not o.get("blocking"))
+        name = report.get("_file", report["table"])
+        labels.append(report["table"] if name == report["table"] else f"{report['table']} ({report['suite']})")
+        passed.append(sum(1 for o in outcomes if o["success"]))
+        warned.append(n_warn)
+        failed.append(n_fail)
+        link = f"../../../{QUALITY_DIR}/{gate_run}/{name}.html"
+        worst = next((o for o in outcomes if not o["success"]), None)
+        rows.append((report["table"], report["suite"], "passed" if report["success"] else "FAILED", n_fail, n_warn,
+                     f"{worst['view']}: {worst['expectation']}" if worst else "", link))
+    section.charts.append(barh(inp.out, "gates.png", labels, {"passed": passed, "warning": warned, "failed": failed},
+                               title="Expectations per gate", xlabel="expectations",
+                               colors=["#59a14f", _ORANGE, _RED]))
+    section.lead = _p(f"Gates of run {gate_run}" + ("" if gate_run == inp.run_id else
+                                                           f" (the newest with gate reports; this is {inp.run_id})") + ".")
+    body = ["<table><thead><tr><th>table</th><th>suite</th><th>result</th><th>failed</th><th>warnings</th>"
+            "<th>first problem</th><th>details</th></tr></thead><tbody>"]
+    for table, suite, result, n_fail, n_warn, worst, link in rows:
+        body.append(f"<tr><td>{html.escape(table)}</td><td>{html.escape(suite)}</td>"
+                    f"<td class=\"{'ok' if result == 'passed' else 'failed'}\">{result}</td>"
+                    f"<td class=\"num\">{n_fail}</td><td class=\"num\">{n_warn}</td><td>{html.escape(worst)}</td>"
+                    f"<td><a href=\"{html.escape(link)}\">report</a></td></tr>")
+    body.append("</tbody></table>")
+    section.body = "".join(body)
+    return section
+
+
+def draw_identity_graph(edges: Any, *, title: str = "identity graph", ax: Any = None) -> Any:
+    """Draw identity-graph edges (a pandas frame with a_type, a_value, b_type, b_value, status) on a circle.
+
+    Active edges are solid; cut ones (shared identifier, limit, quarantine) are dashed and red. For
+    notebooks: a customer's graph has a handful of nodes, so a circular layout reads well.
+    """
+    import math
+
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 5))
+    nodes = sorted({(r.a_type, r.a_value) for r in edges.itertuples()} | {(r.b_type, r.b_value) for r in edges.itertuples()})
+    where = {node: (math.cos(2 * math.pi * i / max(1, len(nodes))), math.sin(2 * math.pi * i / max(1, len(nodes))))
+             for i, node in enumerate(nodes)}
+    for r in edges.itertuples():
+        (x1, y1), (x2, y2) = where[(r.a_type, r.a_value)], where[(r.b_type, r.b_value)]
+        active = r.status == "active"
+        ax.plot([x1, x2], [y1, y2], color=_BLUE if active else _RED, linestyle="-" if active else "--",
+                linewidth=1.5 if active else 1.0, zorder=1)
+    for (id_type, value), (x, y) in where.items():
+        ax.scatter([x], [y], s=120, color=_ORANGE, zorder=2)
+        ax.annotate(f"{id_type}\n{_clip(value, 22)}", (x, y), textcoords="offset points", xytext=(0, 9),
+                    ha="center", fontsize=7)
+    ax.set_title(f"{title} ({len(nodes)} identifiers, {len(edges)} edges; dashed = cut)", fontsize=10, loc="left")
+    ax.set_axis_off()
+    ax.margins(0.25)
+    return ax
+
+
+SECTIONS: tuple[Callable[[_Inputs], Section], ...] = (
+    section_run, section_sources, section_quarantine, section_silver, section_identity, section_merges,
+    section_tags, section_models, section_audiences, section_gates,
+)
+
+_CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#222;background:#f6f7f9}
+header{background:#1d3557;color:#fff;padding:14px 28px}header h1{margin:0;font-size:20px}
+header p{margin:4px 0 0;font-size:13px;opacity:.85}nav{padding:8px 28px;background:#e9edf2;font-size:13px}
+nav a{margin-right:14px;color:#1d3557;text-decoration:none}main{padding:6px 28px 40px;max-width:1240px}
+section{background:#fff;border:1px solid #dde2e8;border-radius:6px;margin:16px 0;padding:12px 18px}
+h2{font-size:16px;margin:4px 0 8px}h3{font-size:13px;margin:12px 0 4px}
+.charts{display:flex;flex-wrap:wrap;gap:12px}.charts img{max-width:100%;border:1px solid #eef0f3}
+table{border-collapse:collapse;font-size:12px;margin-top:8px}th,td{padding:3px 8px;border-bottom:1px solid #eee;
+text-align:left;vertical-align:top}th{background:#f2f4f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.absent{color:#777;font-style:italic}.ok{color:#2e7d32}.failed{color:#c62828;font-weight:600}
+p.status.ok b{color:#2e7d32}p.status.failed b{color:#c62828}
+"""
+
+
+def render_html(run_id: str, lake_root: str, sections: Sequence[Section], generated_at: datetime) -> str:
+    nav = " ".join(f'<a href="#{s.key}">{html.escape(s.title)}</a>' for s in sections)
+    parts = []
+    for s in sections:
+        if s.absent:
+            inner = f'<p class="absent">Not shown: {html.escape(s.absent)}.</p>'
+        else:
+            images = "".join(f'<img src="{html.escape(c)}" alt="{html.escape(c)}">' for c in s.charts)
+            inner = s.lead + (f'<div class="charts">{images}</div>' if images else "") + s.body
+        parts.append(f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>{inner}</section>')
+    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>CDP run {html.escape(run_id)}"
+            f"</title><style>{_CSS}</style></head><body><header><h1>CDP run report</h1><p>run "
+            f"{html.escape(run_id)} · lake {html.escape(lake_root)} · generated {generated_at:%Y-%m-%d %H:%M:%S} UTC"
+            f"</p></header><nav>{nav}</nav><main>{''.join(parts)}</main></body></html>\n")
+
+
+def latest_run_id(lake: Any) -> str | None:
+    if not lake.exists("runs"):
+        return None
+    from pyspark.sql import functions as F
+
+    row = lake.read("runs").orderBy(F.col("started_at").desc()).select("run_id").first()
+    return row["run_id"] if row else None
+
+
+def build_report(spark: Any, lake: Any, run_id: str, out: Path) -> list[Section]:
+    """Render every section's charts into ``out``; return the sections (for the HTML)."""
+    from cdp.jobs.run import list_tables
+
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = _Inputs(spark=spark, lake=lake, run_id=run_id, tables=list_tables(lake), out=out)
+    sections = []
+    for build in SECTIONS:
+        try:
+            sections.append(build(inputs))
+        except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
+            logger.exception("report section %s failed", build.__name__)
+            sections.append(Section(build.__name__.removeprefix("section_"), build.__name__.removeprefix("section_"),
+                                    absent=f"could not be rendered: {type(exc).__name__}: {exc}"))
+    return sections
+
+
