@@ -18,6 +18,7 @@ CORE = [
     "phonenumbers>=8.13",
     "scikit-learn>=1.5",
     "scipy>=1.11",
+    "sqlglot>=25",  # cdp validate parses tag and audience SQL without starting Spark
     "matplotlib>=3.8",
 ]
 TEST = [

@@ -445,6 +445,17 @@ def _execute_step(spark: Any, ctx: JobContext, lake: Any, step: Step, planned: P
     return record
 
 
+def check_configuration(ctx: JobContext) -> None:
+    """Every config file parsed and cross-checked before the first step (``cdp validate``'s checks):
+    a bad tag or audience fails here, not after land, standardize, stitch and features have run."""
+    from cdp.runtime.validation import validate_conf_cached
+
+    report = validate_conf_cached(ctx.conf_dir)
+    if not report.ok:
+        raise ConfigError(f"configuration {ctx.conf_dir}: {len(report.problems)} problem(s):\n  "
+                          + "\n  ".join(report.problems))
+
+
 def run(spark: Any, ctx: JobContext, *, from_step: str | None = None, to_step: str | None = None,
         only: Sequence[str] | None = None, generate: bool = False, customers: int | None = None,
         seed: int | None = None, raw: str | None = None, end: str | None = None, as_of: str | None = None,
@@ -473,6 +484,7 @@ def run(spark: Any, ctx: JobContext, *, from_step: str | None = None, to_step: s
     from cdp.lake import Lake
     from cdp.runtime.lock import LakeLock
 
+    check_configuration(ctx)
     generate = generate or customers is not None or seed is not None
     if only and "generate" in only:
         generate = True

@@ -107,11 +107,27 @@ ALLOWED_VALUES: dict[tuple[str, str], frozenset[str]] = {
 }
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Spark's datetime pattern letters ("Datetime Patterns" of Spark 3+); week-based letters (Y, w, W, e, c)
+# and other java.time letters are refused by Spark's parser, so they are refused when the config loads.
+SPARK_PATTERN_LETTERS = frozenset("GyDMLdQqEFahKkHmsSVzOXxZu")
+_QUOTED = re.compile(r"'[^']*'")
 _SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _ZONE_LETTERS = re.compile(r"[XxZOV]")
 
 
 # -- config ---------------------------------------------------------------------------------------
+
+def spark_pattern_problem(pattern: str) -> str | None:
+    """Why Spark cannot parse this datetime pattern, or None when it can."""
+    if pattern.count("'") % 2:
+        return f"unbalanced quote in pattern {pattern!r}"
+    letters = {c for c in _QUOTED.sub("", pattern) if c.isalpha()}
+    unknown = sorted(letters - SPARK_PATTERN_LETTERS)
+    if unknown:
+        return (f"pattern {pattern!r} uses {', '.join(repr(c) for c in unknown)}, which Spark's datetime "
+                "patterns do not support (week-based letters Y, w, W, e, c are refused)")
+    return None
+
 
 @dataclass(frozen=True)
 class FieldSpec:
@@ -147,6 +163,10 @@ class FieldSpec:
             raise ValueError(f"{where}.format: only date and timestamp fields take a format")
         if kind == "date" and any(f in ("epoch_s", "epoch_ms") for f in formats):
             raise ValueError(f"{where}.format: a date takes a pattern, not an epoch")
+        for pattern in formats:
+            problem = None if pattern in TIME_FORMATS else spark_pattern_problem(str(pattern))
+            if problem:
+                raise ValueError(f"{where}.format: {problem}")
         on_invalid = data.get("on_invalid", "quarantine")
         if on_invalid not in ("quarantine", "null"):
             raise ValueError(f"{where}.on_invalid: use 'quarantine' or 'null', not {on_invalid!r}")
