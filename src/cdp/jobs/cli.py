@@ -17,6 +17,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "audiences": ("cdp.jobs.audiences", "evaluate, gate and publish audiences; preview one"),
     "export": ("cdp.jobs.export", "write published audiences for their destinations"),
     "forget": ("cdp.jobs.forget", "erase a person from every layer"),
+    "sources": ("cdp.jobs.sources", "profile a raw export and draft its conf/sources.yaml block"),
     "validate": ("cdp.jobs.validate", "parse and cross-check every config file (no Spark)"),
     "run": ("cdp.jobs.run", "run the whole pipeline in dependency order"),
     "report": ("cdp.jobs.report", "render the HTML run report"),
