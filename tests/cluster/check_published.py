@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from cdp.lake import Lake
 
 # Tables named audience_* that are bookkeeping, not published audiences (jobs/audiences.py).
-NOT_AUDIENCES = {"audience_changes", "audience_stats"}
+NOT_AUDIENCES = {"audience_changes", "audience_stats", "audience_performance"}
 
 
 def check(lake: Lake) -> list[str]:

@@ -53,6 +53,7 @@ from typing import Any, Literal
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from cdp.engage.measure import Goal
 from cdp.identity.records import with_customer_id
 
 Channel = Literal["email", "sms", "wechat", "ads"]
@@ -180,6 +181,8 @@ class Audience:
     control_percent: float = 0.0
     wechat_appid: str | None = None
     destinations: tuple[Destination, ...] = ()
+    goals: tuple[Goal, ...] = ()  # conversions cdp measure counts against the control group
+    transactional: bool = False  # receipts, service messages: the global control group still gets them
 
     @classmethod
     def from_dict(cls, data: Any, *, default_name: str | None = None) -> Audience:
@@ -187,7 +190,7 @@ class Audience:
         if not isinstance(data, Mapping):
             raise ValueError(f"audience: expected a mapping, got {type(data).__name__}")
         known = {"name", "channel", "description", "where", "exclude", "suppression_lists", "cap",
-                 "control_group", "wechat_appid", "destinations"}
+                 "control_group", "wechat_appid", "destinations", "goals", "transactional"}
         _no_unknown_keys(data, known, "audience")
         name = data.get("name", default_name)
         if not isinstance(name, str) or not _NAME.match(name):
@@ -218,9 +221,20 @@ class Audience:
         names = [d.name for d in destinations]
         if len(set(names)) != len(names):
             raise ValueError(f"destinations: duplicate destination names {names}")
+        goals_raw = data.get("goals") or []
+        if not isinstance(goals_raw, list):
+            raise ValueError("goals: expected a list of goals")
+        goals = tuple(Goal.from_dict(g, f"goals[{i}]") for i, g in enumerate(goals_raw))
+        goal_names = [g.name for g in goals]
+        if len(set(goal_names)) != len(goal_names):
+            raise ValueError(f"goals: duplicate goal names {goal_names}")
+        transactional = data.get("transactional", False)
+        if not isinstance(transactional, bool):
+            raise ValueError(f"transactional: expected true or false, got {transactional!r}")
         return cls(name=name, channel=channel, where=where, description=str(data.get("description") or ""),
                    exclude=exclude, suppression_lists=tuple(lists), cap=cap,
-                   control_percent=control_percent, wechat_appid=appid, destinations=destinations)
+                   control_percent=control_percent, wechat_appid=appid, destinations=destinations,
+                   goals=goals, transactional=transactional)
 
     def conditions(self) -> list[Condition]:
         return [self.where, *self.exclude]
@@ -427,6 +441,10 @@ def validate_audience(audience: Audience, *, tags: Iterable[str], profile_attrib
                 for key, value in (("did", node.did), ("not_followed_by", node.not_followed_by)):
                     if value not in events:
                         problems.append(f"{node.path}.{key}: unknown event type {value!r}")
+    if events is not None:
+        for i, goal in enumerate(audience.goals):
+            if goal.kind == "event" and goal.event_type not in events:
+                problems.append(f"goals[{i}].event_type: unknown event type {goal.event_type!r}")
     if audience.cap:
         for key in audience.cap.order_by:
             known = tags if key.source == "tag" else attrs
@@ -611,13 +629,21 @@ def control_hash(audience_name: str, customer_id: Column | str = "customer_id") 
     return F.pmod(F.xxhash64(F.concat_ws(":", F.lit("control"), F.lit(audience_name), cid)), F.lit(10000))
 
 
+def in_global_control(percent: float, customer_id: Column | str = "customer_id") -> Column:
+    """True for the stable, hash-drawn ``percent`` % of all customers that no audience sends to (the
+    global control group), the same customers in every audience and run."""
+    cid = F.col(customer_id) if isinstance(customer_id, str) else customer_id
+    bucket = F.pmod(F.xxhash64(F.concat_ws(":", F.lit("global-control"), cid)), F.lit(10000))
+    return bucket < F.lit(int(round(percent * 100)))
+
+
 def order_hash(audience_name: str) -> Column:
     """Deterministic tie-break for size caps, different from the control-group hash."""
     return F.xxhash64(F.concat_ws(":", F.lit("cap"), F.lit(audience_name), F.col("customer_id")))
 
 
 def select_members(customers: DataFrame, audience: Audience, *,
-                   eligible: DataFrame | None = None) -> DataFrame:
+                   eligible: DataFrame | None = None, global_control_percent: float = 0.0) -> DataFrame:
     """Evaluate ``audience`` over the customer frame: conditions, eligibility, cap, control group.
 
     Args:
@@ -626,6 +652,9 @@ def select_members(customers: DataFrame, audience: Audience, *,
         eligible: optional customer_id frame of customers that may be contacted on the channel
             (consent, reachability, suppression); applied before the cap so the cap counts
             people who can actually be reached.
+        global_control_percent: the share of all customers held out of every audience except
+            transactional ones (:func:`in_global_control`); they stay members, in control, so they are
+            measured like everyone else and never exported.
 
     Returns:
         customer_id string, in_control boolean: one row per member.
@@ -643,6 +672,8 @@ def select_members(customers: DataFrame, audience: Audience, *,
         matched = matched.orderBy(*order).limit(audience.cap.size)
     in_control = (control_hash(audience.name) < F.lit(int(round(audience.control_percent * 100)))) \
         if audience.control_percent > 0 else F.lit(False)
+    if global_control_percent > 0 and not audience.transactional:
+        in_control = in_control | in_global_control(global_control_percent)
     return matched.select(F.col("customer_id"), in_control.alias("in_control"))
 
 

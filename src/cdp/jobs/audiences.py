@@ -41,6 +41,7 @@ from cdp.audiences.language import (
     tag_names,
     validate_audience,
 )
+from cdp.engage import EngageConfig
 from cdp.jobs.entry import JobFailed
 from cdp.privacy import (
     ERASURE_LIST,
@@ -81,6 +82,12 @@ def select_audiences(conf_dir: Path, names: Sequence[str] | None) -> list[Audien
     if unknown:
         raise ConfigError(f"{conf_dir / 'audiences'}: no audience named {unknown[0]!r}")
     return [a for a in audiences if a.name in names]
+
+
+def load_engage_config(conf_dir: Path) -> EngageConfig:
+    """``conf/engage.yaml`` (the global control group); absent: no global control group."""
+    path = conf_dir / "engage.yaml"
+    return parse_file(path, EngageConfig.from_dict) if path.exists() else EngageConfig()
 
 
 def load_audiences(conf_dir: Path) -> list[Audience]:
@@ -197,11 +204,13 @@ class Evaluator:
     """Builds the shared customer frame once and evaluates audiences over it."""
 
     def __init__(self, inputs: Inputs, audiences: Sequence[Audience], *, as_of: datetime, run_id: str,
-                 all_columns: bool = False) -> None:
+                 all_columns: bool = False, global_control_percent: float = 0.0) -> None:
         """``all_columns``: keep every tag and profile column in the customer frame (the preview's tag
         composition reads them); otherwise only the columns the audiences refer to are kept."""
         self.inputs = inputs
         self.run_id = run_id
+        self.as_of = as_of
+        self.global_control_percent = global_control_percent
         flags = behaviour_flags(behaviour_conditions(audiences), as_of=as_of, events=inputs.events,
                                 purchases=inputs.purchases)
         only = None if all_columns else {c for audience in audiences for c in referenced_columns(audience)}
@@ -226,7 +235,8 @@ class Evaluator:
         suppressed = suppressed_customers(self.inputs.identity_map, self.inputs.suppression, lists)
         eligible = eligibility(self.contacts(audience.channel, audience.wechat_appid), self.inputs.consent,
                                audience.channel, suppressed=suppressed)
-        members = select_members(self.customers, audience, eligible=eligible.filter(F.col("eligible")))
+        members = select_members(self.customers, audience, eligible=eligible.filter(F.col("eligible")),
+                                 global_control_percent=self.global_control_percent)
         published = (members.join(eligible, on="customer_id", how="inner")
                      .select("customer_id", F.lit(audience.channel).alias("channel"), "email", "phone",
                              "wechat_openid", "device_id", "in_control", F.lit(self.run_id).alias("run_id"),
@@ -252,7 +262,7 @@ class AudiencesResult:
 
 
 def _publish_one(lake: Any, ctx: JobContext, evaluated: Evaluated, consent: DataFrame,
-                 result: AudiencesResult) -> None:
+                 result: AudiencesResult, as_of: datetime) -> None:
     audience = evaluated.audience
     table = audience_table(audience.name)
     previous_version = lake.version(table) if lake.exists(table) else None
@@ -261,7 +271,8 @@ def _publish_one(lake: Any, ctx: JobContext, evaluated: Evaluated, consent: Data
             lake, evaluated.members.select(*MEMBER_COLUMNS), table, "audience", ctx,
             inputs={"consent_current": consent, "forgotten": evaluated.suppressed},
             params={"audience_compliance": {"channel": audience.channel}},
-            metadata={"audience": audience.name, "channel": audience.channel})
+            # as_of: when the members entered, for cdp measure's conversion windows
+            metadata={"audience": audience.name, "channel": audience.channel, "as_of": as_of.isoformat()})
     except JobFailed as exc:
         result.failed[audience.name] = str(exc)
         logger.error("audience %s not published: %s", audience.name, exc)
@@ -334,10 +345,11 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, as_of: date |
     # audiences are evaluated on the stored consent: computing it joins every customer record, which
     # each audience would otherwise repeat two or three times (a 502 MB shuffle each time at 1M)
     inputs = replace(inputs, consent=consent)
-    evaluator = Evaluator(inputs, audiences, as_of=as_of_datetime(as_of), run_id=ctx.run_id)
+    evaluator = Evaluator(inputs, audiences, as_of=as_of_datetime(as_of), run_id=ctx.run_id,
+                          global_control_percent=load_engage_config(ctx.conf_dir).global_control_percent)
     try:
         for audience in audiences:
-            _publish_one(lake, ctx, evaluator.evaluate(audience), consent, result)
+            _publish_one(lake, ctx, evaluator.evaluate(audience), consent, result, evaluator.as_of)
     finally:
         evaluator.close()
     if result.failed:
@@ -370,7 +382,8 @@ def preview(spark: SparkSession, ctx: JobContext, name: str, *, lake: Any = None
     check_audiences(audiences, ctx.conf_dir,
                     tags=tag_names(inputs.tags_wide) if inputs.tags_wide is not None else [],
                     profile_attributes=[c for c in inputs.profile.columns if c != "customer_id"])
-    evaluator = Evaluator(inputs, audiences, as_of=as_of_datetime(as_of), run_id=ctx.run_id, all_columns=True)
+    evaluator = Evaluator(inputs, audiences, as_of=as_of_datetime(as_of), run_id=ctx.run_id, all_columns=True,
+                          global_control_percent=load_engage_config(ctx.conf_dir).global_control_percent)
     try:
         target = by_name[name]
         evaluated = evaluator.evaluate(target)

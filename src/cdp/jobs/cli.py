@@ -16,6 +16,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "tags": ("cdp.jobs.tags", "list / show the tag catalogue and lineage"),
     "audiences": ("cdp.jobs.audiences", "evaluate, gate and publish audiences; preview one"),
     "export": ("cdp.jobs.export", "write published audiences for their destinations"),
+    "measure": ("cdp.jobs.measure", "measure audience publishes against their control groups"),
     "forget": ("cdp.jobs.forget", "erase a person from every layer"),
     "sources": ("cdp.jobs.sources", "profile a raw export and draft its conf/sources.yaml block"),
     "validate": ("cdp.jobs.validate", "parse and cross-check every config file (no Spark)"),

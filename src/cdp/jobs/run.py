@@ -108,7 +108,9 @@ STEPS: tuple[Step, ...] = (
     Step("tag", "cdp.jobs.tag", "compute every tag in the catalogue", ("features_daily",), _offer_as_of),
     Step("audiences", "cdp.jobs.audiences", "evaluate, gate and publish audiences", ("tags_wide",), _offer_as_of),
     Step("export", "cdp.jobs.export", "write published audiences for their destinations",
-         ("audience_*", "!audience_changes", "!audience_stats")),
+         ("audience_*", "!audience_changes", "!audience_stats", "!audience_performance")),
+    Step("measure", "cdp.jobs.measure", "measure audience publishes against their control groups",
+         ("audience_changes",), _offer_as_of),
 )
 STEP_NAMES: tuple[str, ...] = tuple(step.name for step in STEPS)
 _BY_NAME: dict[str, Step] = {step.name: step for step in STEPS}

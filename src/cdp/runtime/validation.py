@@ -114,6 +114,11 @@ def validate_conf(conf_dir: Path) -> ConfigReport:
                                              event_types=EVENT_TYPES):
                 found.problems.append(f"{path}: {problem}")
 
+    if (conf_dir / "engage.yaml").exists():
+        from cdp.engage import EngageConfig
+
+        found.parse(conf_dir / "engage.yaml", EngageConfig.from_dict)
+
     quality_path = conf_dir / "quality.yaml"
     if found.parse(quality_path, lambda data: QualityConfig.from_dict(data, "local")) is not None and id_types:
         _check_quality_types(found, quality_path, load_yaml(quality_path), id_types)
