@@ -205,11 +205,11 @@ def test_rerun_over_the_same_files_adds_nothing_and_new_files_load_once(spark: S
 def test_items_explode_into_order_lines(spark: SparkSession, landed) -> None:
     _, ctx, lake, _ = landed
     from cdp.runtime.config import parse_file
-    from cdp.sources import dedupe_records
+    from cdp.sources import deduplicate
 
     config = parse_file(ctx.conf_path("sources.yaml"), SourcesConfig.from_dict)
     source = config.sources["shop_orders"]
-    records = dedupe_records(lake.read("bronze_shop_orders").filter("order_no != 'SO8'"), source)
+    records = deduplicate(lake.read("bronze_shop_orders").filter("order_no != 'SO8'"), source, now=datetime(2024, 4, 1)).records
     (lines,) = map_table(records, source, "order_lines")
     assertDataFrameEqual(
         lines.select("order_id", "line_no", "product_id", "quantity", "unit_price"),

@@ -22,6 +22,7 @@ sources:
     path: crm/*.csv
     format: csv
     record_id: member_no
+    on_duplicate_key: latest
     event_time: updated
     fields:
       member_no: {type: string, required: true}
@@ -212,3 +213,29 @@ def test_normalize_identifiers_per_type_with_qualifier(spark: SparkSession) -> N
         ("service_phone", "021-6234 5678", "r10", None, "+862162345678"),
     ], result.schema)
     assertDataFrameEqual(result, expected)
+
+
+def test_each_source_reports_what_deduplication_did(silver) -> None:
+    _, _, result = silver
+    # crm: M1 updated by the delta export (latest wins), M2 delivered twice unchanged (exact duplicate)
+    assert result.duplicates == {
+        "crm": {"rows": 4, "missing_id": 0, "exact_duplicates": 1, "superseded": 1, "collision_keys": 0,
+                "collision_rows": 0},
+        "wechat": {"rows": 2, "missing_id": 0, "exact_duplicates": 0, "superseded": 0, "collision_keys": 0,
+                   "collision_rows": 0},
+    }
+
+
+def test_a_key_collision_fails_standardize_under_on_duplicate_key_error(spark: SparkSession, tmp_path: Path) -> None:
+    from cdp.jobs.entry import JobFailed
+
+    raw, ctx = _setup(tmp_path)
+    sources = ctx.conf_dir / "sources.yaml"
+    sources.write_text(sources.read_text(encoding="utf-8").replace("on_duplicate_key: latest", "on_duplicate_key: error"),
+                       encoding="utf-8")
+    lake = Lake(spark, ctx.lake_root)
+    land(spark, ctx, raw=str(raw), lake=lake)
+    with pytest.raises(JobFailed, match=r"sources\.crm: 1 record id\(s\) seen with different contents "
+                                        r"\(first: 'M1' in .*line \d\); on_duplicate_key: error"):
+        standardize(spark, ctx, lake=lake)
+    assert not lake.exists("silver_identifiers")  # nothing published

@@ -26,13 +26,14 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cdp.identity.normalize import NORMALIZERS, PYTHON_NORMALIZERS
+from cdp.jobs.entry import JobFailed
 from cdp.jobs.land import QUARANTINE, QUARANTINE_SCHEMA, load_sources
 from cdp.runtime.config import ConfigError, JobContext, load_yaml
 from cdp.sources import (
     CANONICAL_SCHEMAS,
     SourcesConfig,
     SourceSpec,
-    dedupe_records,
+    deduplicate,
     map_attributes,
     map_events,
     map_identifiers,
@@ -68,6 +69,8 @@ class StandardizeResult:
     rows: dict[str, int] = field(default_factory=dict)
     invalid_identifiers: dict[str, int] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    # per source: rows, missing_id, exact_duplicates, superseded, collision_keys, collision_rows
+    duplicates: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def load_normalizers(path: Path) -> dict[str, str]:
@@ -293,21 +296,33 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
     lake = lake or Lake(spark, ctx.lake_root)
     result = StandardizeResult()
     records: dict[str, tuple[SourceSpec, DataFrame]] = {}
+    rejected: list[DataFrame] = []
+    now = datetime.now(UTC).replace(tzinfo=None)
     for source in selected:
         if not lake.exists(source.bronze_table):
             logger.warning("%s: no bronze table %s yet (run cdp land first); skipped", source.name,
                            source.bronze_table)
             continue
-        deduped = dedupe_records(lake.read(source.bronze_table), source).persist(StorageLevel.MEMORY_AND_DISK)
-        records[source.name] = (source, deduped)
+        resolved = deduplicate(lake.read(source.bronze_table), source, now=now)
+        counts = resolved.counts.first().asDict()
+        result.duplicates[source.name] = {k: int(v) for k, v in counts.items() if k != "source"}
+        _report_duplicates(source, result.duplicates[source.name])
+        if source.on_duplicate_key == "error" and counts["collision_keys"]:
+            first = resolved.rejected.filter(F.col("reason").startswith("key collision")).first()
+            raise JobFailed(f"{sources_file}: sources.{source.name}: {counts['collision_keys']} record id(s) seen "
+                            f"with different contents (first: {first['raw']!r} in {first['file']} line {first['line']}); "
+                            "on_duplicate_key: error")
+        records[source.name] = (source, resolved.records.persist(StorageLevel.MEMORY_AND_DISK))
+        rejected.append(resolved.rejected)
         result.sources.append(source.name)
-    now = datetime.now(UTC).replace(tzinfo=None)
     # Normalised once (the phone normaliser is Python) and read three times: silver, quarantine, suppression.
     normalized = identifier_observations(records, normalizers)
     if normalized is not None:
         normalized = normalized.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         tables, quarantine = build_silver(spark, records, normalized, normalizers, now)
+        for frame in rejected:  # records without an id, key collisions: quarantined with the reason
+            quarantine = quarantine.unionByName(frame)
         if lake.exists("suppression_list"):
             # a forgotten person must not be re-created by a later load
             tables = apply_suppression(tables, lake.read("suppression_list"))
@@ -335,6 +350,13 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
     logger.info("invalid identifiers (quarantined): %d %s", sum(result.invalid_identifiers.values()),
                 dict(sorted(result.invalid_identifiers.items())))
     return result
+
+
+def _report_duplicates(source: SourceSpec, counts: dict[str, int]) -> None:
+    logger.info("%s: %d bronze rows; %d exact duplicates dropped, %d older versions superseded, %d without a "
+                "record id and %d rows of %d colliding record ids quarantined (on_duplicate_key: %s)",
+                source.name, counts["rows"], counts["exact_duplicates"], counts["superseded"], counts["missing_id"],
+                counts["collision_rows"], counts["collision_keys"], source.on_duplicate_key)
 
 
 def _run_from_args(spark: SparkSession, ctx: JobContext, args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ Paths in mappings name schema fields: ``buyer.phone`` reaches into a nested obje
 Transforms:
     * :func:`bronze_schema` - the bronze record layout: every leaf a raw string.
     * :func:`parse_lines` - raw text lines -> bronze columns + a quarantine ``_reason``.
-    * :func:`dedupe_records` - bronze -> one row per record id (latest wins).
+    * :func:`deduplicate` - bronze -> one row per record id; exact duplicates dropped and counted,
+      different contents under one id quarantined or resolved to the latest (``on_duplicate_key``).
     * :func:`map_identifiers`, :func:`map_attributes`, :func:`map_events`, :func:`map_table` (orders,
       order_lines, returns, consent, products) - deduplicated records -> canonical rows (identifiers
       before normalisation, which ``jobs/standardize.py`` applies).
@@ -19,7 +20,7 @@ Transforms:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -43,7 +44,8 @@ __all__ = [
     "ValueSpec",
     "bronze_schema",
     "convert",
-    "dedupe_records",
+    "Deduplicated",
+    "deduplicate",
     "parse_lines",
 ]
 
@@ -52,6 +54,12 @@ FIELD_TYPES = LEAF_TYPES + ("struct", "array")
 FORMATS = ("csv", "jsonl", "parquet")
 TIME_FORMATS = ("iso8601", "epoch_s", "epoch_ms")
 METADATA_COLUMNS = ("_source_file", "_line", "_load_id", "_ingested_at")
+# record_id may name fields, or be derived: a hash of the record's content, or its file and line
+CONTENT_HASH_ID = "$content_hash"
+FILE_LINE_ID = "$file_line"
+DERIVED_RECORD_IDS = (CONTENT_HASH_ID, FILE_LINE_ID)
+# what happens to records that share a record id but differ in content
+ON_DUPLICATE_KEY = ("quarantine", "latest", "error")
 TRUE_VALUES = ("true", "t", "1", "y", "yes")
 FALSE_VALUES = ("false", "f", "0", "n", "no")
 
@@ -251,6 +259,7 @@ class SourceSpec:
     fields: tuple[FieldSpec, ...]
     identifiers: tuple[IdentifierSpec, ...] = ()
     sections: tuple[SectionSpec, ...] = ()
+    on_duplicate_key: Literal["quarantine", "latest", "error"] = "quarantine"
 
     @property
     def bronze_table(self) -> str:
@@ -272,7 +281,7 @@ class SourceSpec:
             raise ValueError(f"{where}: expected a mapping")
         known = {"path", "format", "encoding", "csv", "record_id", "event_time", "timezone", "fields",
                  "identifiers", "attributes", "events", "orders", "order_lines", "returns", "consent",
-                 "products", "description"}
+                 "products", "description", "on_duplicate_key"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
@@ -298,12 +307,19 @@ class SourceSpec:
                 raise ValueError(f"{where}.fields: CSV fields cannot be struct or array: {nested}")
         raw_rid = require(data, "record_id", where, (str, list))
         record_id = tuple([raw_rid] if isinstance(raw_rid, str) else [str(p) for p in raw_rid])
+        if any(part in DERIVED_RECORD_IDS for part in record_id) and len(record_id) > 1:
+            raise ValueError(f"{where}.record_id: {' or '.join(DERIVED_RECORD_IDS)} stands alone, not in a list")
+        on_duplicate_key = data.get("on_duplicate_key", "quarantine")
+        if on_duplicate_key not in ON_DUPLICATE_KEY:
+            raise ValueError(f"{where}.on_duplicate_key: expected one of {list(ON_DUPLICATE_KEY)}, "
+                             f"got {on_duplicate_key!r}")
         event_time = data.get("event_time")
         spec = cls(name=name, path=path, format=fmt, encoding=encoding,
                    csv_options={str(k): str(v) for k, v in csv_options.items()},
                    record_id=record_id, event_time=event_time, timezone=timezone, fields=fields)
         for i, part in enumerate(record_id):
-            spec._check_path(part, f"{where}.record_id" + (f"[{i}]" if len(record_id) > 1 else ""))
+            if part not in DERIVED_RECORD_IDS:
+                spec._check_path(part, f"{where}.record_id" + (f"[{i}]" if len(record_id) > 1 else ""))
         if event_time is not None:
             leaf, _ = spec._check_path(event_time, f"{where}.event_time")
             if leaf.type != "timestamp":
@@ -336,7 +352,7 @@ class SourceSpec:
                             for i, item in enumerate(items))
         return cls(name=name, path=path, format=fmt, encoding=encoding, csv_options=spec.csv_options,
                    record_id=record_id, event_time=event_time, timezone=timezone, fields=fields,
-                   identifiers=tuple(identifiers), sections=tuple(sections))
+                   identifiers=tuple(identifiers), sections=tuple(sections), on_duplicate_key=on_duplicate_key)
 
     # -- validation helpers --------------------------------------------------------------------
     def _check_path(self, path: str, where: str, explode: str | None = None) -> tuple[FieldSpec, str | None]:
@@ -683,7 +699,18 @@ def value_column(source: SourceSpec, spec: ValueSpec, data_type: str) -> Column:
     return value.cast(data_type)
 
 
-def record_id_column(source: SourceSpec) -> Column:
+def content_hash_column(columns: Sequence[str]) -> Column:
+    """SHA-256 of a record's content (its bronze fields as JSON, load metadata left out)."""
+    content = [c for c in columns if c not in METADATA_COLUMNS]
+    return F.sha2(F.to_json(F.struct(*[F.col(f"`{c}`") for c in content])), 256)
+
+
+def record_id_column(source: SourceSpec, columns: Sequence[str] = ()) -> Column:
+    """The record's id: its key fields (joined with ":"), its content hash, or ``file:line``."""
+    if source.record_id == (CONTENT_HASH_ID,):
+        return content_hash_column(columns)
+    if source.record_id == (FILE_LINE_ID,):
+        return F.concat_ws(":", F.col("_source_file"), F.col("_line").cast("string"))
     parts = [F.trim(raw_value(source, p)) for p in source.record_id]
     return parts[0] if len(parts) == 1 else F.concat_ws(":", *parts)
 
@@ -694,20 +721,81 @@ def observed_at_column(source: SourceSpec) -> Column:
     return typed_value(source, source.event_time)
 
 
-def dedupe_records(bronze: DataFrame, source: SourceSpec) -> DataFrame:
-    """One row per record id: the latest by event time, then by load order and file position.
+@dataclass(frozen=True)
+class Deduplicated:
+    """Bronze records resolved to one row per record id, and what was not kept.
 
-    Adds ``source``, ``record_id`` and ``observed_at``; keeps the bronze columns.
+    ``records``: the bronze columns plus ``source``, ``record_id``, ``observed_at``.
+    ``rejected``: quarantine rows (stage ``standardize``) for records without an id and, under
+    ``on_duplicate_key: quarantine``, every version of a record id seen with different contents.
+    ``counts``: one row: source, rows, missing_id, exact_duplicates (identical content, dropped),
+    superseded (older versions dropped under ``latest``), collision_keys, collision_rows.
     """
+
+    records: DataFrame
+    rejected: DataFrame
+    counts: DataFrame
+
+
+def deduplicate(bronze: DataFrame, source: SourceSpec, *, now: Any) -> Deduplicated:
+    """One row per record id, never collapsing different contents silently (``on_duplicate_key``).
+
+    Identical records (a re-delivered file, at-least-once events) are dropped and counted. Records
+    sharing an id with different contents are all quarantined (``quarantine``, the default, reason
+    "key collision") or resolved to the latest by event time, then load order and file position
+    (``latest``, the older versions counted); ``error`` keeps them like ``quarantine`` and the job
+    fails on a non-zero ``collision_keys``.
+    """
+    rid_paths = ", ".join(source.record_id)
     with_keys = (bronze
                  .withColumn("source", F.lit(source.name))
-                 .withColumn("record_id", record_id_column(source))
+                 .withColumn("record_id", record_id_column(source, bronze.columns))
                  .withColumn("observed_at", observed_at_column(source))
-                 .filter(F.col("record_id").isNotNull() & (F.col("record_id") != "")))
-    latest = Window.partitionBy("record_id").orderBy(
-        F.col("observed_at").desc_nulls_last(), F.col("_ingested_at").desc(), F.col("_load_id").desc(),
-        F.col("_source_file").desc(), F.col("_line").desc())
-    return with_keys.withColumn("_rank", F.row_number().over(latest)).filter("_rank = 1").drop("_rank")
+                 .withColumn("_content", content_hash_column(bronze.columns)))
+    has_id = F.col("record_id").isNotNull() & (F.col("record_id") != "")
+    order = [F.col("observed_at").desc_nulls_last(), F.col("_ingested_at").desc(), F.col("_load_id").desc(),
+             F.col("_source_file").desc(), F.col("_line").desc()]
+    by_key = Window.partitionBy("record_id")
+    ranked = (with_keys.filter(has_id)
+              .withColumn("_copy", F.row_number().over(Window.partitionBy("record_id", "_content").orderBy(*order)))
+              .withColumn("_contents", F.size(F.collect_set("_content").over(by_key)))
+              .withColumn("_rank", F.row_number().over(by_key.orderBy(*order))))
+    distinct_rows = ranked.filter(F.col("_copy") == 1)
+    collides = F.col("_contents") > 1
+    if source.on_duplicate_key == "latest":
+        kept = distinct_rows.filter(F.col("_rank") == 1)
+        collided = distinct_rows.filter(F.lit(False))
+    else:
+        kept = distinct_rows.filter(~collides)
+        collided = distinct_rows.filter(collides)
+    helper = ["_content", "_copy", "_contents", "_rank"]
+    missing = with_keys.filter(~has_id)
+    rejected = (
+        missing.select("_source_file", "_line", F.lit(None).cast("string").alias("raw"),
+                       F.lit(f"missing record id (record_id: {rid_paths})").alias("reason"))
+        .unionByName(collided.select(
+            "_source_file", "_line", F.col("record_id").alias("raw"),
+            F.concat(F.lit("key collision: record id '"), F.col("record_id"), F.lit("' has "),
+                     F.col("_contents").cast("string"),
+                     F.lit(f" different contents in source {source.name} (on_duplicate_key: "
+                           f"{source.on_duplicate_key})")).alias("reason")))
+        .select(F.lit(source.name).alias("source"), F.lit("standardize").alias("stage"),
+                F.lit(None).cast("string").alias("load_id"), F.col("_source_file").alias("file"),
+                F.col("_line").alias("line"), F.lit("record_id").alias("field"), "raw", "reason",
+                F.lit(now).cast("timestamp").alias("quarantined_at")))
+    counts = ranked.agg(
+        F.count(F.lit(1)).alias("with_id"),
+        F.count(F.when(F.col("_copy") > 1, 1)).alias("exact_duplicates"),
+        F.count(F.when((F.col("_copy") == 1) & (F.col("_rank") > 1) & F.lit(source.on_duplicate_key == "latest"),
+                       1)).alias("superseded"),
+        F.countDistinct(F.when(collides & F.lit(source.on_duplicate_key != "latest"), F.col("record_id")))
+        .alias("collision_keys"),
+        F.count(F.when(collides & (F.col("_copy") == 1) & F.lit(source.on_duplicate_key != "latest"), 1))
+        .alias("collision_rows"),
+    ).crossJoin(missing.agg(F.count(F.lit(1)).alias("missing_id"))).select(
+        F.lit(source.name).alias("source"), (F.col("with_id") + F.col("missing_id")).alias("rows"), "missing_id",
+        "exact_duplicates", "superseded", "collision_keys", "collision_rows")
+    return Deduplicated(records=kept.drop(*helper), rejected=rejected, counts=counts)
 
 
 def _explode(records: DataFrame, section: SectionSpec) -> DataFrame:
