@@ -83,17 +83,39 @@ def job_main(
         from cdp.runtime.session import build_session
 
         spark = build_session(ctx.profile, f"cdp-{job}")
+    from cdp.lake import step_scope
+
     try:
-        result = run_from_args(spark, ctx, args)
+        with step_scope(job):
+            result = run_from_args(spark, ctx, args)
     except ConfigError as exc:
         logger.error("%s", exc)
+        _end_step(spark, ctx, job, committed=False)
         return 2
     except JobFailed as exc:
         logger.error("%s", exc)
+        _end_step(spark, ctx, job, committed=False)
         return 1
-    if isinstance(result, int):
-        return result
-    return 0
+    code = result if isinstance(result, int) else 0
+    _end_step(spark, ctx, job, committed=code == 0)
+    return code
+
+
+def _end_step(spark: Any, ctx: JobContext, job: str, *, committed: bool) -> None:
+    """A job run on its own is one step: commit its writes to the lake (or drop them when it failed).
+    ``cdp run`` commits step by step itself."""
+    if spark is None or job == "run":
+        return
+    from cdp.lake import Lake, step_scope
+
+    lake = Lake(spark, ctx.lake_root)
+    if not committed:
+        lake.abandon()
+        return
+    with step_scope(job):
+        versions = lake.commit(job, ctx.run_id)
+    if versions:
+        logger.info("cdp %s: committed %s", job, ", ".join(f"{n}@v{v}" for n, v in sorted(versions.items())))
 
 
 class JobFailed(RuntimeError):
