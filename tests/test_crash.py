@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,38 @@ def test_a_run_killed_anywhere_recovers_to_what_an_uninterrupted_run_publishes(s
             raise AssertionError(f"table {table} differs from the uninterrupted run's:\n{exc}") from exc
     # the recovering run found the dead run's lock and writes, and said what it did with them
     assert "breaking stale lock" in recovered.stdout
+
+
+def test_land_killed_between_its_commits_then_rerun_with_a_new_file_loads_everything_once(spark, tmp_path):
+    """The drill of issue 26: killed after the bronze commits, before the load log; a file arrives."""
+    from test_land import ORDERS, context, make_conf, write_raw
+
+    from cdp.jobs.land import run as land
+
+    raw, conf = write_raw(tmp_path / "raw"), make_conf(tmp_path)
+    shutil.copytree(Path(__file__).resolve().parents[1] / "conf" / "profiles", conf / "profiles")
+    crashed = tmp_path / "crashed"
+    command = [sys.executable, "-m", "cdp.jobs.cli", "land", "--conf", str(conf), "--lake", str(crashed),
+               "--raw", str(raw)]
+    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+    killed = subprocess.run([*command, "--run-id", "r1"], env={**env, CRASH_ENV: "land:before:load_log"},
+                            capture_output=True, text=True, start_new_session=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    (raw / "orders" / "2024-04.jsonl").write_text(ORDERS[0].replace("SO1", "SO9") + "\n", encoding="utf-8")
+    rerun = subprocess.run([*command, "--run-id", "r2"], env=env, capture_output=True, text=True,
+                           start_new_session=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+
+    reference = Lake(spark, str(tmp_path / "reference"))  # the same files landed in one uninterrupted run
+    land(spark, replace(context(conf, reference.root), run_id="r2"), raw=str(raw), lake=reference)
+    got = Lake(spark, str(crashed))
+    tables = ["bronze_catalogue", "bronze_members", "bronze_shop_orders", "load_log", "quarantine"]
+    assert [t for t in got.tables() if t not in NOT_RESULTS] == tables
+    for table in tables:
+        assertDataFrameEqual(comparable(got.read(table)), comparable(reference.read(table)))
+    # what the load log says was loaded is what bronze and quarantine hold, file by file
+    log = got.read("load_log").select("file", "raw_records", "bronze_rows", "quarantined_rows")
+    assertDataFrameEqual(log, spark.createDataFrame([
+        ("orders/2024-03.jsonl", 7, 2, 5), ("orders/2024-04.jsonl", 1, 1, 0), ("crm/members.csv", 4, 2, 2),
+        ("products/catalogue.parquet", 3, 1, 2)],
+        "file string, raw_records long, bronze_rows long, quarantined_rows long"))
