@@ -60,3 +60,28 @@ def test_the_commit_log_starts_from_the_tables_as_they_are(spark, lake):
     lake.ensure_commit_log("run-1")
     assert lake.committed() == {"people": 1}
     assertDataFrameEqual(Lake(lake.spark, lake.root).read("people"), people(spark, (2, "bo")))
+
+
+def test_the_crash_hook_fires_only_at_the_named_step_moment_and_table(monkeypatch):
+    import os
+    import signal
+
+    from cdp.lake import CRASH_ENV, crash_point, step_scope
+
+    killed = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append(("kill", pid, sig)))
+    monkeypatch.setattr(os, "killpg", lambda pgid, sig: killed.append(("killpg", pgid, sig)))
+    monkeypatch.delenv(CRASH_ENV, raising=False)
+    with step_scope("stitch"):
+        crash_point("after", "identity_history")  # unset: inert
+    monkeypatch.setenv(CRASH_ENV, "stitch:after:identity_history")
+    crash_point("after", "identity_history")  # no step running
+    with step_scope("stitch"):
+        crash_point("before", "identity_history")
+        crash_point("after", "identity_map")
+    with step_scope("audiences"):
+        crash_point("after", "identity_history")
+    assert killed == []
+    with step_scope("stitch"):
+        crash_point("after", "identity_history")
+    assert killed and killed[-1] == ("kill", os.getpid(), signal.SIGKILL)
