@@ -1,6 +1,7 @@
 """Landing: raw files -> bronze + quarantine, counted, idempotent; config errors name file and key."""
 from __future__ import annotations
 
+import hashlib
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -113,6 +114,12 @@ def make_conf(root: Path, sources_yaml: str = SOURCES_YAML) -> Path:
     return conf
 
 
+def content_load_id(source: str, *paths: Path) -> str:
+    """A load's id as the contract defines it: source + SHA-256 over its files' sorted SHA-256s."""
+    digests = sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in paths)
+    return f"{source}-{hashlib.sha256(chr(10).join(digests).encode()).hexdigest()[:16]}"
+
+
 def context(conf: Path, lake_root: str) -> JobContext:
     return JobContext(conf_dir=conf, profile=Profile("test", lake_root), lake_root=lake_root, run_id="test-run")
 
@@ -159,14 +166,15 @@ def test_quarantine_names_file_line_and_field(spark: SparkSession, landed) -> No
 
 
 def test_bronze_keeps_raw_strings_nested_and_load_metadata(spark: SparkSession, landed) -> None:
-    _, _, lake, _ = landed
+    raw, _, lake, _ = landed
+    load_id = content_load_id("shop_orders", raw / "orders" / "2024-03.jsonl")
     bronze = lake.read("bronze_shop_orders")
     assert dict(bronze.dtypes)["items"] == "array<struct<sku:string,qty:string,price:string>>"
     got = bronze.select("order_no", "created_at", "buyer.phone", F.get(F.col("items"), 1)["qty"].alias("qty2"),
                         "_source_file", "_line", "_load_id")
     expected = spark.createDataFrame([
-        ("SO1", "2024-03-01T10:00:00+08:00", "+86 138 0013 8000", "1", "orders/2024-03.jsonl", 1, "shop_orders-000001"),
-        ("SO2", "2024/03/02 09:30:00", None, None, "orders/2024-03.jsonl", 2, "shop_orders-000001"),
+        ("SO1", "2024-03-01T10:00:00+08:00", "+86 138 0013 8000", "1", "orders/2024-03.jsonl", 1, load_id),
+        ("SO2", "2024/03/02 09:30:00", None, None, "orders/2024-03.jsonl", 2, load_id),
     ], "order_no string, created_at string, phone string, qty2 string, _source_file string, _line long, "
        "_load_id string")
     assertDataFrameEqual(got, expected)
@@ -193,10 +201,13 @@ def test_rerun_over_the_same_files_adds_nothing_and_new_files_load_once(spark: S
     log = lake.read("load_log").select("source", "load_id", "seq", "file", "raw_records", "bronze_rows",
                                        "quarantined_rows")
     assertDataFrameEqual(log, spark.createDataFrame([
-        ("shop_orders", "shop_orders-000001", 1, "orders/2024-03.jsonl", 7, 2, 5),
-        ("members", "members-000001", 1, "crm/members.csv", 4, 2, 2),
-        ("catalogue", "catalogue-000001", 1, "products/catalogue.parquet", 3, 1, 2),
-        ("shop_orders", "shop_orders-000002", 2, "orders/2024-04.jsonl", 1, 1, 0),
+        ("shop_orders", content_load_id("shop_orders", raw / "orders" / "2024-03.jsonl"), 1,
+         "orders/2024-03.jsonl", 7, 2, 5),
+        ("members", content_load_id("members", raw / "crm" / "members.csv"), 1, "crm/members.csv", 4, 2, 2),
+        ("catalogue", content_load_id("catalogue", raw / "products" / "catalogue.parquet"), 1,
+         "products/catalogue.parquet", 3, 1, 2),
+        ("shop_orders", content_load_id("shop_orders", raw / "orders" / "2024-04.jsonl"), 2,
+         "orders/2024-04.jsonl", 1, 1, 0),
     ], "source string, load_id string, seq long, file string, raw_records long, bronze_rows long, "
        "quarantined_rows long"))
     assert sorted(r["order_no"] for r in lake.read("bronze_shop_orders").collect()) == ["SO1", "SO2", "SO8"]

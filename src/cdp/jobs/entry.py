@@ -18,6 +18,10 @@ from cdp.runtime.config import ConfigError, JobContext, load_profile, resolve_co
 
 logger = logging.getLogger("cdp")
 
+# Jobs that write lake tables: run on their own, each is one step of the lake's step commits
+# (cdp.lake). ``cdp run`` commits its steps itself.
+STEP_JOBS = frozenset({"land", "standardize", "stitch", "features", "train", "tag", "audiences", "export", "forget"})
+
 
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
@@ -83,17 +87,42 @@ def job_main(
         from cdp.runtime.session import build_session
 
         spark = build_session(ctx.profile, f"cdp-{job}")
+    from cdp.lake import Lake, step_scope
+
+    if spark is not None and job in STEP_JOBS:
+        # from here on the lake's readers see this job's tables only once it commits them
+        Lake(spark, ctx.lake_root).ensure_commit_log(ctx.run_id)
     try:
-        result = run_from_args(spark, ctx, args)
+        with step_scope(job):
+            result = run_from_args(spark, ctx, args)
     except ConfigError as exc:
         logger.error("%s", exc)
+        _end_step(spark, ctx, job, committed=False)
         return 2
     except JobFailed as exc:
         logger.error("%s", exc)
+        _end_step(spark, ctx, job, committed=False)
         return 1
-    if isinstance(result, int):
-        return result
-    return 0
+    code = result if isinstance(result, int) else 0
+    _end_step(spark, ctx, job, committed=code == 0)
+    return code
+
+
+def _end_step(spark: Any, ctx: JobContext, job: str, *, committed: bool) -> None:
+    """A job run on its own is one step: commit its writes to the lake (or drop them when it failed).
+    ``cdp run`` commits step by step itself."""
+    if spark is None or job not in STEP_JOBS:
+        return
+    from cdp.lake import Lake, step_scope
+
+    lake = Lake(spark, ctx.lake_root)
+    if not committed:
+        lake.abandon()
+        return
+    with step_scope(job):
+        versions = lake.commit(job, ctx.run_id)
+    if versions:
+        logger.info("cdp %s: committed %s", job, ", ".join(f"{n}@v{v}" for n, v in sorted(versions.items())))
 
 
 class JobFailed(RuntimeError):

@@ -154,19 +154,29 @@ def _padded(rows: DataFrame, destination: str, version: int, run_id: str) -> Dat
     return rows.select(*cols)
 
 
+def _table_holds(lake: Any, table: str, destination: str, version: int) -> bool:
+    """True when the committed export table holds this publish version for the destination."""
+    if not lake.exists(table):
+        return False
+    exported = (lake.read(table).filter(F.col("destination") == destination)
+                .agg(F.max("publish_version").alias("v")).first())
+    return exported is not None and exported["v"] == version
+
+
 def export_destination(lake: Any, audience: Audience, destination: Destination, members: DataFrame,
                        version: int, run_id: str) -> DestinationExport:
     filesystem, base = _filesystem(lake.root)
     relative = f"{EXPORTS_DIR}/{audience.name}/{destination.name}/v{version}"
     folder, uri_folder = f"{base}/{relative}", f"{lake.root}/{relative}"
     manifest_path = f"{folder}/manifest.json"
-    if _exists(filesystem, manifest_path):
+    table = export_table(audience.name)
+    # a manifest alone proves nothing: a run killed before its step committed leaves one behind
+    if _exists(filesystem, manifest_path) and _table_holds(lake, table, destination.name, version):
         logger.info("%s -> %s: publish version %d already exported, nothing to do", audience.name,
                     destination.name, version)
         return DestinationExport(audience.name, destination.name, version, folder, 0, 0, 0, skipped=True)
     rows = export_frame(members, audience.channel, hashed=destination.hashed,
                         default_region=destination.default_region).persist()
-    table = export_table(audience.name)
     previous = (lake.read(table).filter(F.col("destination") == destination.name).select("customer_id", *[
         c for c in rows.columns if c != "customer_id"]) if lake.exists(table) else None)
     file_columns = [c for c in rows.columns if c != "customer_id"]

@@ -8,10 +8,17 @@ keeps line numbers and decodes with the source's encoding) and parsed by Spark (
 lines). Good records go to
 ``bronze_<source>`` with every field as its raw string; the others go to ``quarantine`` with the
 file, line, raw text and a reason naming the field. Every raw record ends up in exactly one of the
-two: ``raw = bronze + quarantine`` is checked and reported per source.
+two: ``raw = bronze + quarantine`` is checked per file against the rows the tables hold for the load
+(counted back from bronze and quarantine, not from what the job meant to write), and reported.
 
-Writes carry the Delta app transaction ``cdp-land-<source>`` at the load's sequence number, so a run
-that died between writes can be repeated without duplicating what it had committed.
+A load is identified by its content: ``load_id`` is ``<source>-<16 hex of the SHA-256 over the sorted
+SHA-256s of its files>``, never a counter a re-run could reuse for other files; the bronze commit
+carries the files' checksums in its metadata. What was loaded is what the committed ``load_log``
+lists: ``cdp land`` is one step of the lake's step commits (``cdp.lake``), so bronze, quarantine
+and load_log become current together. A run killed between those writes leaves versions no reader
+sees; the next land restores each table to its committed version before writing and loads every
+file the committed load log does not list. (No Delta app transactions here: a restore keeps the
+dead commit's transaction, which would then skip the re-run's write.)
 """
 from __future__ import annotations
 
@@ -321,11 +328,23 @@ def parse_source(spark: SparkSession, source: SourceSpec, files: list[RawFile]) 
 # -- the job --------------------------------------------------------------------------------------
 
 def _loaded_fingerprints(lake: Any, source: str) -> tuple[set[str], int]:
+    """Checksums of the source's files in the committed load log, and its number of loads."""
     if not lake.exists(LOAD_LOG):
         return set(), 0
     rows = (lake.read(LOAD_LOG).filter(F.col("source") == source)
             .select("sha256", "seq").collect())
     return {row["sha256"] for row in rows}, max((row["seq"] for row in rows), default=0)
+
+
+def load_id_of(source: str, files: list[RawFile]) -> str:
+    """The load's identity: its source and the set of its files' contents (order and names aside)."""
+    digest = hashlib.sha256("\n".join(sorted(f.sha256 for f in files)).encode("ascii")).hexdigest()
+    return f"{source}-{digest[:16]}"
+
+
+def _rows_per_file(frame: DataFrame, file_column: str) -> dict[str, int]:
+    return {row[file_column]: int(row["n"]) for row in
+            frame.groupBy(file_column).agg(F.count(F.lit(1)).alias("n")).collect()}
 
 
 def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: Path, conf_file: Path,
@@ -346,8 +365,8 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: Pa
     if not new_files:
         logger.info("%s: nothing new (%d files already loaded)", source.name, result.files_skipped)
         return result
-    seq = last_seq + 1
-    load_id = f"{source.name}-{seq:06d}"
+    seq = last_seq + 1  # the load's place among the source's loads: for people, never an identity
+    load_id = load_id_of(source.name, new_files)
     result.load_id = load_id
     now = datetime.now(UTC).replace(tzinfo=None)
     parsed = (parse_source(spark, source, new_files)
@@ -355,19 +374,13 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: Pa
               .withColumn("_ingested_at", F.lit(now).cast("timestamp"))
               .persist(StorageLevel.MEMORY_AND_DISK))
     try:
-        per_file: dict[str, list[int]] = {}
-        for row in parsed.groupBy("_source_file").agg(
-                F.count(F.lit(1)).alias("raw"), F.count("_reason").alias("bad")).collect():
-            per_file[row["_source_file"]] = [row["raw"], row["bad"]]
-        result.raw_records = sum(v[0] for v in per_file.values())
-        result.quarantined_rows = sum(v[1] for v in per_file.values())
-        result.bronze_rows = result.raw_records - result.quarantined_rows
-        app_id = f"cdp-land-{source.name}"
+        raw_per_file = _rows_per_file(parsed, "_source_file")
+        meant_quarantined = parsed.filter(F.col("_reason").isNotNull()).limit(1).count()
         metadata = {"run_id": run_id, "load_id": load_id, "files": len(new_files)}
         bronze = parsed.filter(F.col("_reason").isNull()).select(*bronze_schema(source).fieldNames())
-        lake.write(bronze, source.bronze_table, "append", app_id=app_id, app_version=seq,
-                   metadata={**metadata, "rows": result.bronze_rows})
-        if result.quarantined_rows:
+        lake.write(bronze, source.bronze_table, "append",
+                   metadata={**metadata, "sha256": ",".join(sorted(f.sha256 for f in new_files))})
+        if meant_quarantined:
             quarantine = parsed.filter(F.col("_reason").isNotNull()).select(
                 F.lit(source.name).alias("source"), F.lit("land").alias("stage"),
                 F.lit(load_id).alias("load_id"), F.col("_source_file").alias("file"),
@@ -376,19 +389,31 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: Pa
                 F.col("_text").alias("raw"), F.col("_reason").alias("reason"),
                 F.col("_ingested_at").alias("quarantined_at"))
             quarantine = quarantine.withColumn("field", F.when(F.col("field") != "", F.col("field")))
-            lake.write(quarantine, QUARANTINE, "append", partition_by=["stage"], app_id=app_id,
-                       app_version=seq, metadata={**metadata, "rows": result.quarantined_rows})
+            lake.write(quarantine, QUARANTINE, "append", partition_by=["stage"], metadata=metadata)
     finally:
         parsed.unpersist()
+    # raw = bronze + quarantine, per file, against what the tables now hold for this load
+    bronze_per_file = _rows_per_file(
+        lake.read(source.bronze_table).filter(F.col("_load_id") == load_id), "_source_file")
+    quarantined_per_file = (_rows_per_file(
+        lake.read(QUARANTINE).filter((F.col("stage") == "land") & (F.col("load_id") == load_id)), "file")
+        if lake.exists(QUARANTINE) else {})
+    unbalanced = [f"{f.relpath}: raw {raw_per_file.get(f.relpath, 0)} != bronze {bronze_per_file.get(f.relpath, 0)}"
+                  f" + quarantine {quarantined_per_file.get(f.relpath, 0)}" for f in new_files
+                  if raw_per_file.get(f.relpath, 0) != bronze_per_file.get(f.relpath, 0)
+                  + quarantined_per_file.get(f.relpath, 0)]
+    if unbalanced:
+        raise JobFailed(f"{source.name}: load {load_id} does not balance, load log not written: "
+                        + "; ".join(unbalanced))
+    result.raw_records = sum(raw_per_file.values())
+    result.bronze_rows = sum(bronze_per_file.values())
+    result.quarantined_rows = sum(quarantined_per_file.values())
     log_rows = [(source.name, load_id, seq, f.relpath, f.path, f.size, f.mtime.replace(tzinfo=None), f.sha256,
-                 per_file.get(f.relpath, [0, 0])[0], per_file.get(f.relpath, [0, 0])[0] - per_file.get(f.relpath, [0, 0])[1],
-                 per_file.get(f.relpath, [0, 0])[1], now, run_id) for f in new_files]
-    lake.write(spark.createDataFrame(log_rows, LOAD_LOG_SCHEMA), LOAD_LOG, "append", app_id=app_id,
-               app_version=seq, metadata={"run_id": run_id, "load_id": load_id})
+                 raw_per_file.get(f.relpath, 0), bronze_per_file.get(f.relpath, 0),
+                 quarantined_per_file.get(f.relpath, 0), now, run_id) for f in new_files]
+    lake.write(spark.createDataFrame(log_rows, LOAD_LOG_SCHEMA), LOAD_LOG, "append",
+               metadata={"run_id": run_id, "load_id": load_id})
     result.files_loaded = len(new_files)
-    if result.raw_records != result.bronze_rows + result.quarantined_rows:
-        raise JobFailed(f"{source.name}: raw {result.raw_records} != bronze {result.bronze_rows} + "
-                        f"quarantine {result.quarantined_rows}")
     logger.info("%s: load %s: %d files, raw %d = bronze %d + quarantine %d (%d files skipped)",
                 source.name, load_id, len(new_files), result.raw_records, result.bronze_rows,
                 result.quarantined_rows, result.files_skipped)

@@ -7,9 +7,15 @@ asks for, so the runner never copies a job's logic.
 
 While it runs: one log line per step with what it does, rows in and out, elapsed time and the
 table versions it wrote. At the end: a summary, one row per step in the ``runs`` table, and the HTML
-run report (``cdp.jobs.report``). A failed step stops the run: the tables it did not commit keep their
-last good version (every lake write is one atomic commit), the run is recorded as failed and the
-process exits non-zero.
+run report (``cdp.jobs.report``).
+
+A step commits as a whole or not at all: when its job returns, the runner appends one record to the
+lake's ``step_commits`` (the versions the step wrote), last; until then no reader sees the step's
+writes (``cdp.lake``: reads are at the last committed versions). A failed step stops the run and
+commits nothing, so readers keep the previous step's consistent tables; the run is recorded as failed
+and the process exits non-zero. A run killed at any instruction leaves the same picture, plus its
+lock: the next plain ``cdp run`` breaks the lock of a dead process on this host, restores each table
+it writes to its committed version first, and so redoes the dead step from the last committed state.
 
 Works the same under ``cdp run`` and ``spark-submit src/cdp/jobs/run.py`` (master from the command line).
 """
@@ -31,6 +37,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from cdp.jobs.entry import JobFailed
+from cdp.lake import COMMITS_TABLE, step_scope
 from cdp.runtime.config import ConfigError, JobContext
 
 logger = logging.getLogger("cdp.jobs.run")  # not __name__: under spark-submit this module is __main__
@@ -226,7 +233,8 @@ def list_tables(lake: Any) -> list[str]:
 
 
 def table_versions(lake: Any) -> dict[str, int]:
-    return {name: lake.version(name) for name in list_tables(lake)}
+    """Versions of the tables a reader sees (committed, or written by this process)."""
+    return {name: lake.version(name) for name in list_tables(lake) if lake.exists(name)}
 
 
 def table_rows(lake: Any, name: str) -> int:
@@ -236,7 +244,8 @@ def table_rows(lake: Any, name: str) -> int:
             import pyarrow as pa
             from deltalake import DeltaTable
 
-            actions = DeltaTable(lake.uri(name).replace("s3a://", "s3://", 1)).get_add_actions(flatten=True)
+            actions = DeltaTable(lake.uri(name).replace("s3a://", "s3://", 1),
+                                 version=lake.version(name)).get_add_actions(flatten=True)
             counts = pa.table(actions).column("num_records").to_pylist()
             if all(count is not None for count in counts):
                 return int(sum(counts))
@@ -260,7 +269,7 @@ def rows_written(lake: Any, name: str, since: int | None) -> int:
 
             uri = lake.uri(name).replace("s3a://", "s3://", 1)
             before = set(pa.table(DeltaTable(uri, version=since).get_add_actions(flatten=True)).column("path").to_pylist())
-            actions = pa.table(DeltaTable(uri).get_add_actions(flatten=True)).to_pydict()
+            actions = pa.table(DeltaTable(uri, version=lake.version(name)).get_add_actions(flatten=True)).to_pydict()
             counts = [n for path, n in zip(actions["path"], actions["num_records"], strict=True) if path not in before]
             if all(n is not None for n in counts):
                 return int(sum(counts))
@@ -416,7 +425,8 @@ def _execute_step(spark: Any, ctx: JobContext, lake: Any, step: Step, planned: P
                 ", ".join(inputs) or "no tables", _fmt(record.rows_in))
     result = None
     try:
-        result = call_run(module, spark, ctx, step.offer(settings, lake))
+        with step_scope(step.name):
+            result = call_run(module, spark, ctx, step.offer(settings, lake))
     except StepUnavailable as exc:
         record.status = "failed" if planned.explicit else "skipped"
         record.detail = str(exc)
@@ -432,7 +442,7 @@ def _execute_step(spark: Any, ctx: JobContext, lake: Any, step: Step, planned: P
     after = table_versions(lake)
     # _staging_* tables are write-audit-publish scratch space, not results
     record.versions = {name: v for name, v in after.items()
-                       if before.get(name) != v and name != RUNS_TABLE and not name.startswith("_")}
+                       if before.get(name) != v and name not in (RUNS_TABLE, COMMITS_TABLE) and not name.startswith("_")}
     written_rows = [rows_written(lake, name, before.get(name)) for name in record.versions]
     record.rows_out = sum(written_rows) if written_rows else _result_rows(result, step.rows_out_attr)
     from_result = _result_rows(result, step.rows_in_attr)
@@ -441,6 +451,12 @@ def _execute_step(spark: Any, ctx: JobContext, lake: Any, step: Step, planned: P
     record.seconds = time.perf_counter() - clock
     if record.status == "ok" and isinstance(result, int) and not isinstance(result, bool) and result != 0:
         record.status, record.error = "failed", f"{step.module}.run returned exit code {result}"
+    if record.status == "ok":
+        # the step's tables become current only now, with this record written last
+        with step_scope(step.name):
+            lake.commit(step.name, ctx.run_id)
+    else:
+        lake.abandon()
     wrote = ", ".join(f"{name}@v{v}" for name, v in sorted(record.versions.items())) or "no tables"
     logger.info("step %s %s %s in %.1f s: rows in %s, out %s; wrote %s", position, step.name, record.status,
                 record.seconds, _fmt(record.rows_in), _fmt(record.rows_out), wrote)
@@ -501,13 +517,16 @@ def run(spark: Any, ctx: JobContext, *, from_step: str | None = None, to_step: s
     settings = RunSettings(raw_dir=raw_dir, customers=customers, seed=42 if seed is None else seed, end=end,
                            as_of=as_of, train=train)
     ctx = replace(ctx, lake_root=lake.root, options={**ctx.options, "raw_dir": raw_dir, "as_of": as_of})
-    lock = LakeLock(lake.root, ctx.run_id).acquire(force=force_unlock)
+    # A lock whose process is gone on this host is broken without asking (recovery needs no person);
+    # a live run's lock, or another host's, never is. --force-unlock is kept for scripts that pass it.
+    lock = LakeLock(lake.root, ctx.run_id).acquire(force=True)
     started_at = datetime.now(UTC)
     clock = time.perf_counter()
     records: list[StepRecord] = []
     logger.info("run %s: %d steps (%s) on lake %s [%s backend], raw %s, as of %s", ctx.run_id, len(plan),
                 " -> ".join(p.name for p in plan), lake.root, lake.backend, raw_dir, as_of or "job default")
     try:
+        lake.ensure_commit_log(ctx.run_id)
         failed = False
         for index, planned in enumerate(plan, start=1):
             position = f"{index}/{len(plan)}"

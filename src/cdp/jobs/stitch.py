@@ -13,6 +13,10 @@ with two member ids, merge rate and component sizes within bounds of the publish
 customers in the profile) before anything is published. If either gate fails, no identity table is
 written: the last good versions stay current (they are consistent with each other), the reports are
 in ``<lake>/_reports/quality/<run_id>/`` and the job exits non-zero.
+
+The published tables become current together, when the step's commit record is written (``cdp run``
+after the step, or ``cdp stitch`` run on its own when it returns): a run killed between two publishes
+leaves nothing a reader or the next run's incremental state sees.
 """
 from __future__ import annotations
 
@@ -190,10 +194,11 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Lake | None = None,
     lake.write(quarantine, IDENTITY_QUARANTINE, mode="overwrite", metadata=commit)
     lake.write(staged[CUSTOMER_PROFILE], CUSTOMER_PROFILE, mode="overwrite",
                metadata={**commit, "quality_suite": "customer_profile"})
-    lake.write(history, IDENTITY_HISTORY, mode="append", app_id=f"stitch-{ctx.run_id}", app_version=1,
-               metadata=commit)
-    # The identity map is the state the next incremental run starts from: written last, so a failed
-    # run leaves the previous state in place, and stamped with the config that produced it.
+    lake.write(history, IDENTITY_HISTORY, mode="append", metadata=commit)
+    # The step commits as a whole (cdp.lake step commits): until the runner's commit record names
+    # these versions, readers and the next run's incremental state stay on the previous run's tables,
+    # and a re-run after a crash restores identity_history before appending (no event kept twice).
+    # The identity map is stamped with the config that produced it.
     lake.write(staged[IDENTITY_MAP], IDENTITY_MAP, mode="overwrite",
                metadata={**commit, "quality_suite": "identity_map", FINGERPRINT_KEY: config.fingerprint()})
 

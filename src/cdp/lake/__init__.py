@@ -11,6 +11,18 @@ Two backends, chosen when the :class:`Lake` is built:
 
 Both write the same open Delta protocol, so a table written by one is readable by the other, by
 ``deltalake`` and by DuckDB. A failed write commits nothing: readers keep seeing the last version.
+
+Delta has no multi-table transactions, so the lake adds one level above the tables: **step commits**.
+A step (``cdp run``'s steps, or a job run on its own) writes its tables, then :meth:`Lake.commit`
+appends one record to ``step_commits`` naming the version it wrote of each table; that record is
+written last. Once the lake has a commit log, readers see each table at the version of the last
+record that names it (plus this process's own writes since its last commit), never a newer version
+that a dead or failed step left; the first write to such a table in a later step first restores it
+to its committed version (or, for a table no record names, replaces it). See docs/ARCHITECTURE.md.
+
+``CDP_CRASH_AT=<step>:<before|after>:<table>`` (unset: inert) kills the process with SIGKILL just
+before or after the lake commits a write of ``<table>`` during ``<step>``: the crash tests use it to
+kill runs at exact points.
 """
 from __future__ import annotations
 
@@ -19,8 +31,10 @@ import logging
 import os
 import posixpath
 import re
+import signal
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -44,6 +58,54 @@ MERGE_ON_DRIVER_MAX_ROWS = 2_000_000
 # Strings longer than this get no min/max statistics (Delta readers expect them to be exact here).
 _MAX_STATS_STRING = 32
 _UNSUPPORTED_READER_FEATURES = {"deletionVectors", "columnMapping"}
+
+COMMITS_TABLE = "step_commits"
+BASELINE_STEP = "baseline"  # the first record: every table that existed before the lake had a commit log
+# Logs of attempts (the runner's ``runs``, the commit log itself) are always read at their latest
+# version: a dead run's rows there are a record of what happened, not a result.
+ALWAYS_LATEST = frozenset({COMMITS_TABLE, "runs"})
+COMMITS_SCHEMA = T.StructType([
+    T.StructField("run_id", T.StringType()),
+    T.StructField("step", T.StringType()),
+    T.StructField("versions", T.MapType(T.StringType(), T.LongType())),
+    T.StructField("committed_at", T.TimestampType()),
+])
+CRASH_ENV = "CDP_CRASH_AT"
+# Per process and lake root: the tables written since the last commit (readable by this process,
+# invisible to others until committed), and a counter that invalidates cached commit logs.
+_PENDING: dict[str, dict[str, int]] = {}
+_GENERATION: dict[str, int] = {}
+_STEP: list[str] = []  # the step being run in this process (innermost last), for CDP_CRASH_AT
+
+
+@contextmanager
+def step_scope(step: str) -> Iterator[None]:
+    """Name the step this process is running (``CDP_CRASH_AT`` matches on it)."""
+    _STEP.append(step)
+    try:
+        yield
+    finally:
+        _STEP.pop()
+
+
+def crash_point(when: str, table: str) -> None:
+    """Kill this process (and its JVM, when it leads its process group) at ``CDP_CRASH_AT``.
+
+    Inert unless ``CDP_CRASH_AT=<step>:<before|after>:<table>`` names the current step, ``when`` and
+    ``table``. SIGKILL, as a preempted node or the OOM killer would: no ``finally``, no cleanup.
+    """
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    step = _STEP[-1] if _STEP else None
+    if spec != f"{step}:{when}:{table}":
+        return
+    logger.warning("%s=%s: killing process %d", CRASH_ENV, spec, os.getpid())
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    if os.getpgid(0) == os.getpid():
+        os.killpg(0, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class LakeError(RuntimeError):
@@ -177,38 +239,165 @@ class Lake:
         return f"{self.root}/{name}"
 
     def exists(self, name: str) -> bool:
-        return self._impl.exists(self.uri(name))
+        """True when the table exists and a committed step (or this process) wrote it."""
+        return self._impl.exists(self.uri(name)) and self._visible(name)[0]
 
     def tables(self) -> list[str]:
-        """Names of the Delta tables directly under the root (local lakes only)."""
+        """Names of the Delta tables directly under the root (local lakes only), committed ones only."""
         if not self.root.startswith("/") or not os.path.isdir(self.root):
             return []
         return sorted(entry for entry in os.listdir(self.root)
-                      if os.path.isdir(os.path.join(self.root, entry, "_delta_log")))
+                      if os.path.isdir(os.path.join(self.root, entry, "_delta_log")) and self._visible(entry)[0])
 
     # -- reads --------------------------------------------------------------------------------
     def read(self, name: str, version: int | None = None) -> DataFrame:
-        """The table as of ``version`` (default: the latest). Raises :class:`TableNotFound`."""
+        """The table as of ``version`` (default: the committed version). Raises :class:`TableNotFound`."""
         uri = self.uri(name)
         if not self._impl.exists(uri):
             raise TableNotFound(f"table {name!r} does not exist in the lake at {self.root}")
+        if version is None:
+            version = self._readable_version(name)
         return self._impl.read(uri, version)
 
     def version(self, name: str) -> int:
-        return self._impl.version(self._existing(name))
+        """The committed version (this process's own latest write, if any)."""
+        uri = self._existing(name)
+        visible = self._readable_version(name)
+        return visible if visible is not None else self._impl.version(uri)
 
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """Commits newest first: version, timestamp, operation and the custom metadata of each."""
-        return self._impl.history(self._existing(name), limit)
+        """Commits newest first, up to the committed version: version, timestamp, operation and the
+        custom metadata of each."""
+        uri = self._existing(name)
+        visible = self._readable_version(name)
+        if visible is None:
+            return self._impl.history(uri, limit)
+        entries = [e for e in self._impl.history(uri, None) if int(e["version"]) <= visible]
+        return entries[:limit] if limit else entries
 
     def app_version(self, name: str, app_id: str) -> int | None:
         """The last ``app_version`` committed for ``app_id`` (Delta app transactions), if any."""
         uri = self.uri(name)
         if not self._impl.exists(uri):
             return None
+        visible, version = self._visible(name)
+        if not visible:
+            return None
         from deltalake import DeltaTable
 
-        return DeltaTable(_delta_rs_uri(uri)).transaction_version(app_id)
+        return DeltaTable(_delta_rs_uri(uri), version=version).transaction_version(app_id)
+
+    # -- step commits -------------------------------------------------------------------------
+    def committed(self) -> dict[str, int] | None:
+        """Table -> version of the last step commit naming it; None while the lake has no commit log."""
+        generation = _GENERATION.get(self.root, 0)
+        if getattr(self, "_committed_cache", None) is not None and self._committed_cache[0] == generation:
+            return self._committed_cache[1]
+        uri = self.uri(COMMITS_TABLE)
+        versions: dict[str, int] | None = None
+        if self._impl.exists(uri):
+            versions = {}
+            rows = self._impl.read(uri, None).select("versions", "committed_at").collect()
+            for row in sorted(rows, key=lambda r: r["committed_at"]):
+                versions.update({name: int(v) for name, v in (row["versions"] or {}).items()})
+        self._committed_cache = (generation, versions)
+        return versions
+
+    def ensure_commit_log(self, run_id: str) -> None:
+        """Start the commit log if the lake has none: a baseline record of every table as it is."""
+        if self._impl.exists(self.uri(COMMITS_TABLE)):
+            return
+        existing = {}
+        if self.root.startswith("/") and os.path.isdir(self.root):
+            for entry in sorted(os.listdir(self.root)):
+                if (os.path.isdir(os.path.join(self.root, entry, "_delta_log")) and not entry.startswith("_")
+                        and entry not in ALWAYS_LATEST):
+                    existing[entry] = self._impl.version(self.uri(entry))
+        self._append_commit(run_id, BASELINE_STEP, existing)
+        logger.info("lake %s: commit log started (%d tables as they are)", self.root, len(existing))
+
+    def pending(self) -> dict[str, int]:
+        """Tables this process wrote since its last commit (``_``-prefixed scratch tables left out)."""
+        return {name: v for name, v in _PENDING.get(self.root, {}).items() if not name.startswith("_")}
+
+    def commit(self, step: str, run_id: str) -> dict[str, int]:
+        """Make this process's writes since its last commit current, as one step: append one record
+        to ``step_commits`` (written last). Returns the versions it committed (nothing to commit:
+        no record)."""
+        versions = self.pending()
+        if versions:
+            self.ensure_commit_log(run_id)
+            self._append_commit(run_id, step, versions)
+        _PENDING.pop(self.root, None)
+        _GENERATION[self.root] = _GENERATION.get(self.root, 0) + 1
+        return versions
+
+    def abandon(self) -> dict[str, int]:
+        """Forget this process's uncommitted writes (a failed step): readers stay on the committed
+        versions, and the next write to those tables restores them first."""
+        dropped = self.pending()
+        _PENDING.pop(self.root, None)
+        _GENERATION[self.root] = _GENERATION.get(self.root, 0) + 1
+        if dropped:
+            logger.info("lake %s: uncommitted writes abandoned: %s", self.root,
+                        ", ".join(f"{n}@v{v}" for n, v in sorted(dropped.items())))
+        return dropped
+
+    def _append_commit(self, run_id: str, step: str, versions: Mapping[str, int]) -> None:
+        record = self.spark.createDataFrame(
+            [(run_id, step, dict(versions), datetime.now(UTC).replace(tzinfo=None))], COMMITS_SCHEMA)
+        uri = self.uri(COMMITS_TABLE)
+        crash_point("before", COMMITS_TABLE)
+        self._impl.write(record, uri, "append", [], {}, None, None, False, {"run_id": run_id, "step": step})
+        crash_point("after", COMMITS_TABLE)
+        _GENERATION[self.root] = _GENERATION.get(self.root, 0) + 1
+
+    def _visible(self, name: str) -> tuple[bool, int | None]:
+        """(readable at all, version to read: None for the latest)."""
+        if name.startswith("_") or name in ALWAYS_LATEST or name in _PENDING.get(self.root, {}):
+            return True, None
+        committed = self.committed()
+        if committed is None:  # no commit log: every version is current
+            return True, None
+        if name in committed:
+            return True, committed[name]
+        return False, None
+
+    def _readable_version(self, name: str) -> int | None:
+        visible, version = self._visible(name)
+        if not visible:
+            raise TableNotFound(f"table {name!r} in the lake at {self.root} was written only by a step that "
+                                "never committed (it died or failed); the next run rewrites it")
+        return version
+
+    def _reconcile(self, name: str, *, replaces_all: bool) -> bool:
+        """Before this process's first write to ``name``: undo what uncommitted writers left.
+
+        A table whose latest version is newer than its committed one is restored to the committed
+        version (unless this write replaces every row anyway). Returns True when the table exists
+        but no commit names it: the write must then replace it, as if it did not exist.
+        """
+        if name.startswith("_") or name in ALWAYS_LATEST or name in _PENDING.get(self.root, {}):
+            return False
+        committed = self.committed()
+        uri = self.uri(name)
+        if committed is None or not self._impl.exists(uri):
+            return False
+        if name not in committed:
+            logger.warning("%s: written only by steps that never committed; replacing it", name)
+            return True
+        latest = self._impl.version(uri)
+        if latest > committed[name] and not replaces_all:
+            logger.warning("%s: versions %d-%d were written by a step that never committed; restoring "
+                           "version %d", name, committed[name] + 1, latest, committed[name])
+            crash_point("before", name)
+            _PENDING.setdefault(self.root, {})[name] = self._impl.restore(uri, committed[name])
+        return False
+
+    def _wrote(self, name: str, version: int | None) -> None:
+        if version is not None and name not in ALWAYS_LATEST:
+            _PENDING.setdefault(self.root, {})[name] = version
+        crash_point("after", name)
 
     # -- writes -------------------------------------------------------------------------------
     def write(self, df: DataFrame, name: str, mode: WriteMode = "append", *,
@@ -245,8 +434,13 @@ class Lake:
             if done is not None and done >= int(app_version):  # type: ignore[arg-type]
                 logger.info("%s: %s@%s already committed, skipping write", name, app_id, app_version)
                 return None
-        return self._impl.write(df, uri, mode, list(partition_by or []), dict(replace_where or {}),
-                                app_id, app_version, evolve_schema, dict(metadata or {}))
+        if self._reconcile(name, replaces_all=mode == "overwrite" and not replace_where):
+            mode, replace_where = "overwrite", None  # nothing of it was ever committed: replace it whole
+        crash_point("before", name)
+        version = self._impl.write(df, uri, mode, list(partition_by or []), dict(replace_where or {}),
+                                   app_id, app_version, evolve_schema, dict(metadata or {}))
+        self._wrote(name, version)
+        return version
 
     def copy_overwrite(self, source: str, name: str, *, metadata: Mapping[str, Any] | None = None) -> int:
         """Replace table ``name`` with the current contents of table ``source``: one overwrite commit,
@@ -256,7 +450,12 @@ class Lake:
         neither table is partitioned; otherwise, and on delta-spark, the rows are read and written.
         Used to publish a staged table once its gates pass. Returns the new version of ``name``.
         """
-        return self._impl.copy_overwrite(self._existing(source), self.uri(name), dict(metadata or {}))
+        source_uri = self._existing(source)
+        self._reconcile(name, replaces_all=True)
+        crash_point("before", name)
+        version = self._impl.copy_overwrite(source_uri, self.uri(name), dict(metadata or {}))
+        self._wrote(name, version)
+        return version
 
     def write_arrow(self, source: DataFrame, name: str, batches: ArrowBatches, schema: T.StructType,
                     mode: WriteMode = "append", *, metadata: Mapping[str, Any] | None = None) -> int:
@@ -271,12 +470,17 @@ class Lake:
         """
         if mode not in ("append", "overwrite"):
             raise LakeError(f"unknown write mode {mode!r}: use 'append' or 'overwrite'")
-        return self._impl.write_arrow(source, self.uri(name), batches, schema, mode, dict(metadata or {}))
+        if self._reconcile(name, replaces_all=mode == "overwrite"):
+            mode = "overwrite"
+        crash_point("before", name)
+        version = self._impl.write_arrow(source, self.uri(name), batches, schema, mode, dict(metadata or {}))
+        self._wrote(name, version)
+        return version
 
     def arrow_scan(self, name: str, columns: Sequence[str], version: int | None = None) -> ArrowScan:
         """The table's ``columns`` as Arrow record batches inside Spark tasks: see :class:`ArrowScan`."""
         uri = self._existing(name)
-        return self._impl.arrow_scan(uri, tuple(columns), version)
+        return self._impl.arrow_scan(uri, tuple(columns), self._readable_version(name) if version is None else version)
 
     def merge(self, df: DataFrame, name: str, keys: Sequence[str], *, delete_unmatched: bool = False,
               metadata: Mapping[str, Any] | None = None) -> MergeResult:
@@ -290,15 +494,26 @@ class Lake:
         if missing:
             raise LakeError(f"merge into {name!r}: key columns {missing} are not in the source")
         uri = self.uri(name)
-        if not self._impl.exists(uri):
-            self._impl.write(df, uri, "append", [], {}, None, None, False, dict(metadata or {}))
+        absent = self._reconcile(name, replaces_all=False)
+        crash_point("before", name)
+        if absent or not self._impl.exists(uri):
+            version = self._impl.write(df, uri, "overwrite" if absent else "append", [], {}, None, None, False,
+                                       dict(metadata or {}))
+            self._wrote(name, version)
             inserted = df.count()
             return MergeResult(inserted=inserted, updated=0, deleted=0)
-        return self._impl.merge(df, uri, list(keys), delete_unmatched, dict(metadata or {}))
+        result = self._impl.merge(df, uri, list(keys), delete_unmatched, dict(metadata or {}))
+        self._wrote(name, self._impl.version(uri))
+        return result
 
     def delete(self, name: str, condition: str, *, metadata: Mapping[str, Any] | None = None) -> int:
         """Delete the rows matching a SQL predicate over the table's columns; returns how many."""
-        return self._impl.delete(self._existing(name), condition, dict(metadata or {}))
+        uri = self._existing(name)
+        self._reconcile(name, replaces_all=False)
+        crash_point("before", name)
+        deleted = self._impl.delete(uri, condition, dict(metadata or {}))
+        self._wrote(name, self._impl.version(uri))
+        return deleted
 
     def vacuum(self, name: str, retention_hours: int = 0) -> list[str]:
         """Remove files no longer referenced by the last ``retention_hours`` of versions.
@@ -309,7 +524,7 @@ class Lake:
 
     def _existing(self, name: str) -> str:
         uri = self.uri(name)
-        if not self._impl.exists(uri):
+        if not self._impl.exists(uri) or not self._visible(name)[0]:
             raise TableNotFound(f"table {name!r} does not exist in the lake at {self.root}")
         return uri
 
@@ -326,6 +541,7 @@ class _Backend:
               metadata: dict[str, Any]) -> MergeResult: ...
     def delete(self, uri: str, condition: str, metadata: dict[str, Any]) -> int: ...
     def vacuum(self, uri: str, retention_hours: int) -> list[str]: ...
+    def restore(self, uri: str, version: int) -> int: ...
 
     def write_arrow(self, source: DataFrame, uri: str, batches: ArrowBatches, schema: T.StructType, mode: str,
                     metadata: dict[str, Any]) -> int:
@@ -443,6 +659,10 @@ class _DeltaSparkBackend(_Backend):
         table.delete(condition)
         metrics = table.history(1).collect()[0]["operationMetrics"] or {}
         return int(metrics.get("numDeletedRows", 0))
+
+    def restore(self, uri, version):
+        self.DeltaTable.forPath(self.spark, _spark_path(uri)).restoreToVersion(version)
+        return self.version(uri)
 
     def vacuum(self, uri, retention_hours):
         self.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
@@ -794,6 +1014,10 @@ class _EmbeddedBackend(_Backend):
         table = self._table(uri)
         metrics = table.delete(condition, commit_properties=self._commit_properties(None, None, metadata))
         return int(metrics.get("num_deleted_rows", 0))
+
+    def restore(self, uri, version):
+        self._table(uri).restore(version)
+        return self.version(uri)
 
     def vacuum(self, uri, retention_hours):
         table = self._table(uri)
