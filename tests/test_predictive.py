@@ -246,3 +246,15 @@ def test_cdnow_sample_through_the_pipeline_reproduces_the_published_parameters(s
     assert checks["gamma_gamma"].agreeing >= 2 and checks["bgnbd"].gradient < 1e-4
     x, _, _, _ = clv_arrays(frame, "last_day")
     assert int((x > 0).sum()) == 946  # the paper's 946 customers with repeat purchases
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("age_convention", "paper", r"p\.yaml: models\.clv\.age_convention: 'paper' is not as_of \| last_day"),
+    ("calibration_band", [1.2, 1.5], r"p\.yaml: models\.clv\.calibration_band: expected \[low, high\]"),
+])
+def test_clv_settings_are_checked_when_the_catalogue_loads(key, value, message):
+    from cdp.tagging import CatalogueError, parse_file
+
+    data = {"models": {"clv": {"task": "clv", "horizon_days": 365, key: value}}, "tags": []}
+    with pytest.raises(CatalogueError, match=message):
+        parse_file("p.yaml", data, {})
