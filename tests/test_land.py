@@ -39,7 +39,7 @@ sources:
       - {type: order_id, field: order_no}
       - {type: phone, field: buyer.phone}
       - {type: member_id, field: buyer.member_no}
-    orders: {order_id: order_no, order_time: created_at, total_amount: total, status: {value: paid}}
+    orders: {order_id: order_no, order_time: created_at, total_amount: total, status: {value: paid}, channel: {value: online}}
     order_lines:
       explode: items
       order_id: order_no

@@ -60,6 +60,14 @@ def test_shipped_sources_yaml_parses(conf_dir: Path) -> None:
     (["sources", "shop", "events"], [{"event_type": {"value": "login"}}],
      r"sources\.shop\.events\[0\]: required canonical columns \['event_time'\]"),
     (["sources", "shop", "encoding"], "klingon-8", r"sources\.shop\.encoding: unknown encoding"),
+    # features leave cancelled orders out: an orders section that does not say where status comes from
+    # would give every order a NULL status, which a filter could drop without a word
+    (["sources", "shop", "orders"], {"order_id": "id", "order_time": "at", "channel": {"value": "pos"}},
+     r"sources\.shop\.orders\.status: not mapped; features filter on orders status.*status: \{value: paid\}"),
+    (["sources", "shop", "orders"], {"order_id": "id", "order_time": "at", "status": {"value": "paid"}},
+     r"sources\.shop\.orders\.channel: not mapped; features filter on orders channel"),
+    (["sources", "shop", "events"], [{"event_type": {"value": "login"}, "event_time": "at"}],
+     r"sources\.shop\.events\[0\]\.channel: not mapped; features filter on events channel"),
 ])
 def test_bad_declarations_name_file_and_key(tmp_path: Path, path: list, value, message: str) -> None:
     file = tmp_path / "sources.yaml"

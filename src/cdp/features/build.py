@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -99,8 +99,13 @@ def prepare_sources(inputs: FeatureInputs, as_of: date | Sequence[date]) -> dict
                    .otherwise("evening"))
         return df.withColumns({"_hour": hour, "_dow": F.dayofweek("_t"), "_daypart": daypart})
 
+    # what the customer paid on the order's calendar day (UTC), not cancelled: the same for every
+    # snapshot the day precedes, so it is computed once, before the rows are cut or repeated per date
+    # (Spark prunes this window when no feature reads _day_total)
+    paid = F.when(~F.col("status").eqNullSafe("cancelled"), F.col("total_amount"))
     orders = (with_customer_id(inputs.orders, inputs.customer_records)
               .withColumn("_t", F.col("order_time"))
+              .withColumn("_day_total", F.sum(paid).over(Window.partitionBy("customer_id", F.to_date("_t"))))
               .transform(before_cutoff)
               .withColumn("_pay", slug("payment_method"))
               .transform(with_time_parts))

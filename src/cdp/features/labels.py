@@ -21,7 +21,7 @@ def purchase_labels(orders: DataFrame, customer_records: DataFrame, as_of: date,
     return (orders.join(customer_records.select("source", "record_id", "customer_id"),
                         on=["source", "record_id"], how="inner")
             .where((F.col("order_time") >= F.lit(start)) & (F.col("order_time") < F.lit(end))
-                   & (F.col("status") != "cancelled"))
+                   & ~F.col("status").eqNullSafe("cancelled"))  # a NULL status is not a cancellation
             .groupBy("customer_id")
             .agg(F.count("order_id").alias("label_orders"), F.sum("total_amount").alias("label_revenue"))
             .select("customer_id", "label_orders", "label_revenue"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Collection
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from cdp.jobs.entry import JobFailed, job_main
 from cdp.jobs.features import TABLE as FEATURES
 from cdp.jobs.features import load_feature_config, parse_date
 from cdp.jobs.tags import load_catalogue
-from cdp.jobs.train import alias_version, configure_mlflow, registered_clustering
+from cdp.jobs.train import alias_version, configure_mlflow, registered_clustering, registered_status
 from cdp.lake import Lake
 from cdp.runtime.config import JobContext
 from cdp.runtime.gates import publish_with_gates, staging_name
@@ -44,35 +45,57 @@ from cdp.tagging.compute import Scorer
 logger = logging.getLogger(__name__)
 
 
-def model_scorers(spark: SparkSession, catalogue: Catalogue) -> tuple[dict[str, Scorer], dict[str, str]]:
-    """A Spark UDF per predictive model, of the version its alias points to, and that version.
+def model_scorers(spark: SparkSession, catalogue: Catalogue, columns: Collection[str] | None = None
+                  ) -> tuple[dict[str, Scorer], dict[str, str], dict[str, str]]:
+    """A Spark UDF per predictive model, of the version its alias points to, that version, and why a
+    model scores null (model -> reason).
 
-    Models without the alias yet (``cdp train`` not run) score null, with a warning.
+    Models without the alias (``cdp train`` not run, or it skipped the model or did not promote it)
+    score null, with a warning and the last training outcome as the reason. The UDF is fed the
+    columns the model's signature names, in its order (a champion trained on other inputs than the
+    catalogue lists now still gets its own); ``columns`` (the snapshot's) lets a model whose inputs
+    are missing score null with a reason instead of failing the run.
     """
     import mlflow.pyfunc
+    from mlflow.models import get_model_info
 
     scorers: dict[str, Scorer] = {}
     versions: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+
+    def null(cols: list[Column]) -> Column:
+        return F.lit(None).cast("double")
+
     for tag in catalogue.of_kind("predictive"):
         name = tag.model or ""
         if name in scorers:
             continue
         version = alias_version(name, tag.alias)
         if version is None:
-            logger.warning("tag: no model version with alias %s for %s; run `cdp train`; its tags are null",
-                           tag.alias, name)
-            scorers[name] = lambda cols: F.lit(None).cast("double")
-            versions[name] = "none"
+            status = registered_status(name) or "cdp train has not run"
+            reasons[name] = f"no version of {name} carries @{tag.alias}; last training: {status}"
+            logger.warning("tag: %s; its tags are null", reasons[name])
+            scorers[name], versions[name] = null, "none"
             continue
-        udf = mlflow.pyfunc.spark_udf(spark, f"models:/{name}/{version}", result_type="double", env_manager="local")
+        uri = f"models:/{name}/{version}"
+        signature = get_model_info(uri).signature
+        inputs = signature.inputs.input_names() if signature is not None else None
+        missing = [c for c in inputs or [] if columns is not None and c not in columns]
+        if missing:
+            reasons[name] = f"{uri} reads {missing}, which the feature snapshot does not hold"
+            logger.warning("tag: %s; its tags are null", reasons[name])
+            scorers[name], versions[name] = null, version
+            continue
+        udf = mlflow.pyfunc.spark_udf(spark, uri, result_type="double", env_manager="local")
 
-        def score(cols: list[Column], udf: Any = udf) -> Column:
-            # the model's signature names its inputs; pass the columns in that order, as doubles
-            return udf(*[c.cast("double") for c in cols])
+        def score(cols: list[Column], udf: Any = udf, inputs: list[str] | None = inputs) -> Column:
+            # the model's signature names its inputs; pass those columns in that order, as doubles
+            chosen = [F.col(c) for c in inputs] if inputs else cols
+            return udf(*[c.cast("double") for c in chosen])
 
         scorers[name], versions[name] = score, version
         logger.info("tag: scoring %s with models:/%s@%s = version %s", tag.name, name, tag.alias, version)
-    return scorers, versions
+    return scorers, versions, reasons
 
 
 def registered_clusterings(catalogue: Catalogue) -> tuple[dict[str, Clustering], dict[str, str]]:
@@ -129,7 +152,7 @@ def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict
     # validate against the stored snapshot's schema: the table is what the tags will read
     catalogue = load_catalogue(spark, ctx, config, schema=features.schema)
     configure_mlflow(ctx.lake_root)
-    scorers, model_versions = model_scorers(spark, catalogue)
+    scorers, model_versions, null_reasons = model_scorers(spark, catalogue, features.columns)
     clusterings, cluster_versions = registered_clusterings(catalogue)
     wide, info = compute_tags(features, catalogue, config.lists, scorers, clusterings)
     computed_at = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
@@ -163,14 +186,18 @@ def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict
     scan = lake.arrow_scan("tags_wide", long.columns)
     long_version = lake.write_arrow(scan.source, "tags_long", scan.feeding(long.batches), long.schema,
                                     mode="overwrite", metadata=metadata)
-    stats = tag_stats(stored_wide, catalogue, versions, computed_at, ctx.run_id, profile=profiles["staged"])
-    lake.write(stats, "tag_stats", mode="append", metadata=metadata)
+    notes = {t.name: null_reasons[t.model or ""] for t in catalogue.of_kind("predictive") if t.model in null_reasons}
+    stats = tag_stats(stored_wide, catalogue, versions, computed_at, ctx.run_id, profile=profiles["staged"],
+                      notes=notes)
+    # evolve_schema: tag_stats tables written before the note column existed gain it (older rows null)
+    lake.write(stats, "tag_stats", mode="append", metadata=metadata, evolve_schema=True)
     customers = stats.first()["customers"] if catalogue.tags else 0
     logger.info("tag: %d tags for %d customers as of %s -> tags_wide v%s, tags_long v%s; k-means %s",
                 len(catalogue.tags), customers, as_of, wide_version, long_version,
                 {k: {"k": v["k"], "silhouette": round(v["silhouette"], 3)} for k, v in info.kmeans.items()})
     return {"as_of": as_of.isoformat(), "tags": len(catalogue.tags), "customers": customers,
-            "model_versions": model_versions, "cluster_versions": cluster_versions, "tags_wide_version": wide_version,
+            "model_versions": model_versions, "null_models": null_reasons, "cluster_versions": cluster_versions,
+            "tags_wide_version": wide_version,
             "tags_long_version": long_version, "kmeans": info.kmeans}
 
 

@@ -5,8 +5,18 @@ For a model with horizon h and data up to ``end`` (exclusive):
     T_eval = end - h, T_train = T_eval - h
     train: features as of T_train, labels from [T_train, T_eval)
     eval:  features as of T_eval,  labels from [T_eval, end)      (a later, unseen window)
-Parameters and metrics go to MLflow; the model is registered and gets the alias ``champion`` only if
-it beats the current champion re-scored on the same evaluation snapshot.
+Each model trains on what the shop has: features null or constant for every customer of its training
+frame are dropped (MLflow params ``dropped_features`` and ``dropped.<feature>``, and the log line);
+a model whose population or labels are too small, or whose fit does not converge, is skipped with
+the reason (MLflow run tag ``skipped_reason``, registered-model tag ``cdp_status``, which ``cdp tag``
+writes to ``tag_stats.note`` of its tags) and the run goes on with the others.
+
+Parameters, metrics and diagnostics (``diagnostics/*.csv``: calibration curves, lift by decile,
+actual vs predicted purchases by calibration-period frequency) go to MLflow with a simple baseline's
+metrics on the same evaluation window (recency-only for churn and purchase, the customer's past
+average for CLV). The model is registered and gets the alias ``champion`` only if it beats both the
+baseline and the current champion re-scored on that window (:func:`cdp.tagging.predictive.promotion`:
+classifiers on AUC and log loss, CLV on total calibration within a band and the revenue Gini).
 
 A k-means instance (``type: kmeans`` in conf/tags) is fitted on the snapshot as of ``end`` and
 registered under its name; it takes the alias only if its silhouette beats the champion's on the same
@@ -23,6 +33,7 @@ import sys
 from datetime import date, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -36,20 +47,31 @@ from cdp.runtime.config import JobContext
 from cdp.tagging import Algorithm, Clustering, ClusterModel, ModelSpec, clustering_instances
 from cdp.tagging.algorithms import REGISTRY
 from cdp.tagging.clusters import aligned_to, fit_sample, silhouette_of
+from cdp.tagging.clv import NotConverged
 from cdp.tagging.predictive import (
+    DEFAULT_CALIBRATION_BAND,
     ClvModel,
+    RecencyBaseline,
+    calibration_curve,
     classification_metrics,
     fit_classifier,
     fit_clv,
     labelled_snapshot,
+    lift_by_decile,
+    past_average_clv,
     primary_metric,
+    promotion,
+    purchases_by_frequency,
     regression_metrics,
     snapshot_features,
+    trainable,
+    usable_features,
 )
 
 logger = logging.getLogger(__name__)
 
 ALIAS = "champion"
+STATUS_TAG = "cdp_status"  # registered-model tag: the last training outcome, in words
 MIN_SILHOUETTE_GAIN = 0.01  # a refit clustering replaces the champion only when this much better
 
 
@@ -141,20 +163,84 @@ def evaluate(model: Any, spec: ModelSpec, frame: pd.DataFrame) -> dict[str, floa
     return classification_metrics(frame["label"].to_numpy(), model.predict(None, frame))
 
 
+def baseline_scores(spec: ModelSpec, train: pd.DataFrame, frame: pd.DataFrame) -> np.ndarray:
+    """The simple baseline's predictions on ``frame``: recency-only for churn and purchase (fitted on
+    ``train``), the customer's past average for CLV."""
+    if spec.task == "clv":
+        return past_average_clv(frame, eval_horizon(spec))
+    return RecencyBaseline(train).predict(frame)
+
+
+def baseline_metrics(spec: ModelSpec, train: pd.DataFrame, frame: pd.DataFrame) -> dict[str, float]:
+    scores = baseline_scores(spec, train, frame)
+    if spec.task == "clv":
+        return regression_metrics(frame["label"].to_numpy(), scores)
+    return classification_metrics(frame["label"].to_numpy(), scores)
+
+
+def diagnostics(model: Any, spec: ModelSpec, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Tables a data scientist checks, on the evaluation window: CLV, actual vs predicted purchases by
+    calibration-period repeat purchases (the BG/NBD paper's figure) and revenue lift by decile of the
+    model and of the baseline; classifiers, calibration curves and lift by decile of both."""
+    actual = test["label"].astype("float64").to_numpy()
+    baseline = baseline_scores(spec, train, test)
+    if isinstance(model, ClvModel):
+        return {"purchases_by_frequency": purchases_by_frequency(test, model.expected_purchases(test, eval_horizon(spec))),
+                "lift_by_decile_model": lift_by_decile(actual, model.expected(test, eval_horizon(spec))),
+                "lift_by_decile_baseline": lift_by_decile(actual, baseline)}
+    scores = model.predict(None, test)
+    return {"calibration_curve_model": calibration_curve(actual, scores),
+            "calibration_curve_baseline": calibration_curve(actual, baseline),
+            "lift_by_decile_model": lift_by_decile(actual, scores),
+            "lift_by_decile_baseline": lift_by_decile(actual, baseline)}
+
+
 def _champion_metrics(spec: ModelSpec, frame: pd.DataFrame) -> tuple[str | None, dict[str, float]]:
     import mlflow
 
     version = alias_version(spec.name, ALIAS)
     if version is None:
         return None, {}
-    champion = mlflow.pyfunc.load_model(f"models:/{spec.name}/{version}").unwrap_python_model()
-    return version, evaluate(champion, spec, frame)
+    try:
+        champion = mlflow.pyfunc.load_model(f"models:/{spec.name}/{version}").unwrap_python_model()
+        return version, evaluate(champion, spec, frame)
+    except Exception as exc:  # noqa: BLE001 - a champion that cannot score today's inputs cannot be compared
+        logger.warning("train %s: the champion (version %s) cannot be re-scored on the evaluation window (%s); "
+                       "a model that beats the baseline replaces it", spec.name, version, exc)
+        return version, {}
+
+
+def _set_status(name: str, status: str) -> None:
+    """Record the last training outcome on the registered model (``cdp tag`` reports it for a model
+    without a champion); registers the name when nothing was ever registered under it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    client.set_registered_model_tag(name, STATUS_TAG, status[:5000])
+
+
+def registered_status(name: str) -> str | None:
+    """The last training outcome recorded on registered model ``name`` (None when none is)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient().get_registered_model(name).tags.get(STATUS_TAG)
+    except Exception:  # noqa: BLE001 - no such registered model
+        return None
 
 
 def train_model(spark: SparkSession, lake: Lake, config: FeatureConfig, spec: ModelSpec, end: date,
                 snapshots: dict[date, DataFrame], artifact_root: str, run_id: str, max_rows: int,
                 seed: int = 7) -> dict[str, Any]:
-    """Train, evaluate on the later window, log, register, promote if better. Returns the outcome."""
+    """Train, evaluate on the later window beside the baseline and the champion, log, register, promote
+    if it beats both. A model the data cannot support (population or labels too small, no usable
+    feature, a fit that does not converge) is skipped with the reason: logged to MLflow, recorded on
+    the registered model, returned; the run goes on. Returns the outcome."""
     import mlflow
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
@@ -169,53 +255,93 @@ def train_model(spark: SparkSession, lake: Lake, config: FeatureConfig, spec: Mo
         labels = purchase_labels(inputs.orders, inputs.customer_records, as_of, horizon)
         frames[label_name] = _to_pandas(labelled_snapshot(snapshots[as_of], labels, spec), max_rows, seed)
     train, test = frames["train"], frames["eval"]
-    if len(train) < 50 or len(test) < 50:
-        raise JobFailed(f"train {spec.name}: too few customers in the population (train {len(train)}, "
-                        f"eval {len(test)}); generate more data or move --as-of")
     features = list(spec.inputs)
-    if spec.task == "clv":
-        model: Any = fit_clv(train, spec.horizon_days)
-    else:
-        if train["label"].nunique() < 2:
-            raise JobFailed(f"train {spec.name}: the training label has one class only")
-        model = fit_classifier(train, features, dict(spec.params), seed)
+    outcome: dict[str, Any] = {"model": spec.name, "version": None, "promoted": False, "skipped": None,
+                               "train_as_of": t_train.isoformat(), "eval_as_of": t_eval.isoformat(),
+                               "train_rows": len(train), "eval_rows": len(test), "dropped_features": {}}
+    params = {"task": spec.task, "horizon_days": spec.horizon_days, "eval_horizon_days": horizon,
+              "train_as_of": t_train.isoformat(), "eval_as_of": t_eval.isoformat(), "data_end": end.isoformat(),
+              "population": spec.population, "train_rows": len(train), "eval_rows": len(test), "cdp_run_id": run_id,
+              **{f"param_{k}": v for k, v in spec.params.items()}}
+    mlflow.set_experiment(experiment_id=_experiment(f"cdp-{spec.name}", artifact_root))
+    reason = trainable(spec.task, train, test, spec.params)
+    model: Any = None
+    checks: dict[str, Any] = {}
+    dropped: dict[str, str] = {}
+    kept = features
+    if reason is None:
+        try:
+            if spec.task == "clv":
+                model, checks = fit_clv(train, spec.horizon_days, str(spec.params.get("age_convention", "as_of")))
+            else:
+                kept, dropped = usable_features(train, features)
+                if dropped:
+                    logger.warning("train %s: dropped %d of %d features: %s", spec.name, len(dropped), len(features),
+                                   "; ".join(f"{k} ({v})" for k, v in dropped.items()))
+                if not kept:
+                    reason = "no usable feature: every input is null or constant in the training window"
+                else:
+                    model = fit_classifier(train, kept, dict(spec.params), seed)
+        except NotConverged as exc:
+            reason = f"fit refused, not registered: {exc}"
+    outcome["dropped_features"] = dropped
+    params.update({"n_features": len(kept), "dropped_features": ",".join(dropped) or "none",
+                   **{f"dropped.{k}": v for k, v in dropped.items()}})
+    if reason is not None:
+        with mlflow.start_run(run_name=f"{spec.name}-{run_id}") as run:
+            mlflow.log_params(params)
+            mlflow.set_tags({"skipped": "true", "skipped_reason": reason[:5000], "promoted": "False"})
+        _set_status(spec.name, f"not trained in run {run_id}: {reason}")
+        logger.warning("train %s: skipped, %s", spec.name, reason)
+        return {**outcome, "skipped": reason, "mlflow_run": run.info.run_id, "metrics": {}, "baseline_metrics": {}}
     metrics = evaluate(model, spec, test)
     train_metrics = evaluate(model, spec, train)
-    metric, higher = primary_metric(spec.task)
-    client = MlflowClient()
+    base = baseline_metrics(spec, train, test)
+    metric, _ = primary_metric(spec.task)
     champion_version, champion_metrics = _champion_metrics(spec, test)
-    new_value, old_value = metrics[metric], champion_metrics.get(metric)
-    better = old_value is None or (not math.isnan(new_value) and (
-        new_value > old_value if higher else new_value < old_value))
-    mlflow.set_experiment(experiment_id=_experiment(f"cdp-{spec.name}", artifact_root))
+    band_param = spec.params.get("calibration_band", DEFAULT_CALIBRATION_BAND)
+    band = (float(band_param[0]), float(band_param[1]))
+    promote, why = promotion(spec.task, metrics, base, champion_metrics or None, band)
+    client = MlflowClient()
+    tables = diagnostics(model, spec, train, test)
     with mlflow.start_run(run_name=f"{spec.name}-{run_id}") as run:
-        mlflow.log_params({"task": spec.task, "horizon_days": spec.horizon_days, "eval_horizon_days": horizon,
-                           "train_as_of": t_train.isoformat(), "eval_as_of": t_eval.isoformat(),
-                           "data_end": end.isoformat(), "population": spec.population,
-                           "n_features": len(features), "train_rows": len(train), "eval_rows": len(test),
-                           "cdp_run_id": run_id, **{f"param_{k}": v for k, v in spec.params.items()}})
+        mlflow.log_params(params)
         if spec.task == "clv":
+            mlflow.log_params({"age_convention": model.age_convention, "calibration_band": f"{band[0]}-{band[1]}"})
             mlflow.log_params({"bgnbd_" + k: round(v, 6) for k, v in vars(model.bgnbd).items()})
             mlflow.log_params({"gg_" + k: round(v, 6) for k, v in vars(model.gamma_gamma).items()})
+            for part, check in checks.items():
+                mlflow.log_metrics({f"fit_{part}_gradient": check.gradient, f"fit_{part}_negll": check.negll,
+                                    f"fit_{part}_agreeing_starts": float(check.agreeing),
+                                    f"fit_{part}_start_spread": check.spread})
         mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items() if not math.isnan(v)})
         mlflow.log_metrics({f"train_{k}": v for k, v in train_metrics.items() if not math.isnan(v)})
-        if old_value is not None and not math.isnan(old_value):
-            mlflow.log_metric(f"champion_eval_{metric}", old_value)
+        mlflow.log_metrics({f"baseline_eval_{k}": v for k, v in base.items() if not math.isnan(v)})
+        mlflow.log_metrics({f"champion_eval_{k}": v for k, v in champion_metrics.items() if not math.isnan(v)})
+        for table_name, table in tables.items():
+            mlflow.log_text(table.to_csv(index=False), f"diagnostics/{table_name}.csv")
         example = test[features].head(5).astype("float64")
         signature = infer_signature(example, model.predict(None, example))
         info = mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature,
                                        input_example=example, registered_model_name=spec.name)
         version = str(info.registered_model_version)
-        client.set_model_version_tag(spec.name, version, f"eval_{metric}", str(new_value))
+        client.set_model_version_tag(spec.name, version, f"eval_{metric}", str(metrics[metric]))
         client.set_model_version_tag(spec.name, version, "eval_as_of", t_eval.isoformat())
-        if better:
+        client.set_model_version_tag(spec.name, version, "promotion", why[:5000])
+        if promote:
             client.set_registered_model_alias(spec.name, ALIAS, version)
-        mlflow.set_tag("promoted", str(better))
-    logger.info("train %s: eval %s %.4f (champion v%s: %s) -> version %s %s", spec.name, metric, new_value,
-                champion_version, old_value, version, "promoted to @champion" if better else "kept as challenger")
-    return {"model": spec.name, "version": version, "promoted": better, "metric": metric, "value": new_value,
-            "champion_version": champion_version, "champion_value": old_value, "metrics": metrics,
-            "train_as_of": t_train.isoformat(), "eval_as_of": t_eval.isoformat(), "mlflow_run": run.info.run_id}
+        mlflow.set_tags({"promoted": str(promote), "promotion": why[:5000]})
+    _set_status(spec.name, f"version {version} of run {run_id} {'promoted' if promote else 'not promoted'}: {why}")
+    logger.info("train %s: eval %s %.4f, baseline %.4f (champion v%s: %s) -> version %s %s: %s; features dropped: %s",
+                spec.name, metric, metrics[metric], base.get(metric, float("nan")), champion_version,
+                champion_metrics.get(metric), version, "promoted to @champion" if promote else "kept as challenger",
+                why, ", ".join(f"{k} ({v})" for k, v in dropped.items()) or "none")
+    return {**outcome, "version": version, "promoted": promote, "promotion": why, "metric": metric,
+            "value": metrics[metric], "champion_version": champion_version,
+            "champion_value": champion_metrics.get(metric), "metrics": metrics, "baseline_metrics": base,
+            "champion_metrics": champion_metrics, "diagnostics": tables, "mlflow_run": run.info.run_id,
+            "fit": {part: vars(check) for part, check in checks.items()},
+            "parameters": ({**vars(model.bgnbd), **vars(model.gamma_gamma)} if spec.task == "clv" else {})}
 
 
 def registered_clustering(name: str, alias: str) -> tuple[str | None, Clustering | None]:
@@ -240,8 +366,10 @@ def train_clustering(algo: Algorithm, snapshot: DataFrame, as_of: date, lists: A
     params = algo.params
     try:
         clustering = impl.fit(snapshot, params, lists, f"{algo.file}: algorithms.{algo.name}")
-    except ValueError as exc:
-        raise JobFailed(f"train {algo.name}: {exc}") from exc
+    except ValueError as exc:  # too few customers for the k tried: the data's shape, not a bug
+        logger.warning("train %s: skipped, %s", algo.name, exc)
+        return {"model": algo.name, "version": None, "promoted": False, "skipped": str(exc), "metric": "silhouette",
+                "metrics": {}, "train_as_of": as_of.isoformat(), "eval_as_of": as_of.isoformat()}
     alias = str(params.get("alias", ALIAS))
     champion_version, champion = registered_clustering(algo.name, alias)
     old_value = None

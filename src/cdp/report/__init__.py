@@ -436,19 +436,26 @@ def section_models(inp: _Inputs) -> Section:
         for alias, version in (model.aliases or {}).items():
             aliases.setdefault(str(version), []).append(alias)
         versions = sorted(client.search_model_versions(f"name='{model.name}'"), key=lambda v: int(v.version))[-4:]
+        if not versions:  # cdp train skipped it: the reason is the registered model's last status
+            rows.append([model.name, 0, "", "", (model.tags or {}).get("cdp_status", "")])
         for version in versions:
-            metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+            run = client.get_run(version.run_id) if version.run_id else None
+            metrics = run.data.metrics if run else {}
             label = f"{model.name} v{version.version}" + (" ★" if "champion" in aliases.get(str(version.version), []) else "")
             headline = headline_metric(metrics)
             labels.append(f"{label} · {headline[0]}" if headline else label)
             scores.append(headline[1] if headline else 0.0)
             shown = ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items(), key=lambda kv: (not kv[0].startswith("eval_"), kv[0]))[:6])
-            rows.append([model.name, int(version.version), ", ".join(aliases.get(str(version.version), [])), shown])
+            # the promotion verdict: model vs the baseline and the champion on the same window
+            verdict = run.data.tags.get("promotion", "") if run else ""
+            rows.append([model.name, int(version.version), ", ".join(aliases.get(str(version.version), [])), shown,
+                         verdict])
     if any(scores):
         section.charts.append(barh(inp.out, "model_metrics.png", labels, {"held-out score": scores},
                                    title="Held-out score per model version (★ = champion)",
                                    xlabel="AUC (classifiers) or Spearman (CLV); 1 is perfect", colors=[_BLUE]))
-    section.body = _table(["model", "version", "aliases", "metrics"], rows, numeric=(1,))
+    section.body = _table(["model", "version", "aliases", "metrics", "promotion (vs baseline and champion)"], rows,
+                          numeric=(1,))
     return section
 
 

@@ -104,6 +104,13 @@ REQUIRED_CANONICAL: dict[str, tuple[str, ...]] = {
     "consent": ("channel", "granted", "event_time"),
     "products": ("product_id",),
 }
+# Canonical columns the features filter on (cancelled orders, order and event channels, event types):
+# a section must map each, from a field or as a constant, so that no feature silently loses rows to a
+# NULL nobody chose. Checked when the config is loaded.
+FILTERED_CANONICAL: dict[str, dict[str, str]] = {  # table -> column -> an example constant
+    "orders": {"status": "paid", "channel": "online"},
+    "events": {"event_type": "page_view", "channel": "web"},
+}
 # Allowed constant / mapped values, checked when the config is loaded.
 ALLOWED_VALUES: dict[tuple[str, str], frozenset[str]] = {
     ("events", "event_type"): EVENT_TYPES,
@@ -398,6 +405,12 @@ class SourceSpec:
                    and not (table == "order_lines" and c == "line_no")]
         if missing:
             raise ValueError(f"{where}: required canonical columns {missing} are not mapped")
+        for column, example in FILTERED_CANONICAL.get(table, {}).items():
+            if column not in columns:
+                raise ValueError(
+                    f"{where}.{column}: not mapped; features filter on {table} {column}, so a NULL would "
+                    f"silently leave rows out. Map it from a field (with `default:` for unmapped values) "
+                    f"or give the value every record has, e.g. {column}: {{value: {example}}}")
         attributes = {}
         if extra_attributes:
             if not isinstance(extra_attributes, dict):

@@ -190,6 +190,13 @@ def parse_file(file: str, data: Any, lists: Mapping[str, Iterable[Any]]) -> Cata
         feats = spec.get("features") or []
         if task != "clv" and (not isinstance(feats, list) or not feats):
             raise CatalogueError(f"{where}.features: expected a non-empty list of feature names")
+        if spec.get("age_convention", "as_of") not in ("as_of", "last_day"):
+            raise CatalogueError(f"{where}.age_convention: {spec['age_convention']!r} is not as_of | last_day")
+        band = spec.get("calibration_band", [0.8, 1.25])
+        if not (isinstance(band, list) and len(band) == 2 and all(isinstance(b, int | float) for b in band)
+                and 0 < band[0] <= 1 <= band[1]):
+            raise CatalogueError(f"{where}.calibration_band: expected [low, high] with 0 < low <= 1 <= high, "
+                                 f"got {band!r}")
         models[str(name)] = ModelSpec(
             name=str(name), task=task, horizon_days=horizon, population=str(spec.get("population", "true")),
             features=tuple(str(f) for f in feats), file=file,

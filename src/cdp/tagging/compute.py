@@ -266,6 +266,9 @@ TAG_STATS_SCHEMA = T.StructType([
     T.StructField("top_values", T.MapType(T.StringType(), T.LongType())),
     T.StructField("min", T.DoubleType()), T.StructField("mean", T.DoubleType()),
     T.StructField("p50", T.DoubleType()), T.StructField("max", T.DoubleType()),
+    # why a tag has no values this run when it is not the data's doing (a predictive tag whose model
+    # has no champion: the last training outcome), else null
+    T.StructField("note", T.StringType()),
 ])
 
 
@@ -434,9 +437,9 @@ def profile_from_tag_stats(stats: DataFrame) -> DataFrame:
 
 
 def tag_stats(wide: DataFrame, catalogue: Catalogue, versions: Mapping[str, str], computed_at: datetime,
-              run_id: str, profile: DataFrame | None = None) -> DataFrame:
+              run_id: str, profile: DataFrame | None = None, notes: Mapping[str, str] | None = None) -> DataFrame:
     """Coverage and distribution per tag, from :func:`tag_profile` of tags_wide (or ``profile``, when
-    the caller already has it).
+    the caller already has it); ``notes``: tag -> why it has no values (the ``note`` column).
 
     Output: the columns of ``TAG_STATS_SCHEMA`` (one row per tag).
     """
@@ -450,5 +453,6 @@ def tag_stats(wide: DataFrame, catalogue: Catalogue, versions: Mapping[str, str]
         numeric = tag.value_type in ("int", "double")
         rows.append((run_id, computed_at, p["as_of"], tag.name, tag.kind, tag.value_type, versions[tag.name],
                      p["customers"], p["covered"], p["coverage"], p["true_count"], p["distinct_values"],
-                     p["top_values"], p["min"], p["mean"] if numeric else None, p["p50"], p["max"]))
+                     p["top_values"], p["min"], p["mean"] if numeric else None, p["p50"], p["max"],
+                     (notes or {}).get(tag.name)))
     return wide.sparkSession.createDataFrame(rows, TAG_STATS_SCHEMA)
