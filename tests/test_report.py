@@ -85,12 +85,9 @@ def test_report_renders_every_section_from_a_hand_built_lake(spark, lake, monkey
             "suite": suite, "table": "tags_wide", "run_id": RUN, "success": True, "warn_only": False,
             "outcomes": [{"view": "tags", "expectation": "expect_column_values_to_be_between", "success": True,
                           "blocking": True}]}))
-    tracking = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", tracking)
-    from mlflow import MlflowClient
+    from cdp.runtime import mlflow as mlflow_store
 
-    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    client = mlflow_store.client(lake.root)  # the store the report reads (conftest points it at tmp_path)
     experiment = client.create_experiment("cdp_churn")
     trained = client.create_run(experiment)
     client.log_metric(trained.info.run_id, "test_auc", 0.81)

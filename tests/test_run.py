@@ -14,6 +14,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from cdp.jobs import run as runner
 from cdp.jobs.entry import JobFailed, base_parser
+from cdp.lake import inventory
 from cdp.runtime.config import ConfigError, JobContext, Profile
 from cdp.runtime.lock import LakeLock, LakeLocked, pid_alive
 
@@ -287,7 +288,8 @@ def test_rows_written_counts_what_the_commits_after_a_version_added(spark, lake)
     one = spark.createDataFrame([(3, "cy")], PEOPLE)
     lake.write(two, "people")
     lake.write(one, "people", "append")
-    assert (runner.rows_written(lake, "people", 0), runner.table_rows(lake, "people")) == (1, 3)
+    assert (runner.rows_written(lake, "people", 0), inventory.table_rows(lake, "people")) == (1, 3)
+    assert (inventory.list_tables(lake), inventory.table_versions(lake)) == (["people"], {"people": 1})
     lake.write(one, "people", "overwrite")
     assert runner.rows_written(lake, "people", 0) == 1
     assert runner.rows_written(lake, "people", None) == 1  # a table new to the step: all its rows

@@ -15,6 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cdp.runtime.config import ConfigError, JobContext, load_profile, resolve_conf_dir
+from cdp.runtime.errors import JobFailed
+
+__all__ = ["JobFailed", "base_parser", "job_main", "make_context", "new_run_id", "setup_logging"]
 
 logger = logging.getLogger("cdp")
 
@@ -94,7 +97,3 @@ def job_main(
     if isinstance(result, int):
         return result
     return 0
-
-
-class JobFailed(RuntimeError):
-    """A job ran but its outcome is a failure (a quality gate, a locked lake): exit non-zero."""

@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+
+from cdp.lake.inventory import list_tables, table_rows
+from cdp.lake.paths import is_local
+from cdp.runtime import mlflow as mlflow_store
 
 logger = logging.getLogger(__name__)
 
@@ -268,8 +271,6 @@ def section_silver(inp: _Inputs) -> Section:
     if not silver:
         section.absent = "no silver_* tables in the lake"
         return section
-    from cdp.jobs.run import table_rows
-
     counts = sorted(((t, table_rows(inp.lake, t)) for t in silver), key=lambda item: -item[1])
     section.charts.append(barh(inp.out, "silver_rows.png", [t for t, _ in counts], {"rows": [c for _, c in counts]},
                                title="Rows per silver table", xlabel="rows (log scale)", colors=[_BLUE], log=True))
@@ -417,15 +418,11 @@ def headline_metric(metrics: dict[str, float]) -> tuple[str, float] | None:
 
 def section_models(inp: _Inputs) -> Section:
     section = Section("models", "Predictive models (MLflow)")
-    from cdp.jobs.run import mlflow_tracking_uri
-
-    uri = mlflow_tracking_uri(inp.lake.root)
+    uri = mlflow_store.tracking_uri(inp.lake.root)
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
         section.absent = f"no MLflow tracking store at {uri}"
         return section
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    client = mlflow_store.client(inp.lake.root)
     models = [m for m in client.search_registered_models() if m.name.startswith("cdp_")]
     if not models:
         section.absent = f"no cdp_* models registered in {uri}"
@@ -494,7 +491,7 @@ def section_audiences(inp: _Inputs) -> Section:
 
 def _read_quality_reports(root: str, run_id: str) -> tuple[str | None, list[dict[str, Any]]]:
     """The gate JSON reports of ``run_id`` (else of the newest run that has some)."""
-    if urlparse(root).scheme not in ("", "file"):
+    if not is_local(root):
         return None, []
     base = Path(root) / QUALITY_DIR
     if not base.is_dir():
@@ -621,7 +618,6 @@ def latest_run_id(lake: Any) -> str | None:
 
 def build_report(spark: Any, lake: Any, run_id: str, out: Path) -> list[Section]:
     """Render every section's charts into ``out``; return the sections (for the HTML)."""
-    from cdp.jobs.run import list_tables
 
     out.mkdir(parents=True, exist_ok=True)
     inputs = _Inputs(spark=spark, lake=lake, run_id=run_id, tables=list_tables(lake), out=out)

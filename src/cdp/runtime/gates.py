@@ -14,7 +14,7 @@ Any job that publishes a table behind a gate calls :func:`publish_with_gates`::
    Great Expectations' Data Docs page of each check under ``data_docs/<table>/``;
 4. on success the staged data is written to ``<table>`` (``mode="overwrite"`` unless told
    otherwise); on a blocking failure nothing is published, the last good version stays current and
-   :class:`cdp.jobs.entry.JobFailed` is raised (the job exits non-zero).
+   :class:`cdp.runtime.errors.JobFailed` is raised (the job exits non-zero).
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ from typing import Any
 from pyspark.sql import DataFrame
 
 from cdp.expectations.quality import QualityConfig, SuiteResult, render_report_html, validate_suite
-from cdp.jobs.entry import JobFailed
 from cdp.lake import Lake
 from cdp.runtime.config import JobContext, parse_file
+from cdp.runtime.errors import JobFailed
 
 logger = logging.getLogger(__name__)
 

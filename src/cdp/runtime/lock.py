@@ -19,9 +19,9 @@ import socket
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from urllib.parse import urlparse
 
-from cdp.jobs.entry import JobFailed
+from cdp.lake.paths import is_local, local_path
+from cdp.runtime.errors import JobFailed
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +68,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_local(root: str) -> bool:
-    return urlparse(root).scheme in ("", "file")
-
-
-def _local_path(root: str) -> str:
-    parsed = urlparse(root)
-    return os.path.abspath(os.path.expanduser(parsed.path if parsed.scheme == "file" else root))
-
-
 class LakeLock:
     """The lake's run lock; use as a context manager or call :meth:`acquire` / :meth:`release`.
 
@@ -88,8 +79,8 @@ class LakeLock:
     def __init__(self, root: str, run_id: str) -> None:
         self.root = root
         self.run_id = run_id
-        self.local = _is_local(root)
-        base = _local_path(root) if self.local else root.rstrip("/")
+        self.local = is_local(root)
+        base = local_path(root) if self.local else root.rstrip("/")
         self.path = f"{base}/{LOCK_NAME}"
         self.info = LockInfo(run_id=run_id, host=socket.gethostname(), pid=os.getpid(),
                              started_at=datetime.now(UTC).isoformat(timespec="seconds"))
