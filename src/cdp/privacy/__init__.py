@@ -7,13 +7,15 @@ equals Spark's ``sha2(id_value, 256)`` and what ad platforms expect for emails a
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from cdp.contracts import contract_for, pii_columns
+from cdp.identity.normalize import identifier_hash as sha256_hex
+from cdp.identity.normalize import identifier_hash_column as hash_column
 from cdp.identity.records import with_customer_id
 
 ERASURE_LIST = "erasure"
@@ -35,14 +37,8 @@ CONSENT_SCHEMA = T.StructType([
     T.StructField("record_id", T.StringType()),
 ])
 
-# Columns masked by mask_pii unless named otherwise.
-DEFAULT_PII_COLUMNS: tuple[str, ...] = ("email", "phone", "name", "raw_value", "id_value",
-                                        "wechat_openid", "device_id", "birth_date")
-
-
-def sha256_hex(value: str) -> str:
-    """Hex SHA-256 of a normalised identifier (equals Spark ``sha2(value, 256)``)."""
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+# Columns masked by mask_pii unless named otherwise: every PII column of the table contracts.
+DEFAULT_PII_COLUMNS: tuple[str, ...] = pii_columns()
 
 
 def consent_current(silver_consent: DataFrame, customer_records: DataFrame) -> DataFrame:
@@ -63,11 +59,6 @@ def consent_current(silver_consent: DataFrame, customer_records: DataFrame) -> D
     return (joined.withColumn("_rank", F.row_number().over(latest_first))
             .filter(F.col("_rank") == 1)
             .select("customer_id", "channel", "granted", "event_time", "source", "record_id"))
-
-
-def hash_column(column: str | Column) -> Column:
-    col = F.col(column) if isinstance(column, str) else column
-    return F.sha2(col, 256)
 
 
 def suppress(df: DataFrame, suppression: DataFrame, *, id_type_col: str = "id_type",
@@ -191,19 +182,30 @@ def eligibility(contacts: DataFrame, consent: DataFrame, channel: str, *,
     return frame.withColumn("eligible", F.col("reachable") & F.col("has_consent") & ~F.col("is_suppressed"))
 
 
-def mask_pii(df: DataFrame, columns: Iterable[str] | None = None, *, reveal: bool = False) -> DataFrame:
+def mask_pii(df: DataFrame, columns: Iterable[str] | None = None, *, table: str | None = None,
+             reveal: bool = False) -> DataFrame:
     """Mask PII columns for analyst use: ``a***@example.com``, ``***1234``, ``Z**``, hashes for ids.
 
     Args:
         df: any frame.
-        columns: the columns to mask (default :data:`DEFAULT_PII_COLUMNS` present in ``df``).
+        columns: the columns to mask (default: the PII columns of ``table``'s contract in
+            :mod:`cdp.contracts`, or without ``table`` :data:`DEFAULT_PII_COLUMNS`, present in ``df``).
+        table: the lake table ``df`` was read from.
         reveal: return ``df`` unchanged (for people entitled to see PII).
+
+    Raises:
+        ValueError: ``table`` has no contract.
 
     Returns:
         ``df`` with the same columns in the same order, PII columns replaced by masked strings.
     """
     if reveal:
         return df
+    if columns is None and table is not None:
+        contract = contract_for(table)
+        if contract is None:
+            raise ValueError(f"mask_pii: table {table!r} has no contract in cdp.contracts; name the columns")
+        columns = contract.pii
     targets = set(DEFAULT_PII_COLUMNS if columns is None else columns) & set(df.columns)
     out = []
     for name in df.columns:
