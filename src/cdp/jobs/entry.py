@@ -7,6 +7,7 @@ src/cdp/jobs/<job>.py``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import uuid
@@ -15,11 +16,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cdp.runtime.config import ConfigError, JobContext, load_profile, resolve_conf_dir
-from cdp.runtime.errors import JobFailed
+from cdp.runtime.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE, JobFailed
 
-__all__ = ["JobFailed", "base_parser", "job_main", "make_context", "new_run_id", "setup_logging"]
+__all__ = ["LAKE_WRITERS", "JobFailed", "JsonFormatter", "base_parser", "job_main", "make_context", "new_run_id",
+           "setup_logging"]
 
 logger = logging.getLogger("cdp")
+
+# Commands that write to the lake: job_main holds the lake's lock around them (`cdp run` takes it once
+# for all its steps, which it calls directly, not through job_main).
+LAKE_WRITERS = frozenset({"land", "standardize", "stitch", "features", "train", "tag", "audiences", "export",
+                          "forget"})
 
 
 def new_run_id() -> str:
@@ -33,18 +40,40 @@ def base_parser(job: str, description: str | None = None) -> argparse.ArgumentPa
     parser.add_argument("--lake", help="lake root URI (default: the profile's lake)")
     parser.add_argument("--run-id", help="run id recorded with every write (default: a new one)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log lines as text (default) or one JSON object per line, for schedulers and "
+                             "log shippers")
+    if job in LAKE_WRITERS:
+        parser.add_argument("--force-unlock", action="store_true",
+                            help="break a lock left by a dead process on this host (never a live one)")
     return parser
 
 
-def setup_logging(verbose: bool = False) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, and the exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(verbose: bool = False, log_format: str = "text") -> None:
     """Handlers live only in entry points; library code just uses logging.getLogger(__name__)."""
     level = logging.DEBUG if verbose else logging.INFO
     root = logging.getLogger()
-    if not any(getattr(h, "_cdp", False) for h in root.handlers):
+    formatter = (JsonFormatter() if log_format == "json"
+                 else logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S"))
+    ours = [h for h in root.handlers if getattr(h, "_cdp", False)]
+    if not ours:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S"))
         handler._cdp = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+        ours = [handler]
+    for handler in ours:
+        handler.setFormatter(formatter)
     root.setLevel(logging.WARNING)
     logging.getLogger("cdp").setLevel(level)
     for noisy in ("py4j", "great_expectations", "mlflow", "urllib3", "alembic"):
@@ -68,32 +97,42 @@ def job_main(
     description: str | None = None,
     needs_spark: bool = True,
 ) -> int:
-    """Parse arguments, set up logging and the session, run the job; return a process exit code."""
+    """Parse arguments, set up logging, take the lake's lock (commands in :data:`LAKE_WRITERS`), start
+    the session, run the job; return a process exit code (README "Exit codes"): 0 ok, 1 the job failed,
+    2 bad configuration or usage, 75 the lake is locked (retry later)."""
     parser = base_parser(job, description)
     if add_arguments is not None:
         add_arguments(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    args = parser.parse_args(argv)  # usage errors exit 2 (argparse)
+    setup_logging(args.verbose, args.log_format)
+    from cdp.runtime.lock import LakeLock, LakeLocked
+
     try:
         ctx = make_context(args)
-    except ConfigError as exc:
-        logger.error("%s", exc)
-        return 2
-    logger.info("cdp %s: run %s, conf %s, profile %s, lake %s", job, ctx.run_id, ctx.conf_dir,
-                ctx.profile.name, ctx.lake_root)
-    spark = None
-    if needs_spark:
-        from cdp.runtime.session import build_session
+        logger.info("cdp %s: run %s, conf %s, profile %s, lake %s", job, ctx.run_id, ctx.conf_dir,
+                    ctx.profile.name, ctx.lake_root)
+        lock = None
+        if job in LAKE_WRITERS:
+            lock = LakeLock(ctx.lake_root, ctx.run_id, command=job).acquire(force=args.force_unlock)
+        try:
+            spark = None
+            if needs_spark:
+                from cdp.runtime.session import build_session
 
-        spark = build_session(ctx.profile, f"cdp-{job}")
-    try:
-        result = run_from_args(spark, ctx, args)
+                spark = build_session(ctx.profile, f"cdp-{job}")
+            result = run_from_args(spark, ctx, args)
+        finally:
+            if lock is not None:
+                lock.release()
     except ConfigError as exc:
         logger.error("%s", exc)
-        return 2
+        return EXIT_USAGE
+    except LakeLocked as exc:
+        logger.error("%s", exc)
+        return EXIT_LOCKED
     except JobFailed as exc:
         logger.error("%s", exc)
-        return 1
+        return EXIT_FAILED
     if isinstance(result, int):
         return result
-    return 0
+    return EXIT_OK
