@@ -20,6 +20,7 @@ CORE = [
     "scipy>=1.11",
     "sqlglot>=25",  # cdp validate parses tag and audience SQL without starting Spark
     "matplotlib>=3.8",
+    "jinja2>=3.1",  # the run report's HTML templates
 ]
 TEST = [
     "pytest>=8",
@@ -46,7 +47,7 @@ setup(
     # inside the wheel as cdp.conf, the default when --conf is not given.
     package_dir={"": "src", "cdp.conf": "conf"},
     packages=find_packages("src", include=["cdp", "cdp.*"]) + ["cdp.conf"],
-    package_data={"": ["py.typed"], "cdp.conf": ["*.yaml", "*/*.yaml"]},
+    package_data={"": ["py.typed"], "cdp.conf": ["*.yaml", "*/*.yaml"], "cdp.report": ["templates/*"]},
     install_requires=CORE,
     extras_require={"test": TEST, "notebooks": NOTEBOOKS},
     entry_points={"console_scripts": ["cdp=cdp.jobs.cli:main"]},

@@ -62,8 +62,11 @@ def _clean_spark_state(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _mlflow_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test gets its own MLflow tracking store in a temp folder."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    from cdp.runtime.mlflow import lake_store_uri
+
+    store = lake_store_uri(str(tmp_path))  # the store a lake at tmp_path would get
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", store)
 
 
 @pytest.fixture()

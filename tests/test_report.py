@@ -85,12 +85,9 @@ def test_report_renders_every_section_from_a_hand_built_lake(spark, lake, monkey
             "suite": suite, "table": "tags_wide", "run_id": RUN, "success": True, "warn_only": False,
             "outcomes": [{"view": "tags", "expectation": "expect_column_values_to_be_between", "success": True,
                           "blocking": True}]}))
-    tracking = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", tracking)
-    from mlflow import MlflowClient
+    from cdp.runtime import mlflow as mlflow_store
 
-    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    client = mlflow_store.client(lake.root)  # the store the report reads (conftest points it at tmp_path)
     experiment = client.create_experiment("cdp_churn")
     trained = client.create_run(experiment)
     client.log_metric(trained.info.run_id, "test_auc", 0.81)
@@ -156,3 +153,34 @@ def test_report_without_any_run_is_a_clear_failure(spark, lake):
 
     with pytest.raises(JobFailed, match="no runs recorded"):
         report.run(spark, _ctx(lake), lake=lake)
+
+
+def test_page_is_rendered_from_the_packaged_templates_with_everything_escaped():
+    from datetime import datetime
+
+    from cdp.report import Cell, Heading, Paragraph, RunStatus, Section, Table, render_html
+
+    sections = [
+        Section("run", "Run <1>", lead=[RunStatus("r&1", "ok", 3.25, datetime(2026, 12, 1, 8, 0, 0))],
+                body=[Table(("step", "rows"), ((Cell("<script>"), Cell("1,234", "num")),
+                                               (Cell("report", href="a b/x.html?q=1&r=2"), Cell("", None))))],
+                charts=["steps.png"]),
+        Section("tags", "Tags", body=[Paragraph("a < b"), Heading("Lowest & worst")]),
+        Section("models", "Models", absent="no <models>"),
+    ]
+    page = render_html("r&1", "/lake", sections, datetime(2026, 12, 1, 9, 30, 0))
+    assert page.startswith('<!doctype html><html lang="en"><head><meta charset="utf-8"><title>CDP run r&amp;1</title>')
+    assert "td.num{text-align:right" in page  # the packaged stylesheet, inlined
+    for fragment in (
+        '<nav><a href="#run">Run &lt;1&gt;</a> <a href="#tags">Tags</a> <a href="#models">Models</a> </nav>',
+        '<section id="run"><h2>Run &lt;1&gt;</h2><p class="status ok">Run r&amp;1: <b>OK</b> in 3.2 s, started '
+        '2026-12-01 08:00:00 UTC.</p><div class="charts"><img src="steps.png" alt="steps.png"></div>'
+        '<table><thead><tr><th>step</th><th>rows</th></tr></thead><tbody><tr><td>&lt;script&gt;</td>'
+        '<td class="num">1,234</td></tr><tr><td><a href="a b/x.html?q=1&amp;r=2">report</a></td><td></td></tr>'
+        '</tbody></table></section>',
+        '<section id="tags"><h2>Tags</h2><p>a &lt; b</p><h3>Lowest &amp; worst</h3></section>',
+        '<section id="models"><h2>Models</h2><p class="absent">Not shown: no &lt;models&gt;.</p></section>',
+        "run r&amp;1 · lake /lake · generated 2026-12-01 09:30:00 UTC",
+    ):
+        assert fragment in page
+    assert "<script>" not in page

@@ -1,7 +1,9 @@
 """`cdp run`: step selection, calling jobs through their signatures, the lake lock, failed runs."""
 from __future__ import annotations
 
+import getpass
 import os
+import socket
 import subprocess
 import sys
 import types
@@ -14,6 +16,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from cdp.jobs import run as runner
 from cdp.jobs.entry import JobFailed, base_parser
+from cdp.lake import inventory
 from cdp.runtime.config import ConfigError, JobContext, Profile
 from cdp.runtime.lock import LakeLock, LakeLocked, pid_alive
 
@@ -123,7 +126,9 @@ def _dead_pid() -> int:
 
 def test_second_lock_on_the_same_lake_is_refused_naming_the_holder(tmp_path):
     first = LakeLock(str(tmp_path), "run-A").acquire()
-    with pytest.raises(LakeLocked, match=rf"locked by run run-A \(host .*, pid {os.getpid()}"):
+    with pytest.raises(LakeLocked, match=rf"locked by run run-A \(cdp run, owner {getpass.getuser()}, host "
+                                         rf"{socket.gethostname()}, pid {os.getpid()}, since .*, age 0m0\ds\): it "
+                                         r"is still running on this host"):
         LakeLock(str(tmp_path), "run-B").acquire()
     first.release()
     second = LakeLock(str(tmp_path), "run-B").acquire()
@@ -134,16 +139,32 @@ def test_second_lock_on_the_same_lake_is_refused_naming_the_holder(tmp_path):
 
 def test_force_unlock_breaks_a_dead_runs_lock_but_never_a_live_one(tmp_path):
     stale = LakeLock(str(tmp_path), "run-dead")
-    stale.info = stale.info.__class__(run_id="run-dead", host=stale.info.host, pid=_dead_pid(),
-                                      started_at="2026-01-01T00:00:00+00:00")
+    dead = _dead_pid()
+    stale.info = stale.info.__class__(run_id="run-dead", host=stale.info.host, pid=dead,
+                                      started_at="2026-01-01T00:00:00+00:00", owner="etl", command="stitch")
     assert stale._try_create()
-    with pytest.raises(LakeLocked, match="rerun with --force-unlock"):
+    with pytest.raises(LakeLocked, match=rf"stale lock of run run-dead \(cdp stitch, owner etl, host "
+                                         rf"{socket.gethostname()}, pid {dead}, since 2026-01-01T00:00:00\+00:00, "
+                                         rf"age \d+h\d\dm\): pid {dead} is gone on this host; rerun with "
+                                         r"--force-unlock"):
         LakeLock(str(tmp_path), "run-new").acquire()
     taken = LakeLock(str(tmp_path), "run-new").acquire(force=True)
     assert taken.holder().run_id == "run-new"
     with pytest.raises(LakeLocked, match="still alive"):
         LakeLock(str(tmp_path), "run-other").acquire(force=True)
     taken.release()
+
+
+def test_lock_age_reads_hours_and_minutes():
+    from datetime import UTC, datetime
+
+    from cdp.runtime.lock import LockInfo
+
+    info = LockInfo(run_id="r", host="h", pid=1, started_at="2026-12-07T09:00:00+00:00")
+    assert [info.age(datetime(2026, 12, 7, h, m, s, tzinfo=UTC)) for h, m, s in ((9, 3, 7), (11, 5, 0))] == [
+        "3m07s", "2h05m"]
+    assert (LockInfo.from_json('{"run_id": "r", "host": "h", "pid": 1, "started_at": "x"}', "_lock").owner,
+            LockInfo(run_id="r", host="h", pid=1, started_at="x").age()) == ("unknown", "unknown")
 
 
 def test_release_leaves_someone_elses_lock_alone(tmp_path):
@@ -287,7 +308,8 @@ def test_rows_written_counts_what_the_commits_after_a_version_added(spark, lake)
     one = spark.createDataFrame([(3, "cy")], PEOPLE)
     lake.write(two, "people")
     lake.write(one, "people", "append")
-    assert (runner.rows_written(lake, "people", 0), runner.table_rows(lake, "people")) == (1, 3)
+    assert (runner.rows_written(lake, "people", 0), inventory.table_rows(lake, "people")) == (1, 3)
+    assert (inventory.list_tables(lake), inventory.table_versions(lake)) == (["people"], {"people": 1})
     lake.write(one, "people", "overwrite")
     assert runner.rows_written(lake, "people", 0) == 1
     assert runner.rows_written(lake, "people", None) == 1  # a table new to the step: all its rows

@@ -1,15 +1,22 @@
 """Export shaping: what a published audience looks like for an activation destination.
 
 Ad platforms match on SHA-256 of normalised identifiers: e-mail trimmed and lower-cased, phone in
-E.164 (``+8613800138000``). Hashes are lower-case hex.
+E.164 (``+8613800138000``). Hashes are lower-case hex. Both come from :mod:`cdp.identity.normalize`,
+so an exported hash equals the one identity, suppression and ``cdp forget`` compute.
 """
 from __future__ import annotations
 
-import hashlib
-
-import phonenumbers
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+
+from cdp.identity.normalize import (
+    NORMALIZERS,
+    identifier_hash,
+    identifier_hash_column,
+    normalize_email,
+    normalize_phone,
+    phone_column,
+)
 
 # Identifier columns a channel sends (others are not exported even if present).
 CHANNEL_FIELDS: dict[str, tuple[str, ...]] = {
@@ -21,55 +28,24 @@ CHANNEL_FIELDS: dict[str, tuple[str, ...]] = {
 # Identifiers that are hashed for hashed destinations (open ids and device ids are already
 # pseudonymous and are sent as they are).
 HASHED_FIELDS = ("email", "phone")
+# The normalisers conf/identity.yaml gives the identifiers that are sent as they are.
+_PSEUDONYMOUS_NORMALIZERS = {"wechat_openid": "trim", "device_id": "trim_lower"}
 
 
-def normalise_email(value: str | None) -> str | None:
-    """Trimmed, lower-cased e-mail; None for empty input."""
-    if value is None:
-        return None
-    email = value.strip().lower()
-    return email or None
-
-
-def normalise_phone(value: str | None, default_region: str = "CN") -> str | None:
-    """E.164 phone number, or None when ``value`` is not a valid number."""
-    if value is None or not str(value).strip():
-        return None
-    try:
-        number = phonenumbers.parse(str(value).strip(), default_region)
-    except phonenumbers.NumberParseException:
-        return None
-    if not phonenumbers.is_valid_number(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+# One normaliser per identifier type: the ones identity uses (cdp.identity.normalize), under the names
+# this module has always exported.
+normalise_email = normalize_email
+normalise_phone = normalize_phone
 
 
 def sha256_hex(value: str | None) -> str | None:
-    return None if value is None else hashlib.sha256(value.encode("utf-8")).hexdigest()
+    """:func:`cdp.identity.normalize.identifier_hash`, None for None."""
+    return None if value is None else identifier_hash(value)
 
 
 def email_column(column: str | Column) -> Column:
-    col = F.col(column) if isinstance(column, str) else column
-    trimmed = F.lower(F.trim(col))
-    return F.when(trimmed == "", F.lit(None)).otherwise(trimmed)
-
-
-def phone_column(column: str | Column, default_region: str = "CN") -> Column:
-    """E.164 in plain Spark (no Python worker): identity already stores E.164, this re-checks.
-
-    ``+<digits>`` and ``00<digits>`` keep their country code; other numbers are national numbers of
-    ``default_region`` (a leading trunk ``0`` is dropped). Full-width digits are folded. Anything
-    that is not 8 to 15 digits after the ``+`` becomes null.
-    """
-    col = F.col(column) if isinstance(column, str) else column
-    country = str(phonenumbers.country_code_for_region(default_region.upper()))
-    folded = F.translate(F.trim(col.cast("string")), "０１２３４５６７８９＋", "0123456789+")
-    digits = F.regexp_replace(folded, r"[^0-9]", "")
-    e164 = (F.when(folded.startswith("+"), F.concat(F.lit("+"), digits))
-            .when(digits.startswith("00"), F.concat(F.lit("+"), F.substring(digits, 3, 100)))
-            .when(digits.startswith(country) & (F.length(digits) > 11), F.concat(F.lit("+"), digits))
-            .otherwise(F.concat(F.lit("+" + country), F.regexp_replace(digits, r"^0+", ""))))
-    return F.when(e164.rlike(r"^\+[1-9][0-9]{7,14}$"), e164)
+    """Canonical e-mail (as ``cdp standardize`` makes it), null when it is not one."""
+    return NORMALIZERS["email"](F.col(column) if isinstance(column, str) else column)
 
 
 def export_frame(members: DataFrame, channel: str, *, hashed: bool, default_region: str = "CN") -> DataFrame:
@@ -94,9 +70,9 @@ def export_frame(members: DataFrame, channel: str, *, hashed: bool, default_regi
         elif name == "phone":
             value = phone_column("phone", default_region)
         else:
-            value = F.trim(F.col(name))
+            value = NORMALIZERS[_PSEUDONYMOUS_NORMALIZERS[name]](F.col(name))
         if hashed and name in HASHED_FIELDS:
-            value, name = F.sha2(value, 256), f"{name}_sha256"
+            value, name = identifier_hash_column(value), f"{name}_sha256"
         cols.append(value.alias(name))
         names.append(name)
     shaped = members.select(*cols)

@@ -5,11 +5,17 @@ functions ``Column -> Column``. Every Spark normaliser agrees with its Python tw
 ``PY_NORMALIZERS`` value for value (tests check this on real examples): a value that is not a
 valid identifier after normalisation becomes null.
 
+This module is the one place identifier values are made canonical: ``cdp standardize`` (identity),
+export hashing (:mod:`cdp.audiences.activation`), suppression (:mod:`cdp.privacy`) and ``cdp forget``
+all call these functions, and hash the canonical value with :func:`identifier_hash` (Python) or
+:func:`identifier_hash_column` (Spark), which agree.
+
 Full-width forms (U+FF01..U+FF5E, the ideographic space U+3000) and the no-break space are first
 mapped to their ASCII counterparts, the way Chinese input methods and Excel exports produce them.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from functools import lru_cache
@@ -25,9 +31,14 @@ __all__ = [
     "PYTHON_NORMALIZERS",
     "PY_NORMALIZERS",
     "fullwidth_to_ascii",
+    "identifier_hash",
+    "identifier_hash_column",
     "normalize_email",
     "normalize_phone",
     "normalize_text",
+    "phone_column",
+    "qualified",
+    "qualified_column",
 ]
 
 # U+FF01..U+FF5E are the full-width twins of ASCII 0x21..0x7E; U+3000 and U+00A0 are spaces.
@@ -120,16 +131,26 @@ def _email(column: Column) -> Column:
     return F.when(value.rlike(_EMAIL_REGEX), value)
 
 
-@F.pandas_udf(T.StringType())  # type: ignore[call-overload]
-def _phone_udf(raw: pd.Series) -> pd.Series:
-    # Only distinct values go through phonenumbers; the lru_cache also spans batches of one worker.
-    uniques = raw.dropna().unique()
-    mapping = {value: normalize_phone(value) for value in uniques}
-    return raw.map(mapping).astype("object")
+@lru_cache(maxsize=8)
+def _phone_udf(default_region: str) -> Callable[[Column], Column]:
+    @F.pandas_udf(T.StringType())  # type: ignore[call-overload]
+    def phone_udf(raw: pd.Series) -> pd.Series:
+        # Only distinct values go through phonenumbers; the lru_cache also spans batches of one worker.
+        uniques = raw.dropna().unique()
+        mapping = {value: normalize_phone(value, default_region) for value in uniques}
+        return raw.map(mapping).astype("object")
+
+    return phone_udf
+
+
+def phone_column(column: str | Column, default_region: str = "CN") -> Column:
+    """Spark twin of :func:`normalize_phone` (a pandas UDF: each distinct value once per batch)."""
+    col = F.col(column) if isinstance(column, str) else column
+    return _phone_udf(default_region)(col.cast("string"))
 
 
 def _phone(column: Column) -> Column:
-    return _phone_udf(column.cast("string"))
+    return phone_column(column)
 
 
 NORMALIZERS: dict[str, Callable[[Column], Column]] = {
@@ -151,3 +172,30 @@ PY_NORMALIZERS: dict[str, Callable[[str | None], str | None]] = {
     "email": normalize_email,
     "phone": normalize_phone,
 }
+
+
+# -- qualifiers and hashes ------------------------------------------------------------------------
+
+def qualified(value: str | None, qualifier: str | None) -> str | None:
+    """``<qualifier>:<value>`` (a WeChat open id under its official account's app id), or ``value``
+    when there is no qualifier; None when ``value`` is None. Python twin of :func:`qualified_column`."""
+    if value is None or qualifier is None:
+        return value
+    return f"{qualifier.strip(_STRIP_CHARS)}:{value}"
+
+
+def qualified_column(value: Column, qualifier: Column) -> Column:
+    """Spark twin of :func:`qualified`."""
+    return F.when(qualifier.isNotNull() & value.isNotNull(),
+                  F.concat(F.regexp_replace(qualifier, _STRIP_REGEX, ""), F.lit(":"), value)).otherwise(value)
+
+
+def identifier_hash(value: str) -> str:
+    """Lower-case hex SHA-256 of a canonical identifier's UTF-8 bytes (no salt, no type prefix): what
+    the suppression list stores and ad platforms match. Equals :func:`identifier_hash_column`."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def identifier_hash_column(column: str | Column) -> Column:
+    """Spark twin of :func:`identifier_hash` (``sha2(value, 256)``)."""
+    return F.sha2(F.col(column) if isinstance(column, str) else column, 256)

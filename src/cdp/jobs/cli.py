@@ -25,20 +25,45 @@ JOBS: dict[str, tuple[str, str]] = {
 }
 
 
+EXIT_CODES = """exit codes:
+  0   ok
+  1   a step failed (a failed quality gate says so in its message)
+  2   bad configuration or usage
+  75  the lake is locked by another run: retry later"""
+
+
+def version() -> str:
+    """The installed distribution's version (``cdp-spark``)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("cdp-spark")
+    except PackageNotFoundError:  # running from a checkout that is not installed
+        return "unknown"
+
+
 def usage() -> str:
-    lines = ["usage: cdp <job> [--conf DIR] [--profile NAME] [--lake URI] [job options]", "", "jobs:"]
+    lines = ["usage: cdp <job> [--conf DIR] [--profile NAME] [--lake URI] [--log-format text|json] [job options]",
+             "       cdp --version", "", "jobs:"]
     lines += [f"  {name:<12} {help_text}" for name, (_, help_text) in JOBS.items()]
-    lines += ["", "cdp <job> --help shows a job's options."]
+    lines += ["", "cdp <job> --help shows a job's options.", "", EXIT_CODES]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] == "--version":
+        print(f"cdp {version()}")
         return 0
-    job, rest = argv[0], argv[1:]
-    if job not in JOBS:
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if not argv or argv[0] not in JOBS:
+        message = f"cdp: unknown job {argv[0]!r}\n\n" if argv else ""
+        print(message + usage(), file=sys.stderr)
         return 2
+    job, rest = argv[0], argv[1:]
     module = importlib.import_module(JOBS[job][0])
     return int(module.main(rest) or 0)
 

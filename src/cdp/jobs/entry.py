@@ -7,6 +7,7 @@ src/cdp/jobs/<job>.py``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import uuid
@@ -15,12 +16,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cdp.runtime.config import ConfigError, JobContext, load_profile, resolve_conf_dir
+from cdp.runtime.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE, JobFailed
+
+__all__ = ["LAKE_WRITERS", "JobFailed", "JsonFormatter", "base_parser", "job_main", "make_context", "new_run_id",
+           "setup_logging"]
 
 logger = logging.getLogger("cdp")
 
-# Jobs that write lake tables: run on their own, each is one step of the lake's step commits
-# (cdp.lake). ``cdp run`` commits its steps itself.
-STEP_JOBS = frozenset({"land", "standardize", "stitch", "features", "train", "tag", "audiences", "export", "forget"})
+# Commands that write to the lake: job_main holds the lake's lock around them (`cdp run` takes it once
+# for all its steps, which it calls directly, not through job_main).
+LAKE_WRITERS = frozenset({"land", "standardize", "stitch", "features", "train", "tag", "audiences", "export",
+                          "forget"})
 
 
 def new_run_id() -> str:
@@ -34,18 +40,40 @@ def base_parser(job: str, description: str | None = None) -> argparse.ArgumentPa
     parser.add_argument("--lake", help="lake root URI (default: the profile's lake)")
     parser.add_argument("--run-id", help="run id recorded with every write (default: a new one)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log lines as text (default) or one JSON object per line, for schedulers and "
+                             "log shippers")
+    if job in LAKE_WRITERS:
+        parser.add_argument("--force-unlock", action="store_true",
+                            help="break a lock left by a dead process on this host (never a live one)")
     return parser
 
 
-def setup_logging(verbose: bool = False) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, and the exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(verbose: bool = False, log_format: str = "text") -> None:
     """Handlers live only in entry points; library code just uses logging.getLogger(__name__)."""
     level = logging.DEBUG if verbose else logging.INFO
     root = logging.getLogger()
-    if not any(getattr(h, "_cdp", False) for h in root.handlers):
+    formatter = (JsonFormatter() if log_format == "json"
+                 else logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S"))
+    ours = [h for h in root.handlers if getattr(h, "_cdp", False)]
+    if not ours:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S"))
         handler._cdp = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+        ours = [handler]
+    for handler in ours:
+        handler.setFormatter(formatter)
     root.setLevel(logging.WARNING)
     logging.getLogger("cdp").setLevel(level)
     for noisy in ("py4j", "great_expectations", "mlflow", "urllib3", "alembic"):
@@ -69,61 +97,69 @@ def job_main(
     description: str | None = None,
     needs_spark: bool = True,
 ) -> int:
-    """Parse arguments, set up logging and the session, run the job; return a process exit code."""
+    """Parse arguments, set up logging, take the lake's lock (commands in :data:`LAKE_WRITERS`), start
+    the session, run the job; return a process exit code (README "Exit codes"): 0 ok, 1 the job failed,
+    2 bad configuration or usage, 75 the lake is locked (retry later)."""
     parser = base_parser(job, description)
     if add_arguments is not None:
         add_arguments(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    args = parser.parse_args(argv)  # usage errors exit 2 (argparse)
+    setup_logging(args.verbose, args.log_format)
+    from cdp.runtime.lock import LakeLock, LakeLocked
+
     try:
         ctx = make_context(args)
+        logger.info("cdp %s: run %s, conf %s, profile %s, lake %s", job, ctx.run_id, ctx.conf_dir,
+                    ctx.profile.name, ctx.lake_root)
+        lock = None
+        if job in LAKE_WRITERS:
+            lock = LakeLock(ctx.lake_root, ctx.run_id, command=job).acquire(force=args.force_unlock)
+        try:
+            spark = None
+            if needs_spark:
+                from cdp.runtime.session import build_session
+
+                spark = build_session(ctx.profile, f"cdp-{job}")
+            result = _run_as_step(spark, ctx, job, args, run_from_args)
+        finally:
+            if lock is not None:
+                lock.release()
     except ConfigError as exc:
         logger.error("%s", exc)
-        return 2
-    logger.info("cdp %s: run %s, conf %s, profile %s, lake %s", job, ctx.run_id, ctx.conf_dir,
-                ctx.profile.name, ctx.lake_root)
-    spark = None
-    if needs_spark:
-        from cdp.runtime.session import build_session
-
-        spark = build_session(ctx.profile, f"cdp-{job}")
-    from cdp.lake import Lake, step_scope
-
-    if spark is not None and job in STEP_JOBS:
-        # from here on the lake's readers see this job's tables only once it commits them
-        Lake(spark, ctx.lake_root).ensure_commit_log(ctx.run_id)
-    try:
-        with step_scope(job):
-            result = run_from_args(spark, ctx, args)
-    except ConfigError as exc:
+        return EXIT_USAGE
+    except LakeLocked as exc:
         logger.error("%s", exc)
-        _end_step(spark, ctx, job, committed=False)
-        return 2
+        return EXIT_LOCKED
     except JobFailed as exc:
         logger.error("%s", exc)
-        _end_step(spark, ctx, job, committed=False)
-        return 1
-    code = result if isinstance(result, int) else 0
-    _end_step(spark, ctx, job, committed=code == 0)
-    return code
+        return EXIT_FAILED
+    if isinstance(result, int):
+        return result
+    return EXIT_OK
 
 
-def _end_step(spark: Any, ctx: JobContext, job: str, *, committed: bool) -> None:
-    """A job run on its own is one step: commit its writes to the lake (or drop them when it failed).
+def _run_as_step(spark: Any, ctx: JobContext, job: str, args: argparse.Namespace,
+                 run_from_args: Callable[[Any, JobContext, argparse.Namespace], Any]) -> Any:
+    """A command that writes lake tables, run on its own, is one step of the lake's step commits
+    (cdp.lake): readers see its tables only once it commits them; a failure drops its writes.
     ``cdp run`` commits step by step itself."""
-    if spark is None or job not in STEP_JOBS:
-        return
+    if spark is None or job not in LAKE_WRITERS:
+        return run_from_args(spark, ctx, args)
     from cdp.lake import Lake, step_scope
 
     lake = Lake(spark, ctx.lake_root)
-    if not committed:
+    lake.ensure_commit_log(ctx.run_id)
+    try:
+        with step_scope(job):
+            result = run_from_args(spark, ctx, args)
+    except BaseException:
         lake.abandon()
-        return
+        raise
+    if isinstance(result, int) and result != 0:
+        lake.abandon()
+        return result
     with step_scope(job):
         versions = lake.commit(job, ctx.run_id)
     if versions:
         logger.info("cdp %s: committed %s", job, ", ".join(f"{n}@v{v}" for n, v in sorted(versions.items())))
-
-
-class JobFailed(RuntimeError):
-    """A job ran but its outcome is a failure (a quality gate, a locked lake): exit non-zero."""
+    return result

@@ -32,7 +32,8 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from cdp.audiences.activation import normalise_phone
+from cdp.contracts import tables_without_personal_data
+from cdp.identity.normalize import PY_NORMALIZERS
 from cdp.jobs.entry import JobFailed
 from cdp.privacy import ERASURE_LIST, SUPPRESSION_SCHEMA, sha256_hex
 from cdp.runtime.config import ConfigError, JobContext, load_yaml, parse_file
@@ -41,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 SUPPRESSION_TABLE = "suppression_list"
 AUDIT_TABLE = "privacy_audit"
-# Tables that never hold a person's data, or that must survive the erasure itself.
-SKIP_TABLES = frozenset({SUPPRESSION_TABLE, AUDIT_TABLE, "load_log", "runs", "tag_stats", "audience_stats"})
+# Tables that never hold a person's data, or that must survive the erasure itself (cdp.contracts).
+SKIP_TABLES = tables_without_personal_data()
 AUDIT_SCHEMA = ("request_id string, requested_at timestamp, subject_hashes array<string>, "
                 "identifiers long, records long, rows_deleted map<string,bigint>, tables_vacuumed array<string>, "
                 "export_files_rewritten long, run_id string")
@@ -74,13 +75,6 @@ def normalise_identifier(ctx: JobContext, id_type: str, raw: str) -> str:
     if id_type not in types:
         raise ConfigError(f"{path}: types.{id_type}: unknown identifier type (known: {sorted(types)})")
     normalizer = (types[id_type] or {}).get("normalizer")
-    try:
-        from cdp.identity.normalize import PY_NORMALIZERS
-    except ImportError:  # identity package not installed: the two normalisers that matter most
-        PY_NORMALIZERS = {"email": lambda v: v.strip().lower() if v else None,  # noqa: N806
-                          "phone": normalise_phone, "trim": lambda v: v.strip() if v else None,
-                          "trim_upper": lambda v: v.strip().upper() if v else None,
-                          "trim_lower": lambda v: v.strip().lower() if v else None}
     if normalizer not in PY_NORMALIZERS:
         raise ConfigError(f"{path}: types.{id_type}.normalizer: unknown normaliser {normalizer!r}")
     value = PY_NORMALIZERS[normalizer](raw)

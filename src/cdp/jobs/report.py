@@ -14,8 +14,8 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
+from cdp.lake.paths import is_local
 from cdp.report import LATEST, REPORTS_DIR, build_report, latest_run_id, render_html
 from cdp.runtime.config import JobContext
 
@@ -35,7 +35,7 @@ def run(spark: Any, ctx: JobContext, *, lake: Any = None, run_id: str | None = N
         from cdp.jobs.entry import JobFailed
 
         raise JobFailed(f"no runs recorded in {lake.root}/runs: run `cdp run` first or pass --run-id")
-    local = urlparse(lake.root).scheme in ("", "file")
+    local = is_local(lake.root)
     staging = Path(lake.root) / REPORTS_DIR / run_id if local else Path(tempfile.mkdtemp(prefix="cdp-report-"))
     if staging.exists():
         shutil.rmtree(staging)

@@ -34,10 +34,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlparse
 
 from cdp.jobs.entry import JobFailed
 from cdp.lake import COMMITS_TABLE, step_scope
+from cdp.lake.inventory import list_tables, table_rows, table_versions  # noqa: F401 - list_tables: public here too
+from cdp.lake.paths import delta_rs_uri, is_local
 from cdp.runtime.config import ConfigError, JobContext
 
 logger = logging.getLogger("cdp.jobs.run")  # not __name__: under spark-submit this module is __main__
@@ -217,43 +218,6 @@ def _coerce(value: Any, annotation: Any) -> Any:
 
 # -- lake bookkeeping ---------------------------------------------------------------------------
 
-def list_tables(lake: Any) -> list[str]:
-    """Table names in the lake (local lakes via the lake; object stores by listing the root)."""
-    if urlparse(lake.root).scheme in ("", "file"):
-        return lake.tables()
-    from pyarrow import fs as pafs
-
-    filesystem, base = pafs.FileSystem.from_uri(lake.root)
-    names = []
-    for info in filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
-        if info.type == pafs.FileType.Directory and not info.base_name.startswith(("_", ".")):
-            if filesystem.get_file_info(f"{info.path}/_delta_log").type == pafs.FileType.Directory:
-                names.append(info.base_name)
-    return sorted(names)
-
-
-def table_versions(lake: Any) -> dict[str, int]:
-    """Versions of the tables a reader sees (committed, or written by this process)."""
-    return {name: lake.version(name) for name in list_tables(lake) if lake.exists(name)}
-
-
-def table_rows(lake: Any, name: str) -> int:
-    """Rows in the table's current version; from the Delta log's file stats when the lake is embedded."""
-    if lake.backend == "embedded":
-        try:
-            import pyarrow as pa
-            from deltalake import DeltaTable
-
-            actions = DeltaTable(lake.uri(name).replace("s3a://", "s3://", 1),
-                                 version=lake.version(name)).get_add_actions(flatten=True)
-            counts = pa.table(actions).column("num_records").to_pylist()
-            if all(count is not None for count in counts):
-                return int(sum(counts))
-        except Exception:  # noqa: BLE001 - fall back to counting with Spark
-            logger.debug("no file stats for %s; counting rows", name)
-    return lake.read(name).count()
-
-
 def rows_written(lake: Any, name: str, since: int | None) -> int:
     """Rows in the data files the commits after version ``since`` added (all rows for a new table).
 
@@ -267,7 +231,7 @@ def rows_written(lake: Any, name: str, since: int | None) -> int:
             import pyarrow as pa
             from deltalake import DeltaTable
 
-            uri = lake.uri(name).replace("s3a://", "s3://", 1)
+            uri = delta_rs_uri(lake.uri(name))
             before = set(pa.table(DeltaTable(uri, version=since).get_add_actions(flatten=True)).column("path").to_pylist())
             actions = pa.table(DeltaTable(uri, version=lake.version(name)).get_add_actions(flatten=True)).to_pydict()
             counts = [n for path, n in zip(actions["path"], actions["num_records"], strict=True) if path not in before]
@@ -306,11 +270,6 @@ def _result_rows(result: Any, attr: str | None) -> int | None:
 
 # -- training due? ------------------------------------------------------------------------------
 
-def mlflow_tracking_uri(lake_root: str) -> str:
-    """Tracking URI per the architecture contract: $MLFLOW_TRACKING_URI, else the lake's SQLite file."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{lake_root}/mlflow.db"
-
-
 def training_due(ctx: JobContext, module: ModuleType) -> tuple[bool, str]:
     """Is training due? The train module decides when it says (``training_due(ctx)``); otherwise
     training is due while a predictive model lacks a champion."""
@@ -320,11 +279,11 @@ def training_due(ctx: JobContext, module: ModuleType) -> tuple[bool, str]:
         if isinstance(verdict, tuple):
             return bool(verdict[0]), str(verdict[1])
         return bool(verdict), "cdp.jobs.train.training_due says so" if verdict else "cdp.jobs.train.training_due: not due"
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=mlflow_tracking_uri(ctx.lake_root),
-                          registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or mlflow_tracking_uri(ctx.lake_root))
+    from cdp.runtime import mlflow as mlflow_store
+
+    client = mlflow_store.client(ctx.lake_root)
     missing = []
     for name in TRAINED_MODELS:
         try:
@@ -600,7 +559,7 @@ def ensure_pipeline(spark: Any, ctx: JobContext, *, customers: int, seed: int = 
 
 
 def _default_raw(lake_root: str) -> str | None:
-    if urlparse(lake_root).scheme not in ("", "file"):
+    if not is_local(lake_root):
         return None
     return os.path.join(os.path.dirname(lake_root.rstrip("/")), "raw")
 

@@ -25,7 +25,8 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from cdp.identity.normalize import NORMALIZERS, PYTHON_NORMALIZERS
+from cdp.contracts import schema_of
+from cdp.identity.normalize import NORMALIZERS, PYTHON_NORMALIZERS, qualified_column
 from cdp.jobs.entry import JobFailed
 from cdp.jobs.land import QUARANTINE, QUARANTINE_SCHEMA, load_sources
 from cdp.runtime.config import ConfigError, JobContext, load_yaml
@@ -42,26 +43,10 @@ from cdp.sources import (
 
 logger = logging.getLogger(__name__)
 
-SILVER_SCHEMAS: dict[str, str] = {
-    "silver_identifiers": "source string, record_id string, id_type string, id_value string, "
-                          "raw_value string, observed_at timestamp",
-    "silver_customer_attributes": "source string, record_id string, observed_at timestamp, name string, "
-                                  "gender string, birth_date date, city string, province string, "
-                                  "city_tier int, member_level string, member_since date",
-    "silver_events": "event_id string, source string, record_id string, event_type string, channel string, "
-                     "event_time timestamp, session_id string, product_id string, category string, "
-                     "attributes map<string,string>",
-    "silver_orders": "order_id string, source string, record_id string, order_time timestamp, "
-                     "channel string, store_id string, status string, total_amount double, "
-                     "discount_amount double, coupon_code string, payment_method string, currency string",
-    "silver_order_lines": "order_id string, line_no int, product_id string, category string, quantity int, "
-                          "unit_price double, line_amount double",
-    "silver_returns": "return_id string, order_id string, product_id string, quantity int, "
-                      "refund_amount double, return_time timestamp",
-    "silver_consent": "source string, record_id string, channel string, granted boolean, event_time timestamp",
-    "silver_products": "product_id string, name string, category string, subcategory string, brand string, "
-                       "price double",
-}
+# The silver model's schemas are the lake's table contracts (cdp.contracts), written here as they stand there.
+SILVER_SCHEMAS: dict[str, str] = {name: schema_of(name) for name in (
+    "silver_identifiers", "silver_customer_attributes", "silver_events", "silver_orders", "silver_order_lines",
+    "silver_returns", "silver_consent", "silver_products")}
 
 
 @dataclass
@@ -135,9 +120,7 @@ def normalize_identifiers(raw_ids: DataFrame, normalizers: dict[str, str]) -> Da
                                                          NORMALIZERS[name](raw).alias("_normalized"))
             for name, types in sorted(types_of.items())])
         normalized = normalized.unionByName(python_rows.join(lookup, on=["id_type", "raw_value"], how="left"))
-    value = F.when(F.col("qualifier").isNotNull() & F.col("_normalized").isNotNull(),
-                   F.concat(F.trim(F.col("qualifier")), F.lit(":"), F.col("_normalized"))
-                   ).otherwise(F.col("_normalized"))
+    value = qualified_column(F.col("_normalized"), F.col("qualifier"))
     columns = ["id_type", "raw_value", *[c for c in raw_ids.columns if c not in ("id_type", "raw_value")]]
     return normalized.withColumn("id_value", value).select(*columns, "id_value")
 

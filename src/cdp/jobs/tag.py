@@ -24,10 +24,11 @@ from cdp.jobs.entry import JobFailed, job_main
 from cdp.jobs.features import TABLE as FEATURES
 from cdp.jobs.features import load_feature_config, parse_date
 from cdp.jobs.tags import load_catalogue
-from cdp.jobs.train import alias_version, configure_mlflow, registered_clustering, registered_status
+from cdp.jobs.train import alias_version, registered_clustering, registered_status
 from cdp.lake import Lake
 from cdp.runtime.config import JobContext
 from cdp.runtime.gates import publish_with_gates, staging_name
+from cdp.runtime.mlflow import configure as configure_mlflow
 from cdp.tagging import (
     ArrowTransform,
     Catalogue,

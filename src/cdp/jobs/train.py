@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from datetime import date, timedelta
 from typing import Any
@@ -44,6 +43,7 @@ from cdp.jobs.features import build_snapshot, load_feature_config, parse_date, r
 from cdp.jobs.tags import load_catalogue, parse_catalogue
 from cdp.lake import Lake
 from cdp.runtime.config import JobContext
+from cdp.runtime.mlflow import configure as configure_mlflow
 from cdp.tagging import Algorithm, Clustering, ClusterModel, ModelSpec, clustering_instances
 from cdp.tagging.algorithms import REGISTRY
 from cdp.tagging.clusters import aligned_to, fit_sample, silhouette_of
@@ -73,24 +73,6 @@ logger = logging.getLogger(__name__)
 ALIAS = "champion"
 STATUS_TAG = "cdp_status"  # registered-model tag: the last training outcome, in words
 MIN_SILHOUETTE_GAIN = 0.01  # a refit clustering replaces the champion only when this much better
-
-
-def configure_mlflow(lake_root: str) -> str:
-    """Tracking and registry URI: $MLFLOW_TRACKING_URI (and $MLFLOW_REGISTRY_URI), else
-    ``sqlite:///<lake>/mlflow.db``. Returns the artifact root for new experiments,
-    ``<lake>/mlflow-artifacts``: a sqlite store would otherwise write ./mlruns wherever the job runs."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import mlflow
-
-    root = lake_root[len("file://"):] if lake_root.startswith("file://") else lake_root
-    if "://" not in root:
-        root = os.path.abspath(root)
-        os.makedirs(root, exist_ok=True)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
-    return f"{root}/mlflow-artifacts" if "://" in root else f"file://{root}/mlflow-artifacts"
 
 
 def _experiment(name: str, artifact_root: str) -> str:

@@ -38,11 +38,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+
+from cdp.lake.paths import delta_rs_uri, normalize_root, spark_path
 
 logger = logging.getLogger(__name__)
 
@@ -144,22 +146,10 @@ def delta_spark_available(spark: SparkSession) -> bool:
         return False
 
 
-def _to_local_or_uri(root: str) -> str:
-    """Local paths become absolute; URIs (s3a://, abfss://, hdfs://, file://) stay as they are."""
-    parsed = urlparse(root)
-    if parsed.scheme in ("", "file"):
-        path = parsed.path if parsed.scheme == "file" else root
-        return os.path.abspath(os.path.expanduser(path))
-    return root.rstrip("/")
-
-
-def _spark_path(uri: str) -> str:
-    return f"file://{uri}" if uri.startswith("/") else uri
-
-
-def _delta_rs_uri(uri: str) -> str:
-    # delta-rs speaks s3:// where Hadoop speaks s3a://
-    return "s3://" + uri[len("s3a://"):] if uri.startswith("s3a://") else uri
+# the local-or-remote rules live in cdp.lake.paths; these names are what this module has always used
+_to_local_or_uri = normalize_root
+_spark_path = spark_path
+_delta_rs_uri = delta_rs_uri
 
 
 def _as_nullable(schema: T.StructType) -> T.StructType:

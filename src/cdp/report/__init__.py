@@ -11,16 +11,19 @@ table is absent the section says so instead of failing, so a partial pipeline st
 """
 from __future__ import annotations
 
-import html
 import json
 import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
+from typing import Any, ClassVar
+
+from cdp.lake.inventory import list_tables, table_rows
+from cdp.lake.paths import is_local
+from cdp.runtime import mlflow as mlflow_store
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +34,56 @@ _STATUS_COLORS = {"ok": "#2e7d32", "failed": "#c62828", "skipped": "#9e9e9e", "n
 _BLUE, _ORANGE, _RED, _GREY = "#1f6fb2", "#f28e2b", "#c62828", "#9e9e9e"
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: its text, an optional CSS class and link."""
+
+    text: str
+    cls: str | None = None
+    href: str | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    kind: ClassVar[str] = "table"  # the template's switch
+    headers: tuple[str, ...]
+    rows: tuple[tuple[Cell, ...], ...]
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    kind: ClassVar[str] = "paragraph"  # the template's switch
+    text: str
+
+
+@dataclass(frozen=True)
+class Heading:
+    kind: ClassVar[str] = "heading"  # the template's switch
+    text: str
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """The run's headline: ``Run <id>: <b>STATUS</b> in N s, started ...``."""
+
+    kind: ClassVar[str] = "run_status"  # the template's switch
+    run_id: str
+    status: str
+    seconds: float
+    started_at: datetime
+
+
+Block = Table | Paragraph | Heading | RunStatus
+
+
 @dataclass
 class Section:
-    """One report section: a title, some HTML, and the chart files it shows."""
+    """One report section: a title, its blocks (rendered by templates/report.html.j2), its charts."""
 
     key: str
     title: str
-    lead: str = ""  # one-line summary shown above the charts
-    body: str = ""
+    lead: list[Block] = field(default_factory=list)  # one-line summary shown above the charts
+    body: list[Block] = field(default_factory=list)
     charts: list[str] = field(default_factory=list)
     absent: str | None = None  # why the section has nothing to show
 
@@ -147,22 +192,25 @@ def _clip(text: Any, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: Sequence[int] = ()) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cells = []
-        for index, value in enumerate(row):
-            cls = ' class="num"' if index in numeric else ""
-            shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else (
-                f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value)))
-            cells.append(f"<td{cls}>{html.escape(shown)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+def _shown(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "" if value is None else str(value)
 
 
-def _p(text: str) -> str:
-    return f"<p>{html.escape(text)}</p>"
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric: Sequence[int] = ()) -> list[Block]:
+    """A table block: ints with thousands separators, floats to 3 places, numeric columns right-aligned.
+    A cell may also be a ready :class:`Cell` (a class, a link)."""
+    return [Table(tuple(headers), tuple(
+        tuple(value if isinstance(value, Cell) else Cell(_shown(value), "num" if index in numeric else None)
+              for index, value in enumerate(row))
+        for row in rows))]
+
+
+def _p(text: str) -> list[Block]:
+    return [Paragraph(text)]
 
 
 # -- sections -----------------------------------------------------------------------------------
@@ -182,9 +230,7 @@ def section_run(inp: _Inputs) -> Section:
     total = next((r for r in rows if r["step"] == "run"), None)
     status = total["status"] if total else ("failed" if any(r["status"] == "failed" for r in steps) else "running")
     seconds = total["seconds"] if total else sum(r["seconds"] or 0 for r in steps)
-    section.lead = (f'<p class="status {html.escape(status)}">Run {html.escape(inp.run_id)}: '
-                    f"<b>{html.escape(status.upper())}</b> in {seconds:.1f} s, started "
-                    f"{steps[0]['started_at']:%Y-%m-%d %H:%M:%S} UTC.</p>")
+    section.lead = [RunStatus(inp.run_id, status, seconds, steps[0]["started_at"])]
     section.charts.append(barh(
         inp.out, "step_timings.png", [r["step"] for r in steps], {"seconds": [r["seconds"] or 0 for r in steps]},
         title="Wall time per step (colour = status)", xlabel="seconds",
@@ -268,8 +314,6 @@ def section_silver(inp: _Inputs) -> Section:
     if not silver:
         section.absent = "no silver_* tables in the lake"
         return section
-    from cdp.jobs.run import table_rows
-
     counts = sorted(((t, table_rows(inp.lake, t)) for t in silver), key=lambda item: -item[1])
     section.charts.append(barh(inp.out, "silver_rows.png", [t for t, _ in counts], {"rows": [c for _, c in counts]},
                                title="Rows per silver table", xlabel="rows (log scale)", colors=[_BLUE], log=True))
@@ -394,7 +438,7 @@ def section_tags(inp: _Inputs) -> Section:
     lowest = sorted(rows, key=lambda r: (r["coverage"] or 0, r["tag"]))[:10]
     section.body = (_p(f"Tags of {scope}: " + ", ".join(f"{n} {k}" for k, n in by_kind.items()) +
                        f"; {rows[0]['customers']:,} customers.") +
-                    "<h3>Lowest coverage</h3>" +
+                    [Heading("Lowest coverage")] +
                     _table(["tag", "kind", "coverage", "version"],
                            [[r["tag"], r["kind"], r["coverage"], r["version"]] for r in lowest], numeric=(2,)))
     return section
@@ -417,15 +461,11 @@ def headline_metric(metrics: dict[str, float]) -> tuple[str, float] | None:
 
 def section_models(inp: _Inputs) -> Section:
     section = Section("models", "Predictive models (MLflow)")
-    from cdp.jobs.run import mlflow_tracking_uri
-
-    uri = mlflow_tracking_uri(inp.lake.root)
+    uri = mlflow_store.tracking_uri(inp.lake.root)
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
         section.absent = f"no MLflow tracking store at {uri}"
         return section
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    client = mlflow_store.client(inp.lake.root)
     models = [m for m in client.search_registered_models() if m.name.startswith("cdp_")]
     if not models:
         section.absent = f"no cdp_* models registered in {uri}"
@@ -501,7 +541,7 @@ def section_audiences(inp: _Inputs) -> Section:
 
 def _read_quality_reports(root: str, run_id: str) -> tuple[str | None, list[dict[str, Any]]]:
     """The gate JSON reports of ``run_id`` (else of the newest run that has some)."""
-    if urlparse(root).scheme not in ("", "file"):
+    if not is_local(root):
         return None, []
     base = Path(root) / QUALITY_DIR
     if not base.is_dir():
@@ -540,15 +580,10 @@ def section_gates(inp: _Inputs) -> Section:
                                colors=["#59a14f", _ORANGE, _RED]))
     section.lead = _p(f"Gates of run {gate_run}" + ("" if gate_run == inp.run_id else
                                                            f" (the newest with gate reports; this is {inp.run_id})") + ".")
-    body = ["<table><thead><tr><th>table</th><th>suite</th><th>result</th><th>failed</th><th>warnings</th>"
-            "<th>first problem</th><th>details</th></tr></thead><tbody>"]
-    for table, suite, result, n_fail, n_warn, worst, link in rows:
-        body.append(f"<tr><td>{html.escape(table)}</td><td>{html.escape(suite)}</td>"
-                    f"<td class=\"{'ok' if result == 'passed' else 'failed'}\">{result}</td>"
-                    f"<td class=\"num\">{n_fail}</td><td class=\"num\">{n_warn}</td><td>{html.escape(worst)}</td>"
-                    f"<td><a href=\"{html.escape(link)}\">report</a></td></tr>")
-    body.append("</tbody></table>")
-    section.body = "".join(body)
+    section.body = _table(["table", "suite", "result", "failed", "warnings", "first problem", "details"],
+                          [[table, suite, Cell(result, "ok" if result == "passed" else "failed"), n_fail, n_warn,
+                            worst, Cell("report", href=link)]
+                           for table, suite, result, n_fail, n_warn, worst, link in rows], numeric=(3, 4))
     return section
 
 
@@ -586,35 +621,22 @@ SECTIONS: tuple[Callable[[_Inputs], Section], ...] = (
     section_tags, section_models, section_audiences, section_gates,
 )
 
-_CSS = """
-body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#222;background:#f6f7f9}
-header{background:#1d3557;color:#fff;padding:14px 28px}header h1{margin:0;font-size:20px}
-header p{margin:4px 0 0;font-size:13px;opacity:.85}nav{padding:8px 28px;background:#e9edf2;font-size:13px}
-nav a{margin-right:14px;color:#1d3557;text-decoration:none}main{padding:6px 28px 40px;max-width:1240px}
-section{background:#fff;border:1px solid #dde2e8;border-radius:6px;margin:16px 0;padding:12px 18px}
-h2{font-size:16px;margin:4px 0 8px}h3{font-size:13px;margin:12px 0 4px}
-.charts{display:flex;flex-wrap:wrap;gap:12px}.charts img{max-width:100%;border:1px solid #eef0f3}
-table{border-collapse:collapse;font-size:12px;margin-top:8px}th,td{padding:3px 8px;border-bottom:1px solid #eee;
-text-align:left;vertical-align:top}th{background:#f2f4f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.absent{color:#777;font-style:italic}.ok{color:#2e7d32}.failed{color:#c62828;font-weight:600}
-p.status.ok b{color:#2e7d32}p.status.failed b{color:#c62828}
-"""
+@lru_cache(maxsize=1)
+def _templates() -> Any:
+    import jinja2
+
+    # PackageLoader also reads the templates from a wheel shipped to a cluster as a zip (--py-files).
+    return jinja2.Environment(loader=jinja2.PackageLoader("cdp.report", "templates"),
+                              autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
 def render_html(run_id: str, lake_root: str, sections: Sequence[Section], generated_at: datetime) -> str:
-    nav = " ".join(f'<a href="#{s.key}">{html.escape(s.title)}</a>' for s in sections)
-    parts = []
-    for s in sections:
-        if s.absent:
-            inner = f'<p class="absent">Not shown: {html.escape(s.absent)}.</p>'
-        else:
-            images = "".join(f'<img src="{html.escape(c)}" alt="{html.escape(c)}">' for c in s.charts)
-            inner = s.lead + (f'<div class="charts">{images}</div>' if images else "") + s.body
-        parts.append(f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>{inner}</section>')
-    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>CDP run {html.escape(run_id)}"
-            f"</title><style>{_CSS}</style></head><body><header><h1>CDP run report</h1><p>run "
-            f"{html.escape(run_id)} · lake {html.escape(lake_root)} · generated {generated_at:%Y-%m-%d %H:%M:%S} UTC"
-            f"</p></header><nav>{nav}</nav><main>{''.join(parts)}</main></body></html>\n")
+    """The report page (``templates/report.html.j2``, styles in ``templates/report.css``); every text is
+    escaped by Jinja2's autoescaping."""
+    env = _templates()
+    css = env.loader.get_source(env, "report.css")[0]
+    return env.get_template("report.html.j2").render(run_id=run_id, lake_root=lake_root, sections=sections,
+                                                     generated_at=generated_at, css=css)
 
 
 def latest_run_id(lake: Any) -> str | None:
@@ -628,7 +650,6 @@ def latest_run_id(lake: Any) -> str | None:
 
 def build_report(spark: Any, lake: Any, run_id: str, out: Path) -> list[Section]:
     """Render every section's charts into ``out``; return the sections (for the HTML)."""
-    from cdp.jobs.run import list_tables
 
     out.mkdir(parents=True, exist_ok=True)
     inputs = _Inputs(spark=spark, lake=lake, run_id=run_id, tables=list_tables(lake), out=out)

@@ -14,7 +14,7 @@ Any job that publishes a table behind a gate calls :func:`publish_with_gates`::
    Great Expectations' Data Docs page of each check under ``data_docs/<table>/``;
 4. on success the staged data is written to ``<table>`` (``mode="overwrite"`` unless told
    otherwise); on a blocking failure nothing is published, the last good version stays current and
-   :class:`cdp.jobs.entry.JobFailed` is raised (the job exits non-zero).
+   :class:`cdp.runtime.errors.GateFailed` (a ``JobFailed``) is raised (the job exits 1).
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ from typing import Any
 from pyspark.sql import DataFrame
 
 from cdp.expectations.quality import QualityConfig, SuiteResult, render_report_html, validate_suite
-from cdp.jobs.entry import JobFailed
 from cdp.lake import Lake
 from cdp.runtime.config import JobContext, parse_file
+from cdp.runtime.errors import GateFailed
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def audit(lake: Lake, candidate: DataFrame, table: str, suite_name: str, ctx: Jo
     """Validate ``candidate`` against the suite (previous = the published ``table``); write the report.
 
     Use it for a second suite on the same candidate before :func:`publish_with_gates` (e.g.
-    ``tags_drift`` on tags_wide, with ``report_name="tags_wide.tags_drift"``); raise ``JobFailed``
+    ``tags_drift`` on tags_wide, with ``report_name="tags_wide.tags_drift"``); raise ``GateFailed``
     yourself when ``not result.success``.
     """
     config = config or load_quality_config(ctx)
@@ -145,7 +145,7 @@ def publish_with_gates(lake: Lake, df: DataFrame, table: str, suite_name: str | 
             overwrite publishes with ``lake.copy_overwrite`` (the staged files, copied).
 
     Raises:
-        JobFailed: a blocking expectation failed; the message names it and the report path.
+        GateFailed: a blocking expectation failed; the message names it and the report path.
     """
     suite_names = (suite_name,) if isinstance(suite_name, str) else tuple(suite_name)
     staging = staging_name(table)
@@ -164,7 +164,7 @@ def publish_with_gates(lake: Lake, df: DataFrame, table: str, suite_name: str | 
         for result, report in failed:
             logger.error("%s: quality gate %s failed; %s is unchanged; report %s", table, result.suite, table, report)
         details = "; ".join(f"{result.summary()} (report: {report})" for result, report in failed)
-        raise JobFailed(f"quality gate failed, {table} not published: {details}")
+        raise GateFailed(f"quality gate failed, {table} not published: {details}")
     write_kwargs.setdefault("mode", "overwrite")
     metadata = {"run_id": ctx.run_id, "quality_suite": ",".join(suite_names),
                 **dict(write_kwargs.pop("metadata", None) or {})}

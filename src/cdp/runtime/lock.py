@@ -1,17 +1,20 @@
 """A lock file in the lake so that two pipeline runs never write the same lake at the same time.
 
-``<lake>/_lock`` holds JSON: run id, host, pid and start time. On a local lake it is created with
+Every ``cdp`` command that writes to the lake takes it (:func:`cdp.jobs.entry.job_main`; ``cdp run``
+once for all its steps). ``<lake>/_lock`` holds JSON: run id, command, owner (user), host, pid and
+start time; a refusal names them and the lock's age, and the command exits 75 (retry later). On a local lake it is created with
 ``O_CREAT | O_EXCL``, which is atomic: of two runs starting together exactly one wins. On an object
 store or HDFS (``s3a://``, ``abfss://``, ``hdfs://``) it is written through pyarrow's file system
 after checking that it is absent and read back to confirm; that narrows the race but is not atomic,
 so schedule one run per lake there (the scheduler's concurrency limit is the real guard).
 
 A lock left behind by a run that died (its pid is gone on this host) can be broken with
-``force=True`` (``cdp run --force-unlock``). A lock held by a live process, or by another host whose
+``force=True`` (``--force-unlock``). A lock held by a live process, or by another host whose
 processes we cannot see, is never broken automatically.
 """
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -19,9 +22,9 @@ import socket
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from urllib.parse import urlparse
 
-from cdp.jobs.entry import JobFailed
+from cdp.lake.paths import is_local, local_path
+from cdp.runtime.errors import JobFailed
 
 logger = logging.getLogger(__name__)
 
@@ -34,25 +37,40 @@ class LakeLocked(JobFailed):
 
 @dataclass(frozen=True)
 class LockInfo:
-    """Who holds the lock."""
+    """Who holds the lock: the run, the command, the user, where and since when."""
 
     run_id: str
     host: str
     pid: int
     started_at: str
+    owner: str = "unknown"  # user name (locks written before it was recorded say "unknown")
+    command: str = "run"  # the cdp command holding it
 
     @classmethod
     def from_json(cls, text: str, where: str) -> LockInfo:
         try:
             data = json.loads(text)
             return cls(run_id=str(data["run_id"]), host=str(data["host"]), pid=int(data["pid"]),
-                       started_at=str(data["started_at"]))
+                       started_at=str(data["started_at"]), owner=str(data.get("owner", "unknown")),
+                       command=str(data.get("command", "run")))
         except (ValueError, KeyError, TypeError) as exc:
             raise LakeLocked(f"{where}: the lake is locked but the lock file is unreadable ({exc}); "
                              f"if no run is active, delete {where} by hand") from exc
 
-    def describe(self) -> str:
-        return f"run {self.run_id} (host {self.host}, pid {self.pid}, since {self.started_at})"
+    def age(self, now: datetime | None = None) -> str:
+        """How long the lock has been held, as ``2h05m``, ``3m12s`` (``unknown`` if unparseable)."""
+        try:
+            started = datetime.fromisoformat(self.started_at)
+        except ValueError:
+            return "unknown"
+        seconds = max(0, int(((now or datetime.now(UTC)) - started).total_seconds()))
+        hours, rest = divmod(seconds, 3600)
+        minutes, seconds = divmod(rest, 60)
+        return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+    def describe(self, now: datetime | None = None) -> str:
+        return (f"run {self.run_id} (cdp {self.command}, owner {self.owner}, host {self.host}, pid {self.pid}, "
+                f"since {self.started_at}, age {self.age(now)})")
 
 
 def pid_alive(pid: int) -> bool:
@@ -68,13 +86,11 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_local(root: str) -> bool:
-    return urlparse(root).scheme in ("", "file")
-
-
-def _local_path(root: str) -> str:
-    parsed = urlparse(root)
-    return os.path.abspath(os.path.expanduser(parsed.path if parsed.scheme == "file" else root))
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
 class LakeLock:
@@ -83,16 +99,18 @@ class LakeLock:
     Args:
         root: the lake root (as given to :class:`cdp.lake.Lake`).
         run_id: the run taking the lock.
+        command: the ``cdp`` command taking it (recorded for whoever finds the lake locked).
     """
 
-    def __init__(self, root: str, run_id: str) -> None:
+    def __init__(self, root: str, run_id: str, command: str = "run") -> None:
         self.root = root
         self.run_id = run_id
-        self.local = _is_local(root)
-        base = _local_path(root) if self.local else root.rstrip("/")
+        self.local = is_local(root)
+        base = local_path(root) if self.local else root.rstrip("/")
         self.path = f"{base}/{LOCK_NAME}"
         self.info = LockInfo(run_id=run_id, host=socket.gethostname(), pid=os.getpid(),
-                             started_at=datetime.now(UTC).isoformat(timespec="seconds"))
+                             started_at=datetime.now(UTC).isoformat(timespec="seconds"), owner=_user(),
+                             command=command)
         self.held = False
 
     # -- public -------------------------------------------------------------------------------
@@ -113,11 +131,12 @@ class LakeLock:
             holder = self.holder()
         assert holder is not None
         if not force:
-            hint = ("if that process is gone, rerun with --force-unlock"
-                    if holder.host == self.info.host and not pid_alive(holder.pid)
-                    else "wait for it to finish")
-            raise LakeLocked(f"lake {self.root} is locked by {holder.describe()}: another run is in "
-                             f"progress or died without releasing {self.path}; {hint}")
+            if holder.host == self.info.host and not pid_alive(holder.pid):
+                raise LakeLocked(f"lake {self.root} has a stale lock of {holder.describe()}: pid {holder.pid} is "
+                                 f"gone on this host; rerun with --force-unlock to break {self.path}")
+            where = "this host" if holder.host == self.info.host else f"host {holder.host}"
+            raise LakeLocked(f"lake {self.root} is locked by {holder.describe()}: it is still running on {where} "
+                             f"(or died there without releasing {self.path}); retry when it has finished")
         if holder.host != self.info.host:
             raise LakeLocked(f"lake {self.root} is locked by {holder.describe()} on another host; "
                              f"--force-unlock only breaks locks of dead processes on this host "

@@ -41,6 +41,12 @@ def merged_java_options(existing: str | None, wanted: str) -> str:
     return " ".join(options)
 
 
+def console_settings() -> dict[str, str]:
+    """Spark's console progress bar only when stdout is a terminal: under a scheduler its carriage
+    returns fill the captured log with thousands of partial lines. A profile may still set it."""
+    return {"spark.ui.showConsoleProgress": "true" if sys.stdout.isatty() else "false"}
+
+
 def under_spark_submit() -> bool:
     """True when this Python process was started by spark-submit (which owns master and packages)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -59,7 +65,7 @@ def build_session(profile: Profile, app_name: str) -> SparkSession:
     builder = SparkSession.builder.appName(app_name)
     launched_by_submit = under_spark_submit()
     launch_conf = SparkConf() if launched_by_submit else None  # what spark-submit was given
-    for key, value in {**DEFAULT_SETTINGS, **profile.spark, **REQUIRED_SETTINGS}.items():
+    for key, value in {**DEFAULT_SETTINGS, **console_settings(), **profile.spark, **REQUIRED_SETTINGS}.items():
         if launched_by_submit and key in ("spark.master", "spark.driver.memory", "spark.driver.extraJavaOptions"):
             continue
         if key in JAVA_OPTIONS and launch_conf is not None:
