@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from cdp.jobs import validate as validate_job
+from cdp.jobs.validate import sql_columns, validate_conf
 from cdp.runtime.config import ConfigError, JobContext, Profile
-from cdp.runtime.validation import sql_columns, validate_conf
 from cdp.sources import SourcesConfig, spark_pattern_problem
 
 REPO_CONF = Path(__file__).resolve().parents[1] / "conf"

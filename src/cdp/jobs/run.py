@@ -425,7 +425,7 @@ def _execute_step(spark: Any, ctx: JobContext, lake: Any, step: Step, planned: P
 def check_configuration(ctx: JobContext) -> None:
     """Every config file parsed and cross-checked before the first step (``cdp validate``'s checks):
     a bad tag or audience fails here, not after land, standardize, stitch and features have run."""
-    from cdp.runtime.validation import validate_conf_cached
+    from cdp.jobs.validate import validate_conf_cached
 
     report = validate_conf_cached(ctx.conf_dir)
     if not report.ok:
