@@ -307,6 +307,50 @@ class Lake:
         """
         return self._impl.vacuum(self._existing(name), retention_hours)
 
+    def erase(self, name: str, keys: Sequence[DataFrame], *, metadata: Mapping[str, Any] | None = None) -> int:
+        """Delete the rows that match any of ``keys``, matched on hashes so no value reaches the log.
+
+        Each frame of ``keys`` names table columns and holds, per row, the lower-case hex SHA-256 of
+        those columns' values cast to string (Spark's ``sha2(CAST(col AS STRING), 256)``): a table row
+        is deleted when every column's hash equals one row of one frame (nulls never match). The keys
+        travel as data, never as a predicate: the commit records column names and the operation,
+        and statistics of the rewritten files only describe the rows that stay. The embedded backend
+        rewrites the affected partitions (the whole table when unpartitioned); delta-spark merges
+        (``whenMatchedDelete``), rewriting the affected files. Returns the number of rows deleted.
+
+        What the table's older commits and files still hold is removed by :meth:`expire_history`.
+        """
+        for frame in keys:
+            missing = [c for c in frame.columns if c not in self.read(name).columns]
+            if missing or not frame.columns:
+                raise LakeError(f"erase from {name!r}: key columns {missing or '(none)'} are not table columns")
+        if not keys:
+            return 0
+        return self._impl.erase(self._existing(name), list(keys), dict(metadata or {}))
+
+    def matching_files(self, name: str, keys: Sequence[DataFrame]) -> dict[str, int]:
+        """The data files of the current version holding rows that :meth:`erase` with ``keys`` would
+        delete, with how many each (paths as Spark reads them); nothing is written."""
+        if not keys:
+            return {}
+        flagged = _flag_erased(self.read(name).withColumn("_cdp_file", F.input_file_name()), keys)
+        rows = flagged.filter(F.col(_ERASE_HIT)).groupBy("_cdp_file").count().collect()
+        return {row["_cdp_file"]: int(row["count"]) for row in rows}
+
+    def expire_history(self, name: str) -> None:
+        """Keep only the current version: vacuum every unreferenced data file, write a checkpoint and
+        remove the log entries before it.
+
+        Older commits can hold values the current version no longer has (a delete's predicate,
+        per-file min/max statistics of removed files); after this neither old files nor old log
+        entries remain, so time travel before now is gone. Both backends go through delta-rs for
+        the checkpoint and the log clean-up (``create_checkpoint``, ``cleanup_metadata`` with a log
+        retention of zero for that one call; the table's retention setting is restored after).
+        """
+        uri = self._existing(name)
+        self._impl.vacuum(uri, 0)
+        _expire_log(uri, self._impl.storage_options if isinstance(self._impl, _EmbeddedBackend) else {})
+
     def _existing(self, name: str) -> str:
         uri = self.uri(name)
         if not self._impl.exists(uri):
@@ -326,6 +370,7 @@ class _Backend:
               metadata: dict[str, Any]) -> MergeResult: ...
     def delete(self, uri: str, condition: str, metadata: dict[str, Any]) -> int: ...
     def vacuum(self, uri: str, retention_hours: int) -> list[str]: ...
+    def erase(self, uri: str, keys: list[DataFrame], metadata: dict[str, Any]) -> int: ...
 
     def write_arrow(self, source: DataFrame, uri: str, batches: ArrowBatches, schema: T.StructType, mode: str,
                     metadata: dict[str, Any]) -> int:
@@ -368,6 +413,43 @@ def _check_schema_compatible(table_schema: T.StructType, df_schema: T.StructType
             f"{uri}: the data has columns {names} that the table does not; pass evolve_schema=True "
             "to add them, or select only the table's columns")
     return new_fields
+
+
+_ERASE_HIT = "_cdp_erase_hit"
+# Delta's default log retention, set back after a one-off expiry when the table had no setting
+_DEFAULT_LOG_RETENTION = "interval 30 days"
+
+
+def _flag_erased(frame: DataFrame, keys: Sequence[DataFrame]) -> DataFrame:
+    """``frame`` plus a boolean ``_cdp_erase_hit``: the row's hashed columns equal a row of some key frame."""
+    hit = F.lit(False)
+    for index, key in enumerate(keys):
+        names = {column: f"_cdp_k{index}_{position}" for position, column in enumerate(key.columns)}
+        marker = f"_cdp_m{index}"
+        hashed = (key.select(*[F.lower(F.col(_quoted(c))).alias(alias) for c, alias in names.items()])
+                  .distinct().withColumn(marker, F.lit(True)))
+        condition = None
+        for column, alias in names.items():
+            equal = F.sha2(frame[_quoted(column)].cast("string"), 256) == hashed[alias]
+            condition = equal if condition is None else condition & equal
+        frame = frame.join(F.broadcast(hashed), on=condition, how="left").drop(*names.values())
+        hit = hit | F.coalesce(F.col(marker), F.lit(False))
+    markers = [f"_cdp_m{index}" for index in range(len(keys))]
+    return frame.withColumn(_ERASE_HIT, hit).drop(*markers)
+
+
+def _expire_log(uri: str, storage_options: dict[str, str]) -> None:
+    """Checkpoint the table and delete every log entry before the checkpoint (delta-rs)."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(_delta_rs_uri(uri), storage_options=storage_options or None)
+    before = (table.metadata().configuration or {}).get("delta.logRetentionDuration")
+    table.alter.set_table_properties({"delta.logRetentionDuration": "interval 0 seconds"})
+    table = DeltaTable(_delta_rs_uri(uri), storage_options=storage_options or None)
+    table.create_checkpoint()
+    table.cleanup_metadata()
+    table.alter.set_table_properties({"delta.logRetentionDuration": before or _DEFAULT_LOG_RETENTION})
+    logger.info("%s: log expired up to version %d", uri, table.version())
 
 
 class _DeltaSparkBackend(_Backend):
@@ -448,6 +530,18 @@ class _DeltaSparkBackend(_Backend):
         self.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
         self.DeltaTable.forPath(self.spark, _spark_path(uri)).vacuum(retention_hours)
         return []
+
+    def erase(self, uri, keys, metadata):
+        table = self.DeltaTable.forPath(self.spark, _spark_path(uri))
+        deleted = 0
+        for key in keys:
+            # the merge condition names columns only; the hashes are the merge's source rows
+            condition = " AND ".join(f"sha2(CAST(t.{_quoted(c)} AS STRING), 256) = lower(s.{_quoted(c)})"
+                                     for c in key.columns)
+            table.alias("t").merge(key.distinct().alias("s"), condition).whenMatchedDelete().execute()
+            metrics = table.history(1).collect()[0]["operationMetrics"] or {}
+            deleted += int(metrics.get("numTargetRowsDeleted", 0))
+        return deleted
 
 
 class _EmbeddedBackend(_Backend):
@@ -787,7 +881,7 @@ class _EmbeddedBackend(_Backend):
         deleted = 0 if not delete_unmatched else target.join(source.select(*key_columns), on=keys,
                                                              how="left_anti").count()
         self.write(kept.unionByName(source), uri, "overwrite", list(table.metadata().partition_columns),
-                   {}, None, None, False, {**metadata, "operation": "MERGE (rewrite)"})
+                   {}, None, None, False, {**metadata, "cdp_operation": "merge (rewrite)"})
         return MergeResult(inserted=rows - updated, updated=updated, deleted=deleted)
 
     def delete(self, uri, condition, metadata):
@@ -801,6 +895,31 @@ class _EmbeddedBackend(_Backend):
                                enforce_retention_duration=False)
         self._remove_empty_write_folders(uri)
         return removed
+
+    def erase(self, uri, keys, metadata):
+        partitions = list(self._table(uri).metadata().partition_columns)
+        flagged = _flag_erased(self.read(uri, None), keys).persist()
+        try:
+            hits = flagged.filter(F.col(_ERASE_HIT))
+            deleted = hits.count()
+            if not deleted:
+                return 0
+            metadata = {**metadata, "cdp_operation": "erase (rewrite)", "rows_erased": deleted}
+            if not partitions:
+                kept = flagged.filter(~F.col(_ERASE_HIT)).drop(_ERASE_HIT)
+                self.write(kept, uri, "overwrite", [], {}, None, None, False, metadata)
+                return deleted
+            # only the partitions holding a hit are rewritten
+            touched = [tuple(r) for r in hits.select(*[_quoted(c) for c in partitions]).distinct().collect()]
+            replace_where = {c: sorted({values[i] for values in touched}, key=str) for i, c in enumerate(partitions)}
+            region = F.lit(True)
+            for column, values in replace_where.items():
+                region = region & F.col(_quoted(column)).isin(values)
+            kept = flagged.filter(region & ~F.col(_ERASE_HIT)).drop(_ERASE_HIT)
+            self.write(kept, uri, "overwrite", partitions, replace_where, None, None, False, metadata)
+            return deleted
+        finally:
+            flagged.unpersist()
 
     def _remove_empty_write_folders(self, uri: str) -> None:
         if not uri.startswith("/"):
