@@ -8,7 +8,8 @@ keeps line numbers and decodes with the source's encoding) and parsed by Spark (
 lines). Good records go to
 ``bronze_<source>`` with every field as its raw string; the others go to ``quarantine`` with the
 file, line, raw text and a reason naming the field. Every raw record ends up in exactly one of the
-two: ``raw = bronze + quarantine`` is checked and reported per source.
+two, or is dropped because it carries an identifier of a forgotten person (``suppression_list``):
+``raw = bronze + quarantine + suppressed`` is checked and reported per source.
 
 Writes carry the Delta app transaction ``cdp-land-<source>`` at the load's sequence number, so a run
 that died between writes can be repeated without duplicating what it had committed.
@@ -43,6 +44,7 @@ from cdp.sources import SourcesConfig, SourceSpec, bronze_schema, parse_lines
 logger = logging.getLogger(__name__)
 
 LOAD_LOG = "load_log"
+SUPPRESSION_LIST = "suppression_list"
 QUARANTINE = "quarantine"
 LINES_SCHEMA = T.StructType([
     T.StructField("_source_file", T.StringType()),
@@ -75,6 +77,7 @@ LOAD_LOG_SCHEMA = T.StructType([
     T.StructField("quarantined_rows", T.LongType()),
     T.StructField("loaded_at", T.TimestampType()),
     T.StructField("run_id", T.StringType()),
+    T.StructField("suppressed_rows", T.LongType()),
 ])
 _BATCH_LINES = 20_000
 MAX_RECORD_LINES = 100  # a quoted CSV field may span this many lines at most
@@ -101,6 +104,7 @@ class SourceLoad:
     raw_records: int = 0
     bronze_rows: int = 0
     quarantined_rows: int = 0
+    suppressed_rows: int = 0  # records carrying a forgotten identifier: dropped, never written
 
 
 @dataclass
@@ -118,6 +122,10 @@ class LandResult:
     @property
     def quarantined_rows(self) -> int:
         return sum(load.quarantined_rows for load in self.loads.values())
+
+    @property
+    def suppressed_rows(self) -> int:
+        return sum(load.suppressed_rows for load in self.loads.values())
 
 
 def load_sources(ctx: JobContext) -> tuple[Path, SourcesConfig]:
@@ -328,6 +336,32 @@ def _loaded_fingerprints(lake: Any, source: str) -> tuple[set[str], int]:
     return {row["sha256"] for row in rows}, max((row["seq"] for row in rows), default=0)
 
 
+def _suppression(lake: Any) -> DataFrame | None:
+    """The erasure suppression list, or None when nobody was ever forgotten."""
+    from cdp.privacy import ERASURE_LIST
+
+    if not lake.exists(SUPPRESSION_LIST):
+        return None
+    suppression = lake.read(SUPPRESSION_LIST).filter(F.col("list") == ERASURE_LIST)
+    return suppression if suppression.limit(1).count() else None
+
+
+def drop_forgotten(parsed: DataFrame, source: SourceSpec, suppression: DataFrame,
+                   identity_file: Path) -> tuple[DataFrame, int]:
+    """Parsed records without those carrying a forgotten identifier, normalised as ``cdp standardize``
+    normalises them (the type's normaliser in conf/identity.yaml), and how many were dropped."""
+    from cdp.jobs.standardize import load_normalizers, normalize_identifiers  # standardize imports land
+    from cdp.privacy import drop_suppressed_records
+    from cdp.sources import map_identifiers, record_id_column
+
+    if not source.identifiers:
+        return parsed, 0
+    keyed = (parsed.withColumn("source", F.lit(source.name)).withColumn("record_id", record_id_column(source))
+             .withColumn("observed_at", F.lit(None).cast("timestamp")))
+    identifiers = normalize_identifiers(map_identifiers(keyed, source), load_normalizers(identity_file))
+    return drop_suppressed_records(parsed, identifiers, suppression, keys=["_source_file", "_line"])
+
+
 def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: Path, conf_file: Path,
                 run_id: str) -> SourceLoad:
     result = SourceLoad(source=source.name)
@@ -354,14 +388,31 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: Pa
               .withColumn("_load_id", F.lit(load_id))
               .withColumn("_ingested_at", F.lit(now).cast("timestamp"))
               .persist(StorageLevel.MEMORY_AND_DISK))
+    suppression = _suppression(lake)
     try:
-        per_file: dict[str, list[int]] = {}
+        per_file: dict[str, list[int]] = {}  # file -> raw, quarantined, suppressed
         for row in parsed.groupBy("_source_file").agg(
                 F.count(F.lit(1)).alias("raw"), F.count("_reason").alias("bad")).collect():
-            per_file[row["_source_file"]] = [row["raw"], row["bad"]]
+            per_file[row["_source_file"]] = [row["raw"], row["bad"], 0]
+        if suppression is not None:
+            kept, result.suppressed_rows = drop_forgotten(parsed, source, suppression,
+                                                          conf_file.parent / "identity.yaml")
+            if result.suppressed_rows:
+                kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
+                # a file none of whose records is kept is absent below: all of its records were dropped
+                per_file = {name: [raw, 0, raw] for name, (raw, _bad, _dropped) in per_file.items()}
+                for row in kept.groupBy("_source_file").agg(
+                        F.count(F.lit(1)).alias("kept"), F.count("_reason").alias("bad")).collect():
+                    raw = per_file[row["_source_file"]][0]
+                    per_file[row["_source_file"]] = [raw, row["bad"], raw - row["kept"]]
+                parsed.unpersist()
+                parsed = kept
+                logger.info("%s: %d records carry a forgotten identifier: dropped", source.name,
+                            result.suppressed_rows)
         result.raw_records = sum(v[0] for v in per_file.values())
         result.quarantined_rows = sum(v[1] for v in per_file.values())
-        result.bronze_rows = result.raw_records - result.quarantined_rows
+        result.suppressed_rows = sum(v[2] for v in per_file.values())
+        result.bronze_rows = result.raw_records - result.quarantined_rows - result.suppressed_rows
         app_id = f"cdp-land-{source.name}"
         metadata = {"run_id": run_id, "load_id": load_id, "files": len(new_files)}
         bronze = parsed.filter(F.col("_reason").isNull()).select(*bronze_schema(source).fieldNames())
@@ -380,18 +431,21 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: Pa
                        app_version=seq, metadata={**metadata, "rows": result.quarantined_rows})
     finally:
         parsed.unpersist()
-    log_rows = [(source.name, load_id, seq, f.relpath, f.path, f.size, f.mtime.replace(tzinfo=None), f.sha256,
-                 per_file.get(f.relpath, [0, 0])[0], per_file.get(f.relpath, [0, 0])[0] - per_file.get(f.relpath, [0, 0])[1],
-                 per_file.get(f.relpath, [0, 0])[1], now, run_id) for f in new_files]
+    log_rows = []
+    for f in new_files:
+        raw, bad, dropped = per_file.get(f.relpath, [0, 0, 0])
+        log_rows.append((source.name, load_id, seq, f.relpath, f.path, f.size, f.mtime.replace(tzinfo=None),
+                         f.sha256, raw, raw - bad - dropped, bad, now, run_id, dropped))
+    # evolve_schema: load logs written before suppressed_rows existed gain the column
     lake.write(spark.createDataFrame(log_rows, LOAD_LOG_SCHEMA), LOAD_LOG, "append", app_id=app_id,
-               app_version=seq, metadata={"run_id": run_id, "load_id": load_id})
+               app_version=seq, evolve_schema=True, metadata={"run_id": run_id, "load_id": load_id})
     result.files_loaded = len(new_files)
-    if result.raw_records != result.bronze_rows + result.quarantined_rows:
+    if result.raw_records != result.bronze_rows + result.quarantined_rows + result.suppressed_rows:
         raise JobFailed(f"{source.name}: raw {result.raw_records} != bronze {result.bronze_rows} + "
-                        f"quarantine {result.quarantined_rows}")
-    logger.info("%s: load %s: %d files, raw %d = bronze %d + quarantine %d (%d files skipped)",
+                        f"quarantine {result.quarantined_rows} + suppressed {result.suppressed_rows}")
+    logger.info("%s: load %s: %d files, raw %d = bronze %d + quarantine %d + suppressed %d (%d files skipped)",
                 source.name, load_id, len(new_files), result.raw_records, result.bronze_rows,
-                result.quarantined_rows, result.files_skipped)
+                result.quarantined_rows, result.suppressed_rows, result.files_skipped)
     return result
 
 
@@ -412,8 +466,8 @@ def run(spark: SparkSession, ctx: JobContext, *, raw: str, sources: list[str] | 
     result = LandResult()
     for source in selected:
         result.loads[source.name] = land_source(spark, lake, source, raw_root, conf_file, ctx.run_id)
-    logger.info("landed: raw %d = bronze %d + quarantine %d", result.raw_records, result.bronze_rows,
-                result.quarantined_rows)
+    logger.info("landed: raw %d = bronze %d + quarantine %d + suppressed %d", result.raw_records,
+                result.bronze_rows, result.quarantined_rows, result.suppressed_rows)
     return result
 
 
@@ -425,12 +479,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_from_args(spark: SparkSession, ctx: JobContext, args: argparse.Namespace) -> int:
     result = run(spark, ctx, raw=args.raw, sources=args.sources)
-    logger.info("%-18s %6s %7s %10s %10s %10s", "source", "files", "skipped", "raw", "bronze", "quarantine")
+    logger.info("%-18s %6s %7s %10s %10s %10s %10s", "source", "files", "skipped", "raw", "bronze", "quarantine",
+                "suppressed")
     for load in result.loads.values():
-        logger.info("%-18s %6d %7d %10d %10d %10d", load.source, load.files_loaded, load.files_skipped,
-                    load.raw_records, load.bronze_rows, load.quarantined_rows)
-    logger.info("%-18s %6s %7s %10d %10d %10d", "total", "", "", result.raw_records, result.bronze_rows,
-                result.quarantined_rows)
+        logger.info("%-18s %6d %7d %10d %10d %10d %10d", load.source, load.files_loaded, load.files_skipped,
+                    load.raw_records, load.bronze_rows, load.quarantined_rows, load.suppressed_rows)
+    logger.info("%-18s %6s %7s %10d %10d %10d %10d", "total", "", "", result.raw_records, result.bronze_rows,
+                result.quarantined_rows, result.suppressed_rows)
     return 0
 
 
