@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from cdp.lake import LakeError
 from cdp.runtime.config import ConfigError, JobContext, load_profile, resolve_conf_dir
 
 logger = logging.getLogger("cdp")
@@ -90,6 +91,10 @@ def job_main(
         return 2
     except JobFailed as exc:
         logger.error("%s", exc)
+        return 1
+    except LakeError as exc:  # disk full, an unreadable Delta log, a missing table: one line naming it
+        logger.error("cdp %s failed: %s", job, exc)
+        logger.debug("cdp %s failed here:", job, exc_info=True)
         return 1
     if isinstance(result, int):
         return result

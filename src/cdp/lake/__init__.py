@@ -14,6 +14,9 @@ Both write the same open Delta protocol, so a table written by one is readable b
 """
 from __future__ import annotations
 
+import errno
+import functools
+import inspect
 import json
 import logging
 import os
@@ -60,6 +63,57 @@ class SchemaMismatch(LakeError):
 
 class UnsupportedTable(LakeError):
     """The table uses Delta features the embedded backend cannot read (deletion vectors, column mapping)."""
+
+
+class DiskFull(LakeError):
+    """The lake's storage ran out of space while writing a table."""
+
+
+class CorruptTable(LakeError):
+    """The table's Delta log cannot be read (a truncated or damaged commit or checkpoint file)."""
+
+
+_NO_SPACE = "No space left on device"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _translate(exc: Exception, name: str, uri: str) -> LakeError | None:
+    """A one-line error naming the table, for failures a person can act on; None for the others."""
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or _NO_SPACE in str(exc):
+        return DiskFull(f"table {name}: disk full while writing {uri} ({_NO_SPACE}); free space or move "
+                        "the lake, then run again (the table keeps its last committed version)")
+    try:
+        from deltalake.exceptions import DeltaError
+    except ImportError:  # pragma: no cover - deltalake is a dependency
+        DeltaError = ()  # noqa: N806
+    if isinstance(exc, (DeltaError, json.JSONDecodeError)) or "DELTA_LOG_FILE_NOT_FOUND" in str(exc) \
+            or "DELTA_STATE_RECOVER_ERROR" in str(exc):
+        return CorruptTable(f"table {name}: its Delta log at {uri}/_delta_log cannot be read "
+                            f"({_first_line(exc)}); restore the damaged log file (or the table) from a backup")
+    return None
+
+
+def _about_table(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Re-raise disk-full and unreadable-log failures of a Lake method as one-line errors naming the table."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def call(self: Lake, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except LakeError:
+            raise
+        except Exception as exc:
+            name = str(signature.bind(self, *args, **kwargs).arguments.get("name", "?"))
+            translated = _translate(exc, name, f"{self.root}/{name}")
+            if translated is None:
+                raise
+            raise translated from exc
+    return call
 
 
 @dataclass(frozen=True)
@@ -176,6 +230,7 @@ class Lake:
             raise LakeError(f"invalid table name {name!r}: use letters, digits and underscores")
         return f"{self.root}/{name}"
 
+    @_about_table
     def exists(self, name: str) -> bool:
         return self._impl.exists(self.uri(name))
 
@@ -187,6 +242,7 @@ class Lake:
                       if os.path.isdir(os.path.join(self.root, entry, "_delta_log")))
 
     # -- reads --------------------------------------------------------------------------------
+    @_about_table
     def read(self, name: str, version: int | None = None) -> DataFrame:
         """The table as of ``version`` (default: the latest). Raises :class:`TableNotFound`."""
         uri = self.uri(name)
@@ -194,13 +250,16 @@ class Lake:
             raise TableNotFound(f"table {name!r} does not exist in the lake at {self.root}")
         return self._impl.read(uri, version)
 
+    @_about_table
     def version(self, name: str) -> int:
         return self._impl.version(self._existing(name))
 
+    @_about_table
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits newest first: version, timestamp, operation and the custom metadata of each."""
         return self._impl.history(self._existing(name), limit)
 
+    @_about_table
     def app_version(self, name: str, app_id: str) -> int | None:
         """The last ``app_version`` committed for ``app_id`` (Delta app transactions), if any."""
         uri = self.uri(name)
@@ -211,6 +270,7 @@ class Lake:
         return DeltaTable(_delta_rs_uri(uri)).transaction_version(app_id)
 
     # -- writes -------------------------------------------------------------------------------
+    @_about_table
     def write(self, df: DataFrame, name: str, mode: WriteMode = "append", *,
               partition_by: Sequence[str] | None = None,
               replace_where: Mapping[str, Any] | None = None,
@@ -248,6 +308,7 @@ class Lake:
         return self._impl.write(df, uri, mode, list(partition_by or []), dict(replace_where or {}),
                                 app_id, app_version, evolve_schema, dict(metadata or {}))
 
+    @_about_table
     def copy_overwrite(self, source: str, name: str, *, metadata: Mapping[str, Any] | None = None) -> int:
         """Replace table ``name`` with the current contents of table ``source``: one overwrite commit,
         the same as ``write(read(source), name, mode="overwrite")``.
@@ -258,6 +319,7 @@ class Lake:
         """
         return self._impl.copy_overwrite(self._existing(source), self.uri(name), dict(metadata or {}))
 
+    @_about_table
     def write_arrow(self, source: DataFrame, name: str, batches: ArrowBatches, schema: T.StructType,
                     mode: WriteMode = "append", *, metadata: Mapping[str, Any] | None = None) -> int:
         """Write the rows of ``source.mapInArrow(batches, schema)`` as one commit of the unpartitioned
@@ -273,11 +335,13 @@ class Lake:
             raise LakeError(f"unknown write mode {mode!r}: use 'append' or 'overwrite'")
         return self._impl.write_arrow(source, self.uri(name), batches, schema, mode, dict(metadata or {}))
 
+    @_about_table
     def arrow_scan(self, name: str, columns: Sequence[str], version: int | None = None) -> ArrowScan:
         """The table's ``columns`` as Arrow record batches inside Spark tasks: see :class:`ArrowScan`."""
         uri = self._existing(name)
         return self._impl.arrow_scan(uri, tuple(columns), version)
 
+    @_about_table
     def merge(self, df: DataFrame, name: str, keys: Sequence[str], *, delete_unmatched: bool = False,
               metadata: Mapping[str, Any] | None = None) -> MergeResult:
         """Upsert ``df`` into the table on ``keys``; creates the table when it does not exist.
@@ -296,10 +360,12 @@ class Lake:
             return MergeResult(inserted=inserted, updated=0, deleted=0)
         return self._impl.merge(df, uri, list(keys), delete_unmatched, dict(metadata or {}))
 
+    @_about_table
     def delete(self, name: str, condition: str, *, metadata: Mapping[str, Any] | None = None) -> int:
         """Delete the rows matching a SQL predicate over the table's columns; returns how many."""
         return self._impl.delete(self._existing(name), condition, dict(metadata or {}))
 
+    @_about_table
     def vacuum(self, name: str, retention_hours: int = 0) -> list[str]:
         """Remove files no longer referenced by the last ``retention_hours`` of versions.
 
@@ -307,6 +373,7 @@ class Lake:
         """
         return self._impl.vacuum(self._existing(name), retention_hours)
 
+    @_about_table
     def erase(self, name: str, keys: Sequence[DataFrame], *, metadata: Mapping[str, Any] | None = None) -> int:
         """Delete the rows that match any of ``keys``, matched on hashes so no value reaches the log.
 
@@ -328,6 +395,7 @@ class Lake:
             return 0
         return self._impl.erase(self._existing(name), list(keys), dict(metadata or {}))
 
+    @_about_table
     def matching_files(self, name: str, keys: Sequence[DataFrame]) -> dict[str, int]:
         """The data files of the current version holding rows that :meth:`erase` with ``keys`` would
         delete, with how many each (paths as Spark reads them); nothing is written."""
@@ -337,6 +405,7 @@ class Lake:
         rows = flagged.filter(F.col(_ERASE_HIT)).groupBy("_cdp_file").count().collect()
         return {row["_cdp_file"]: int(row["count"]) for row in rows}
 
+    @_about_table
     def expire_history(self, name: str) -> None:
         """Keep only the current version: vacuum every unreferenced data file, write a checkpoint and
         remove the log entries before it.
