@@ -198,3 +198,16 @@ def test_fractional_row_count_bounds_are_compared_exactly(spark, kwargs, rows, p
     (outcome,) = result.outcomes
     assert (outcome.success, outcome.observed_value, outcome.kwargs) == (passes, rows, kwargs)
     assert result.success is passes
+
+
+def test_whole_number_bounds_of_a_fractional_metric_stay_as_written(spark):
+    """GX holds ``max_value: 1`` of a column maximum as 1.0: the same number, kept (conf/quality.yaml's
+    identity_map member_ids check)."""
+    from cdp.expectations.quality import validate_suite
+
+    data = {"suites": {"t": {"checks": [{"view": "table", "expectations": [
+        {"expectation": "expect_column_max_to_be_between", "kwargs": {"column": "v", "max_value": 1}}]}]}}}
+    suite = QualityConfig.from_dict(data, "local").suite("t")
+    for values, passes in (([0.5, 1.0], True), ([1.5], False)):
+        result = validate_suite(suite, spark.createDataFrame([(v,) for v in values], "v double"), table="t")
+        assert (result.outcomes[0].success, result.outcomes[0].note) == (passes, "")

@@ -579,8 +579,8 @@ def exact_expectation(expectation_class: Any, kwargs: Mapping[str, Any]) -> tupl
         if isinstance(wanted, bool) or not isinstance(wanted, (int, float)):
             continue  # absent, or a suite parameter GX resolves itself
         held = getattr(expectation, bound, wanted)
-        if held == wanted and type(held) is type(wanted):
-            continue
+        if held == wanted:
+            continue  # the same number (an int bound held as a float is still exact)
         if not isinstance(held, int) or isinstance(wanted, int) or wanted != wanted:
             raise ValueError(f"{bound}: {wanted!r} would be compared as {held!r}")
         exact[bound] = math.ceil(wanted) if bound == "min_value" else math.floor(wanted)
