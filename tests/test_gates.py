@@ -177,3 +177,37 @@ def test_tag_views_use_supplied_statistics_only_when_they_cover_the_table(spark)
     drift = {r["tag"]: r for r in view_tag_drift(now, {}, {"previous": before, **partial}).collect()}
     assert {t: (r["coverage"], r["previous_coverage"], r["mean"], r["previous_mean"]) for t, r in drift.items()} == {
         "is_vip": (1.0, 1.0, 0.5, 1.0), "spend": (0.5, 1.0, 10.0, 3.0)}
+
+
+@pytest.mark.parametrize(("kwargs", "rows", "passes"), [
+    ({"min_value": 1.5}, 1, False),   # was truncated to 1 and passed
+    ({"min_value": 1.5}, 2, True),
+    ({"max_value": 2.5}, 3, False),
+    ({"max_value": 2.5}, 2, True),
+    ({"min_value": 0.5, "max_value": 1.5}, 1, True),
+    ({"min_value": 1, "max_value": 1}, 1, True),
+])
+def test_fractional_row_count_bounds_are_compared_exactly(spark, kwargs, rows, passes):
+    from cdp.expectations.quality import validate_suite
+
+    data = {"suites": {"t": {"checks": [{"view": "table", "expectations": [
+        {"expectation": "expect_table_row_count_to_be_between", "kwargs": kwargs}]}]}}}
+    suite = QualityConfig.from_dict(data, "local").suite("t")
+    frame = spark.createDataFrame([(f"c{i}",) for i in range(rows)], "customer_id string")
+    result = validate_suite(suite, frame, table="t")
+    (outcome,) = result.outcomes
+    assert (outcome.success, outcome.observed_value, outcome.kwargs) == (passes, rows, kwargs)
+    assert result.success is passes
+
+
+def test_whole_number_bounds_of_a_fractional_metric_stay_as_written(spark):
+    """GX holds ``max_value: 1`` of a column maximum as 1.0: the same number, kept (conf/quality.yaml's
+    identity_map member_ids check)."""
+    from cdp.expectations.quality import validate_suite
+
+    data = {"suites": {"t": {"checks": [{"view": "table", "expectations": [
+        {"expectation": "expect_column_max_to_be_between", "kwargs": {"column": "v", "max_value": 1}}]}]}}}
+    suite = QualityConfig.from_dict(data, "local").suite("t")
+    for values, passes in (([0.5, 1.0], True), ([1.5], False)):
+        result = validate_suite(suite, spark.createDataFrame([(v,) for v in values], "v double"), table="t")
+        assert (result.outcomes[0].success, result.outcomes[0].note) == (passes, "")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
@@ -555,6 +556,43 @@ def columns_needed(check: CheckSpec) -> set[str] | None:
     return needed
 
 
+_BOUNDS = (("min_value", "strict_min"), ("max_value", "strict_max"))
+
+
+def exact_expectation(expectation_class: Any, kwargs: Mapping[str, Any]) -> tuple[Any, str]:
+    """The GX expectation for ``kwargs``, comparing its bounds exactly as written.
+
+    GX declares some bounds as integers (row counts, distinct counts, value lengths) and its model
+    truncates a fractional bound to one: ``min_value: 1.5`` became 1, so an observed 1 passed.
+    Those metrics are whole numbers, so the exact comparison is ``>= ceil(min)`` and ``<= floor(max)``
+    (a fractional bound is never reached, so strictness no longer matters); the expectation is
+    rebuilt with those bounds. A bound GX would change in any other way is refused.
+
+    Returns:
+        the expectation and a note saying how fractional bounds are compared ("" when none were).
+    """
+    expectation = expectation_class(**kwargs)
+    exact = dict(kwargs)
+    notes = []
+    for bound, strict in _BOUNDS:
+        wanted = kwargs.get(bound)
+        if isinstance(wanted, bool) or not isinstance(wanted, (int, float)):
+            continue  # absent, or a suite parameter GX resolves itself
+        held = getattr(expectation, bound, wanted)
+        if held == wanted:
+            continue  # the same number (an int bound held as a float is still exact)
+        if not isinstance(held, int) or isinstance(wanted, int) or wanted != wanted:
+            raise ValueError(f"{bound}: {wanted!r} would be compared as {held!r}")
+        exact[bound] = math.ceil(wanted) if bound == "min_value" else math.floor(wanted)
+        if strict in kwargs or hasattr(expectation, strict):
+            exact[strict] = False
+        notes.append(f"{bound} {wanted:g} compared exactly as {'>=' if bound == 'min_value' else '<='} "
+                     f"{exact[bound]} (whole-number metric)")
+    if not notes:
+        return expectation, ""
+    return expectation_class(**exact), "; ".join(notes)
+
+
 def validate_suite(suite: SuiteSpec, candidate: DataFrame, *, table: str,
                    previous: DataFrame | None = None, inputs: Mapping[str, DataFrame] | None = None,
                    params: Mapping[str, Mapping[str, Any]] | None = None, run_id: str = "") -> SuiteResult:
@@ -617,9 +655,12 @@ def validate_suite(suite: SuiteSpec, candidate: DataFrame, *, table: str,
                                                            note=note, skipped=True))
                         continue
                 try:
-                    gx_suite.add_expectation(get_expectation_impl(spec.expectation)(**kwargs))
+                    expectation, exact_note = exact_expectation(get_expectation_impl(spec.expectation), kwargs)
                 except Exception as exc:  # noqa: BLE001 - bad kwargs are a config error for this key
                     raise ValueError(f"{spec.path}.kwargs: {exc}") from exc
+                gx_suite.add_expectation(expectation)
+                if exact_note:
+                    note = f"{note}; {exact_note}" if note else exact_note
                 planned.append((spec, kwargs, note))
             if planned:
                 id_columns = [c for c in check.id_columns if c in view_df.columns]

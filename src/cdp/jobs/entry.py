@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from cdp.lake import LakeError
 from cdp.runtime.config import ConfigError, JobContext, load_profile, resolve_conf_dir
 from cdp.runtime.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE, JobFailed
 
@@ -132,6 +133,10 @@ def job_main(
         return EXIT_LOCKED
     except JobFailed as exc:
         logger.error("%s", exc)
+        return EXIT_FAILED
+    except LakeError as exc:  # disk full, an unreadable Delta log, a missing table: one line naming it
+        logger.error("cdp %s failed: %s", job, exc)
+        logger.debug("cdp %s failed here:", job, exc_info=True)
         return EXIT_FAILED
     if isinstance(result, int):
         return result

@@ -11,21 +11,30 @@
 3. Delete from every Delta table in the lake, by whichever keys the table has: ``customer_id``;
    ``(source, record_id)``; identifier pairs (``id_type/id_value``, ``a_type/a_value``, ...);
    ``order_id``; bronze tables by the record id their source declares in ``conf/sources.yaml``;
-   ``quarantine`` rows whose raw text contains one of their raw identifiers. Export files under
-   ``<lake>/_exports`` are rewritten without their rows (manifests updated).
-4. Vacuum every touched table with zero retention, so time travel cannot bring them back.
+   ``quarantine`` rows whose raw text contains one of their values. The keys are SHA-256 hashes
+   handed to ``Lake.erase`` as data: no commit ever holds a predicate with the person's values.
+4. Expire every table's history (``Lake.expire_history``): unreferenced data files vacuumed, a
+   checkpoint written and the log entries before it removed, since old commits' predicates and
+   per-file min/max statistics can still hold the person. Export files under ``<lake>/_exports``
+   are rewritten without their rows (manifests updated); text reports under ``<lake>/_reports``
+   have their values replaced by ``[erased]``.
 5. Append their identifiers, hashed, to ``suppression_list`` (list ``erasure``) so a later load does
-   not re-create them, and an audit row without PII to ``privacy_audit``.
+   not re-create them (``cdp land`` drops such records, ``cdp standardize`` too), and an audit row
+   without PII to ``privacy_audit``.
+
+``--dry-run`` prints what would be erased, per table and data file, and the export and report files,
+without writing anything.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 import sys
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +66,11 @@ class Person:
     order_ids: tuple[str, ...]
     raw_values: tuple[str, ...]                # raw identifier strings as they came in (for quarantine)
 
+    @property
+    def search_values(self) -> tuple[str, ...]:
+        """Every spelling known of the person's identifiers: raw as they came in, and normalised."""
+        return tuple(sorted({*self.raw_values, *(value for _, value in self.identifiers)}))
+
 
 @dataclass
 class ForgetResult:
@@ -65,6 +79,9 @@ class ForgetResult:
     rows_deleted: dict[str, int] = field(default_factory=dict)
     vacuumed: list[str] = field(default_factory=list)
     export_files_rewritten: int = 0
+    export_files: list[str] = field(default_factory=list)
+    report_files: list[str] = field(default_factory=list)
+    planned: dict[str, dict[str, int]] = field(default_factory=dict)  # dry run: table -> data file -> rows
 
 
 # -- resolving the person -----------------------------------------------------------------------------
@@ -108,15 +125,9 @@ def resolve_person(lake: Any, *, customer_ids: Sequence[str]) -> Person:
                   raw_values=tuple(sorted(v for v in raw_values if len(v.strip()) >= 5)))
 
 
-# -- predicates ---------------------------------------------------------------------------------------
-def _quote(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _in(column: str, values: Iterable[str]) -> str:
-    return f"`{column}` IN (" + ", ".join(_quote(v) for v in values) + ")"
-
-
+# -- keys ---------------------------------------------------------------------------------------------
+# Rows are matched on SHA-256 hashes supplied as data (``Lake.erase``), never through a SQL predicate:
+# a predicate is stored in the Delta log in clear text, where ``history()`` shows it to every reader.
 def identifier_pairs(columns: Sequence[str]) -> list[tuple[str, str]]:
     """(type column, value column) pairs: id_type/id_value, a_type/a_value, b_type/b_value, ..."""
     pairs = []
@@ -128,69 +139,84 @@ def identifier_pairs(columns: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def erase_predicate(columns: Sequence[str], person: Person) -> str | None:
-    """SQL predicate matching the person's rows in a table with these columns (None: nothing to match)."""
-    parts: list[str] = []
+def hashed_keys(spark: SparkSession, rows: Iterable[Sequence[str]], columns: Sequence[str]) -> DataFrame:
+    """Rows of values -> one frame of their SHA-256 hashes (hex), columns named ``columns``."""
+    data = sorted({tuple(sha256_hex(str(value)) for value in row) for row in rows})
+    return spark.createDataFrame(data, ", ".join(f"`{c}` string" for c in columns))
+
+
+def erase_keys(spark: SparkSession, columns: Sequence[str], person: Person) -> list[DataFrame]:
+    """The hashed keys that find the person's rows in a table with these columns (none: nothing to match).
+
+    By ``customer_id``; ``(source, record_id)``; every ``<x>_type/<x>_value`` pair; ``order_id``.
+    """
+    keys: list[DataFrame] = []
     if "customer_id" in columns and person.customer_ids:
-        parts.append(_in("customer_id", person.customer_ids))
+        keys.append(hashed_keys(spark, [(c,) for c in person.customer_ids], ["customer_id"]))
     if {"source", "record_id"} <= set(columns) and person.records:
-        by_source: dict[str, list[str]] = {}
-        for source, record_id in person.records:
-            by_source.setdefault(source, []).append(record_id)
-        parts += [f"(`source` = {_quote(s)} AND {_in('record_id', ids)})" for s, ids in sorted(by_source.items())]
+        keys.append(hashed_keys(spark, person.records, ["source", "record_id"]))
     for type_col, value_col in identifier_pairs(columns):
-        by_type: dict[str, list[str]] = {}
-        for id_type, value in person.identifiers:
-            by_type.setdefault(id_type, []).append(value)
-        parts += [f"(`{type_col}` = {_quote(t)} AND {_in(value_col, vs)})" for t, vs in sorted(by_type.items())]
+        if person.identifiers:
+            keys.append(hashed_keys(spark, person.identifiers, [type_col, value_col]))
     if "order_id" in columns and person.order_ids:
-        parts.append(_in("order_id", person.order_ids))
-    return " OR ".join(parts) if parts else None
+        keys.append(hashed_keys(spark, [(o,) for o in person.order_ids], ["order_id"]))
+    return keys
 
 
-# -- erasing -------------------------------------------------------------------------------------------
-def _erase_bronze(spark: SparkSession, lake: Any, ctx: JobContext, person: Person, result: ForgetResult) -> set[str]:
-    """Bronze tables keep raw fields only: match records by the source's declared record id."""
+def _row_keys(rows: DataFrame, columns: Sequence[str]) -> DataFrame:
+    """Hashed key frame of ``rows`` on ``columns`` (the rows' own values, computed in Spark)."""
+    return rows.select(*[F.sha2(F.col(f"`{c}`").cast("string"), 256).alias(c) for c in columns]).distinct()
+
+
+BRONZE_ROW = ("_load_id", "_source_file", "_line")
+
+
+def bronze_keys(spark: SparkSession, lake: Any, ctx: JobContext, person: Person) -> dict[str, list[DataFrame]]:
+    """Bronze tables keep raw fields only: the person's rows are those with one of their record ids
+    (the source's ``record_id`` in conf/sources.yaml), keyed by their load, file and line."""
     path = ctx.conf_path("sources.yaml")
     if not path.exists():
-        return set()
+        return {}
     from cdp.sources import SourcesConfig, record_id_column
 
     sources = parse_file(path, SourcesConfig.from_dict)
-    handled: set[str] = set()
+    keys: dict[str, list[DataFrame]] = {}
     for source in sources.sources.values():
         table = source.bronze_table
         if not lake.exists(table):
             continue
-        handled.add(table)
-        record_ids = [rid for s, rid in person.records if s == source.name]
+        record_ids = sorted({rid for s, rid in person.records if s == source.name})
+        keys[table] = []
         if not record_ids:
             continue
-        bronze = lake.read(table)
-        hit = F.coalesce(record_id_column(source).isin(*record_ids), F.lit(False))
-        n = bronze.filter(hit).count()
-        if n:
-            kept = bronze.filter(~hit)
-            lake.write(kept, table, mode="overwrite",
-                       metadata={"run_id": ctx.run_id, "operation_reason": "erasure", "request_id": result.request_id})
-            result.rows_deleted[table] = n
-    return handled
+        wanted = spark.createDataFrame([(rid,) for rid in record_ids], "_cdp_record_id string")
+        doomed = (lake.read(table).withColumn("_cdp_record_id", record_id_column(source))
+                  .join(F.broadcast(wanted), on="_cdp_record_id", how="left_semi"))
+        keys[table].append(_row_keys(doomed, BRONZE_ROW))
+    return keys
 
 
-def _erase_quarantine(lake: Any, person: Person, result: ForgetResult, metadata: dict[str, Any]) -> None:
-    if not lake.exists("quarantine") or not person.raw_values:
-        return
-    if "raw" not in lake.read("quarantine").columns:
-        return
-    condition = " OR ".join(f"`raw` LIKE {_quote('%' + v + '%')}" for v in person.raw_values)
-    n = lake.read("quarantine").filter(F.expr(condition)).count()
-    if n:
-        lake.delete("quarantine", condition, metadata=metadata)
-        result.rows_deleted["quarantine"] = n
+def quarantine_keys(spark: SparkSession, lake: Any, person: Person) -> list[DataFrame]:
+    """Quarantined lines whose raw text holds one of the person's values (case-insensitive), keyed by
+    their raw text; the values are matched as data in Spark, never written into a predicate."""
+    if not lake.exists("quarantine"):
+        return []
+    quarantine = lake.read("quarantine")
+    values = sorted({v.strip().lower() for v in person.search_values if len(v.strip()) >= 5})
+    if "raw" not in quarantine.columns or not values:
+        return []
+    needles = spark.createDataFrame([(v,) for v in values], "_cdp_value string")
+    doomed = quarantine.join(F.broadcast(needles), F.lower(F.col("raw")).contains(F.col("_cdp_value")),
+                             how="left_semi")
+    return [_row_keys(doomed, ["raw"])]
 
 
-def _rewrite_exports(lake: Any, person: Person) -> int:
-    """Drop the person's rows from export files (hashed or clear identifiers); update manifests."""
+
+def _rewrite_exports(lake: Any, person: Person, *, dry_run: bool = False) -> list[str]:
+    """Drop the person's rows from export files (hashed or clear identifiers); update manifests.
+
+    Returns the files (relative to the lake root) that held the person's rows.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
@@ -203,10 +229,10 @@ def _rewrite_exports(lake: Any, person: Person) -> int:
     filesystem, base = _filesystem(lake.root)
     root = f"{base}/{EXPORTS_DIR}"
     if filesystem.get_file_info(root).type == pafs.FileType.NotFound:
-        return 0
-    values = {v for _, v in person.identifiers}
+        return []
+    values = {v for _, v in person.identifiers} | set(person.customer_ids)
     values |= {sha256_hex(v) for _, v in person.identifiers}
-    rewritten = 0
+    rewritten: list[str] = []
     for info in filesystem.get_file_info(pafs.FileSelector(root, recursive=True)):
         name = info.path.rsplit("/", 1)[-1]
         if info.type != pafs.FileType.File or name == "manifest.json":
@@ -231,6 +257,9 @@ def _rewrite_exports(lake: Any, person: Person) -> int:
             mask = hit if mask is None else pc.or_(mask, hit)
         if mask is None or not pc.any(mask).as_py():
             continue
+        rewritten.append(info.path[len(base) + 1:])
+        if dry_run:
+            continue
         kept = table.filter(pc.invert(mask))
         with filesystem.open_output_stream(info.path) as out:
             if ext == "csv":
@@ -240,7 +269,6 @@ def _rewrite_exports(lake: Any, person: Person) -> int:
             else:
                 for row in kept.to_pylist():
                     out.write((json.dumps({k: v for k, v in row.items() if v is not None}) + "\n").encode())
-        rewritten += 1
         _update_manifest(filesystem, info.path, kept.num_rows)
     return rewritten
 
@@ -296,9 +324,69 @@ def suppression_rows(spark: SparkSession, person: Person, extra: Sequence[tuple[
     return spark.createDataFrame(rows, SUPPRESSION_SCHEMA)
 
 
+REPORTS_DIR = "_reports"
+ERASED_MARK = "[erased]"
+_TEXT_SUFFIXES = (".html", ".json", ".csv", ".txt", ".md", ".jsonl")
+
+
+def _redact_reports(lake: Any, person: Person, *, dry_run: bool = False) -> list[str]:
+    """Replace the person's values in the text files under ``<lake>/_reports`` (run and gate reports
+    quote sample rows); returns the files (relative to the lake root) that held any."""
+    from pyarrow import fs as pafs
+
+    from cdp.jobs.export import _filesystem
+
+    filesystem, base = _filesystem(lake.root)
+    root = f"{base}/{REPORTS_DIR}"
+    if filesystem.get_file_info(root).type == pafs.FileType.NotFound:
+        return []
+    values = sorted({v for v in (*person.search_values, *person.customer_ids) if len(v.strip()) >= 5},
+                    key=len, reverse=True)  # longest first: a value inside another goes after it
+    if not values:
+        return []
+    pattern = re.compile("|".join(re.escape(v) for v in values), re.IGNORECASE)
+    touched = []
+    for info in filesystem.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if info.type != pafs.FileType.File or not info.path.endswith(_TEXT_SUFFIXES):
+            continue
+        with filesystem.open_input_stream(info.path) as stream:
+            text = stream.read().decode("utf-8", errors="surrogateescape")
+        redacted, hits = pattern.subn(ERASED_MARK, text)
+        if not hits:
+            continue
+        touched.append(info.path[len(base) + 1:])
+        if not dry_run:
+            with filesystem.open_output_stream(info.path) as out:
+                out.write(redacted.encode("utf-8", errors="surrogateescape"))
+    return touched
+
+
+def erasure_plan(spark: SparkSession, lake: Any, ctx: JobContext, person: Person) -> dict[str, list[DataFrame]]:
+    """Table -> the hashed key frames that find the person's rows in it (tables without any left out)."""
+    plan: dict[str, list[DataFrame]] = {}
+    bronze = bronze_keys(spark, lake, ctx, person)
+    for table in lake_tables(lake, ctx):
+        if table in SKIP_TABLES:
+            continue
+        if table in bronze:
+            keys = bronze[table]
+        elif table == "quarantine":
+            keys = quarantine_keys(spark, lake, person)
+        else:
+            keys = erase_keys(spark, lake.read(table).columns, person)
+        if keys:
+            plan[table] = keys
+    return plan
+
+
 def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, identifier: str | None = None,
-        customer_id: str | None = None, request_id: str | None = None) -> ForgetResult:
-    """Erase the person designated by ``identifier`` (``TYPE=VALUE``) or ``customer_id``."""
+        customer_id: str | None = None, request_id: str | None = None, dry_run: bool = False) -> ForgetResult:
+    """Erase the person designated by ``identifier`` (``TYPE=VALUE``) or ``customer_id``.
+
+    With ``dry_run`` nothing is written: ``result.planned`` holds, per table, the data files that hold
+    the person's rows and how many, and ``result.export_files`` / ``result.report_files`` the files
+    that would be rewritten.
+    """
     from cdp.lake import Lake
 
     lake = lake or Lake(spark, ctx.lake_root)
@@ -314,8 +402,10 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, identifier: s
         value = normalise_identifier(ctx, id_type.strip(), raw)
         extra.append((id_type.strip(), value))
         if lake.exists("identity_map"):
-            matches = lake.read("identity_map").filter((F.col("id_type") == id_type.strip())
-                                                       & (F.col("id_value") == value)).collect()
+            matches = lake.read("identity_map").join(
+                hashed_keys(spark, [(id_type.strip(), value)], ["_t", "_v"]),
+                (F.sha2(F.col("id_type"), 256) == F.col("_t")) & (F.sha2(F.col("id_value"), 256) == F.col("_v")),
+                how="left_semi").collect()
             if any(r["is_shared"] for r in matches):
                 raise JobFailed(f"{id_type}=<given value> is a shared identifier (several people); "
                                 "erase by --customer-id instead")
@@ -326,30 +416,36 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, identifier: s
         person = resolve_person(lake, customer_ids=customers)
     else:
         person = Person(customer_ids=tuple(customers), identifiers=(), records=(), order_ids=(), raw_values=())
+    if extra:
+        person = replace(person, raw_values=tuple(sorted({*person.raw_values, raw.strip()})))
     if not customers:
         logger.warning("%s: no customer found for the identifier; suppressing it so it is never loaded",
                        request_id)
     result = ForgetResult(request_id=request_id, person=person)
     metadata = {"run_id": ctx.run_id, "operation_reason": "erasure", "request_id": request_id}
 
-    bronze = _erase_bronze(spark, lake, ctx, person, result)
+    plan = erasure_plan(spark, lake, ctx, person)
+    if dry_run:
+        for table, keys in plan.items():
+            files = lake.matching_files(table, keys)
+            if files:
+                result.planned[table] = files
+        result.export_files = _rewrite_exports(lake, person, dry_run=True)
+        result.report_files = _redact_reports(lake, person, dry_run=True)
+        return result
+    for table, keys in plan.items():
+        deleted = lake.erase(table, keys, metadata=metadata)
+        if deleted:
+            result.rows_deleted[table] = deleted
+    # Every table that may ever have held the person loses its history, touched now or not: older
+    # versions (and their log entries' statistics) still hold the person wherever they once were.
     for table in lake_tables(lake, ctx):
-        if table in SKIP_TABLES or table in bronze or table == "quarantine":
-            continue
-        frame = lake.read(table)
-        predicate = erase_predicate(frame.columns, person)
-        if predicate is None:
-            continue
-        # count first (Spark SQL, same predicate): no empty commits, and exact counts for the audit
-        n = frame.filter(F.expr(predicate)).count()
-        if n:
-            lake.delete(table, predicate, metadata=metadata)
-            result.rows_deleted[table] = n
-    _erase_quarantine(lake, person, result, metadata)
-    for table in sorted(result.rows_deleted):
-        lake.vacuum(table, retention_hours=0)
-        result.vacuumed.append(table)
-    result.export_files_rewritten = _rewrite_exports(lake, person)
+        if table not in SKIP_TABLES:
+            lake.expire_history(table)
+            result.vacuumed.append(table)
+    result.export_files = _rewrite_exports(lake, person)
+    result.export_files_rewritten = len(result.export_files)
+    result.report_files = _redact_reports(lake, person)
 
     suppression = suppression_rows(spark, person, extra, request_id)
     if suppression.count():
@@ -359,10 +455,26 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, identifier: s
         len(set(person.identifiers) | set(extra)), len(person.records), dict(result.rows_deleted),
         list(result.vacuumed), result.export_files_rewritten, ctx.run_id)], AUDIT_SCHEMA)
     lake.write(audit, AUDIT_TABLE, mode="append", metadata=metadata)
-    logger.info("%s: erased %d customer(s), %d identifiers, %d records; rows deleted %s; vacuumed %d tables; "
-                "%d export files rewritten", request_id, len(person.customer_ids), len(person.identifiers),
-                len(person.records), result.rows_deleted, len(result.vacuumed), result.export_files_rewritten)
+    logger.info("%s: erased %d customer(s), %d identifiers, %d records; rows deleted %s; history expired in %d "
+                "tables; %d export files rewritten, %d report files redacted", request_id,
+                len(person.customer_ids), len(person.identifiers), len(person.records), result.rows_deleted,
+                len(result.vacuumed), result.export_files_rewritten, len(result.report_files))
     return result
+
+
+def format_plan(result: ForgetResult) -> str:
+    """What a dry run found: per table its data files and rows, then export and report files."""
+    lines = [f"cdp forget --dry-run ({result.request_id}): {len(result.person.customer_ids)} customer(s), "
+             f"{len(result.person.identifiers)} identifiers, {len(result.person.records)} records; nothing erased"]
+    for table in sorted(result.planned):
+        files = result.planned[table]
+        lines.append(f"  table {table}: {sum(files.values())} rows in {len(files)} files")
+        lines += [f"    {path}: {rows} rows" for path, rows in sorted(files.items())]
+    lines += [f"  export file {path}" for path in result.export_files]
+    lines += [f"  report file {path}" for path in result.report_files]
+    if len(lines) == 1:
+        lines.append("  nothing found")
+    return "\n".join(lines) + "\n"
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -370,10 +482,16 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     who.add_argument("--identifier", help="TYPE=VALUE, e.g. email=jane@example.com or phone=+8613800138000")
     who.add_argument("--customer-id", help="the customer id to erase")
     parser.add_argument("--request-id", help="reference of the erasure request (default: generated)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would be erased, per table and file, and erase nothing")
 
 
 def _run_from_args(spark: SparkSession, ctx: JobContext, args: argparse.Namespace) -> int:
-    result = run(spark, ctx, identifier=args.identifier, customer_id=args.customer_id, request_id=args.request_id)
+    result = run(spark, ctx, identifier=args.identifier, customer_id=args.customer_id, request_id=args.request_id,
+                 dry_run=args.dry_run)
+    if args.dry_run:
+        sys.stdout.write(format_plan(result))
+        return 0
     logger.info("erasure %s done: %d tables touched", result.request_id, len(result.rows_deleted))
     return 0
 

@@ -8,8 +8,9 @@ keeps line numbers and decodes with the source's encoding) and parsed by Spark (
 lines). Good records go to
 ``bronze_<source>`` with every field as its raw string; the others go to ``quarantine`` with the
 file, line, raw text and a reason naming the field. Every raw record ends up in exactly one of the
-two: ``raw = bronze + quarantine`` is checked per file against the rows the tables hold for the load
-(counted back from bronze and quarantine, not from what the job meant to write), and reported.
+two, or is dropped because it carries an identifier of a forgotten person (``suppression_list``):
+``raw = bronze + quarantine + suppressed`` is checked per file against the rows the tables hold for
+the load (counted back from bronze and quarantine, not from what the job meant to write), and reported.
 
 A load is identified by its content: ``load_id`` is ``<source>-<16 hex of the SHA-256 over the sorted
 SHA-256s of its files>``, never a counter a re-run could reuse for other files; the bronze commit
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 LOAD_LOG = "load_log"
 QUARANTINE = "quarantine"
+SUPPRESSION_LIST = "suppression_list"
 LINES_SCHEMA = T.StructType([
     T.StructField("_source_file", T.StringType()),
     T.StructField("_line", T.LongType()),
@@ -82,6 +84,7 @@ LOAD_LOG_SCHEMA = T.StructType([
     T.StructField("quarantined_rows", T.LongType()),
     T.StructField("loaded_at", T.TimestampType()),
     T.StructField("run_id", T.StringType()),
+    T.StructField("suppressed_rows", T.LongType()),
 ])
 _BATCH_LINES = 20_000
 MAX_RECORD_LINES = 100  # a quoted CSV field may span this many lines at most
@@ -108,6 +111,7 @@ class SourceLoad:
     raw_records: int = 0
     bronze_rows: int = 0
     quarantined_rows: int = 0
+    suppressed_rows: int = 0  # records carrying a forgotten identifier: dropped, never written
 
 
 @dataclass
@@ -125,6 +129,10 @@ class LandResult:
     @property
     def quarantined_rows(self) -> int:
         return sum(load.quarantined_rows for load in self.loads.values())
+
+    @property
+    def suppressed_rows(self) -> int:
+        return sum(load.suppressed_rows for load in self.loads.values())
 
 
 def load_sources(ctx: JobContext) -> tuple[Path, SourcesConfig]:
@@ -336,6 +344,32 @@ def _loaded_fingerprints(lake: Any, source: str) -> tuple[set[str], int]:
     return {row["sha256"] for row in rows}, max((row["seq"] for row in rows), default=0)
 
 
+def _suppression(lake: Any) -> DataFrame | None:
+    """The erasure suppression list, or None when nobody was ever forgotten."""
+    from cdp.privacy import ERASURE_LIST
+
+    if not lake.exists(SUPPRESSION_LIST):
+        return None
+    suppression = lake.read(SUPPRESSION_LIST).filter(F.col("list") == ERASURE_LIST)
+    return suppression if suppression.limit(1).count() else None
+
+
+def drop_forgotten(parsed: DataFrame, source: SourceSpec, suppression: DataFrame,
+                   identity_file: Path) -> tuple[DataFrame, int]:
+    """Parsed records without those carrying a forgotten identifier, normalised as ``cdp standardize``
+    normalises them (the type's normaliser in conf/identity.yaml), and how many were dropped."""
+    from cdp.jobs.standardize import load_normalizers, normalize_identifiers  # standardize imports land
+    from cdp.privacy import drop_suppressed_records
+    from cdp.sources import map_identifiers, record_id_column
+
+    if not source.identifiers:
+        return parsed, 0
+    keyed = (parsed.withColumn("source", F.lit(source.name)).withColumn("record_id", record_id_column(source))
+             .withColumn("observed_at", F.lit(None).cast("timestamp")))
+    identifiers = normalize_identifiers(map_identifiers(keyed, source), load_normalizers(identity_file))
+    return drop_suppressed_records(parsed, identifiers, suppression, keys=["_source_file", "_line"])
+
+
 def load_id_of(source: str, files: list[RawFile]) -> str:
     """The load's identity: its source and the set of its files' contents (order and names aside)."""
     digest = hashlib.sha256("\n".join(sorted(f.sha256 for f in files)).encode("ascii")).hexdigest()
@@ -353,6 +387,7 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: Pa
     files = discover_files(source, raw_root, conf_file)
     result.files_found = len(files)
     loaded, last_seq = _loaded_fingerprints(lake, source.name)
+    suppression = _suppression(lake)
     new_files: list[RawFile] = []
     seen: set[str] = set()
     for raw_file in files:
@@ -375,6 +410,16 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: Pa
               .persist(StorageLevel.MEMORY_AND_DISK))
     try:
         raw_per_file = _rows_per_file(parsed, "_source_file")
+        suppressed_per_file: dict[str, int] = {}
+        if suppression is not None:
+            kept, dropped = drop_forgotten(parsed, source, suppression, conf_file.parent / "identity.yaml")
+            if dropped:
+                kept = kept.persist(StorageLevel.MEMORY_AND_DISK)
+                kept_per_file = _rows_per_file(kept, "_source_file")
+                suppressed_per_file = {name: raw - kept_per_file.get(name, 0) for name, raw in raw_per_file.items()}
+                parsed.unpersist()
+                parsed = kept
+                logger.info("%s: %d records carry a forgotten identifier: dropped", source.name, dropped)
         meant_quarantined = parsed.filter(F.col("_reason").isNotNull()).limit(1).count()
         metadata = {"run_id": run_id, "load_id": load_id, "files": len(new_files)}
         bronze = parsed.filter(F.col("_reason").isNull()).select(*bronze_schema(source).fieldNames())
@@ -399,24 +444,28 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: Pa
         lake.read(QUARANTINE).filter((F.col("stage") == "land") & (F.col("load_id") == load_id)), "file")
         if lake.exists(QUARANTINE) else {})
     unbalanced = [f"{f.relpath}: raw {raw_per_file.get(f.relpath, 0)} != bronze {bronze_per_file.get(f.relpath, 0)}"
-                  f" + quarantine {quarantined_per_file.get(f.relpath, 0)}" for f in new_files
+                  f" + quarantine {quarantined_per_file.get(f.relpath, 0)}"
+                  f" + suppressed {suppressed_per_file.get(f.relpath, 0)}" for f in new_files
                   if raw_per_file.get(f.relpath, 0) != bronze_per_file.get(f.relpath, 0)
-                  + quarantined_per_file.get(f.relpath, 0)]
+                  + quarantined_per_file.get(f.relpath, 0) + suppressed_per_file.get(f.relpath, 0)]
     if unbalanced:
         raise JobFailed(f"{source.name}: load {load_id} does not balance, load log not written: "
                         + "; ".join(unbalanced))
     result.raw_records = sum(raw_per_file.values())
     result.bronze_rows = sum(bronze_per_file.values())
     result.quarantined_rows = sum(quarantined_per_file.values())
+    result.suppressed_rows = sum(suppressed_per_file.values())
     log_rows = [(source.name, load_id, seq, f.relpath, f.path, f.size, f.mtime.replace(tzinfo=None), f.sha256,
                  raw_per_file.get(f.relpath, 0), bronze_per_file.get(f.relpath, 0),
-                 quarantined_per_file.get(f.relpath, 0), now, run_id) for f in new_files]
-    lake.write(spark.createDataFrame(log_rows, LOAD_LOG_SCHEMA), LOAD_LOG, "append",
+                 quarantined_per_file.get(f.relpath, 0), now, run_id, suppressed_per_file.get(f.relpath, 0))
+                for f in new_files]
+    # evolve_schema: load logs written before suppressed_rows existed gain the column
+    lake.write(spark.createDataFrame(log_rows, LOAD_LOG_SCHEMA), LOAD_LOG, "append", evolve_schema=True,
                metadata={"run_id": run_id, "load_id": load_id})
     result.files_loaded = len(new_files)
-    logger.info("%s: load %s: %d files, raw %d = bronze %d + quarantine %d (%d files skipped)",
+    logger.info("%s: load %s: %d files, raw %d = bronze %d + quarantine %d + suppressed %d (%d files skipped)",
                 source.name, load_id, len(new_files), result.raw_records, result.bronze_rows,
-                result.quarantined_rows, result.files_skipped)
+                result.quarantined_rows, result.suppressed_rows, result.files_skipped)
     return result
 
 
@@ -437,8 +486,8 @@ def run(spark: SparkSession, ctx: JobContext, *, raw: str, sources: list[str] | 
     result = LandResult()
     for source in selected:
         result.loads[source.name] = land_source(spark, lake, source, raw_root, conf_file, ctx.run_id)
-    logger.info("landed: raw %d = bronze %d + quarantine %d", result.raw_records, result.bronze_rows,
-                result.quarantined_rows)
+    logger.info("landed: raw %d = bronze %d + quarantine %d + suppressed %d", result.raw_records,
+                result.bronze_rows, result.quarantined_rows, result.suppressed_rows)
     return result
 
 
@@ -450,12 +499,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_from_args(spark: SparkSession, ctx: JobContext, args: argparse.Namespace) -> int:
     result = run(spark, ctx, raw=args.raw, sources=args.sources)
-    logger.info("%-18s %6s %7s %10s %10s %10s", "source", "files", "skipped", "raw", "bronze", "quarantine")
+    logger.info("%-18s %6s %7s %10s %10s %10s %10s", "source", "files", "skipped", "raw", "bronze", "quarantine",
+                "suppressed")
     for load in result.loads.values():
-        logger.info("%-18s %6d %7d %10d %10d %10d", load.source, load.files_loaded, load.files_skipped,
-                    load.raw_records, load.bronze_rows, load.quarantined_rows)
-    logger.info("%-18s %6s %7s %10d %10d %10d", "total", "", "", result.raw_records, result.bronze_rows,
-                result.quarantined_rows)
+        logger.info("%-18s %6d %7d %10d %10d %10d %10d", load.source, load.files_loaded, load.files_skipped,
+                    load.raw_records, load.bronze_rows, load.quarantined_rows, load.suppressed_rows)
+    logger.info("%-18s %6s %7s %10d %10d %10d %10d", "total", "", "", result.raw_records, result.bronze_rows,
+                result.quarantined_rows, result.suppressed_rows)
     return 0
 
 

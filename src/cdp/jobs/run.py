@@ -36,7 +36,7 @@ from types import ModuleType
 from typing import Any
 
 from cdp.jobs.entry import JobFailed
-from cdp.lake import COMMITS_TABLE, step_scope
+from cdp.lake import COMMITS_TABLE, LakeError, step_scope
 from cdp.lake.inventory import list_tables, table_rows, table_versions  # noqa: F401 - list_tables: public here too
 from cdp.lake.paths import delta_rs_uri, is_local
 from cdp.runtime.config import ConfigError, JobContext
@@ -348,8 +348,12 @@ def _runs_schema():
 def _record_rows(spark: Any, lake: Any, records: Sequence[StepRecord]) -> None:
     rows = [(r.run_id, r.step, r.status, r.detail, r.rows_in, r.rows_out, r.started_at, float(r.seconds),
              dict(r.versions), r.error) for r in records]
-    lake.write(spark.createDataFrame(rows, _runs_schema()), RUNS_TABLE, "append",
-               metadata={"run_id": records[0].run_id, "job": "run"})
+    try:
+        lake.write(spark.createDataFrame(rows, _runs_schema()), RUNS_TABLE, "append",
+                   metadata={"run_id": records[0].run_id, "job": "run"})
+    except LakeError as exc:  # a full disk fails the record too: say so in one line, the run still ends
+        logger.error("run %s: step %s could not be recorded: %s", records[0].run_id, records[0].step, exc)
+        logger.debug("recording failed here:", exc_info=True)
 
 
 def _fmt(value: int | None) -> str:
@@ -377,9 +381,12 @@ def _execute_step(spark: Any, ctx: JobContext, lake: Any, step: Step, planned: P
             logger.info("step %s train: skipped, %s", position, why)
             return record
         record.detail = f"{step.does} (due: {why})"
-    before = table_versions(lake)
-    inputs = _matching(step.inputs, list(before))
-    record.rows_in = sum(table_rows(lake, name) for name in inputs) if inputs else None
+    try:
+        before = table_versions(lake)
+        inputs = _matching(step.inputs, list(before))
+        record.rows_in = sum(table_rows(lake, name) for name in inputs) if inputs else None
+    except LakeError as exc:  # an unreadable table: the step cannot start
+        return _failed(record, position, exc, clock)
     logger.info("step %s %s: %s; reads %s (%s rows)", position, step.name, record.detail,
                 ", ".join(inputs) or "no tables", _fmt(record.rows_in))
     result = None
@@ -391,14 +398,21 @@ def _execute_step(spark: Any, ctx: JobContext, lake: Any, step: Step, planned: P
         record.detail = str(exc)
         record.error = str(exc) if planned.explicit else None
         (logger.error if planned.explicit else logger.warning)("step %s %s: %s", position, step.name, exc)
-    except (JobFailed, ConfigError) as exc:
+    except (JobFailed, ConfigError, LakeError) as exc:
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
         logger.error("step %s %s failed: %s", position, step.name, exc)
-    except Exception as exc:  # noqa: BLE001 - any crash marks the run failed; the trace goes to the log
+        logger.debug("step %s failed here:", step.name, exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - any crash marks the run failed; the trace goes to the runs row
         record.status = "failed"
         record.error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
-        logger.exception("step %s %s crashed", position, step.name)
-    after = table_versions(lake)
+        logger.error("step %s %s crashed: %s: %s (the traceback is in the runs table; --verbose logs it)",
+                     position, step.name, type(exc).__name__, _first_line(exc))
+        logger.debug("step %s crashed here:", step.name, exc_info=True)
+    try:
+        after = table_versions(lake)
+    except LakeError as exc:
+        logger.debug("table versions after %s unreadable: %s", step.name, exc)
+        after = before
     # _staging_* tables are write-audit-publish scratch space, not results
     record.versions = {name: v for name, v in after.items()
                        if before.get(name) != v and name not in (RUNS_TABLE, COMMITS_TABLE) and not name.startswith("_")}
@@ -431,6 +445,20 @@ def check_configuration(ctx: JobContext) -> None:
     if not report.ok:
         raise ConfigError(f"configuration {ctx.conf_dir}: {len(report.problems)} problem(s):\n  "
                           + "\n  ".join(report.problems))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _failed(record: StepRecord, position: str, exc: Exception, clock: float) -> StepRecord:
+    """The step failed on an error a person can act on: one line naming the step (and the table)."""
+    record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+    record.seconds = time.perf_counter() - clock
+    logger.error("step %s %s failed: %s", position, record.step, exc)
+    logger.debug("step %s failed here:", record.step, exc_info=True)
+    return record
 
 
 def run(spark: Any, ctx: JobContext, *, from_step: str | None = None, to_step: str | None = None,
@@ -570,8 +598,9 @@ def _render_report(spark: Any, ctx: JobContext, lake: Any) -> str | None:
         from cdp.jobs import report
 
         return str(report.run(spark, ctx, lake=lake, run_id=ctx.run_id))
-    except Exception:  # noqa: BLE001
-        logger.exception("run %s: the run report could not be rendered", ctx.run_id)
+    except Exception as exc:  # noqa: BLE001
+        logger.error("run %s: the run report could not be rendered: %s", ctx.run_id, _first_line(exc))
+        logger.debug("the report failed here:", exc_info=True)
         return None
 
 

@@ -26,6 +26,9 @@ kill runs at exact points.
 """
 from __future__ import annotations
 
+import errno
+import functools
+import inspect
 import json
 import logging
 import os
@@ -124,6 +127,57 @@ class SchemaMismatch(LakeError):
 
 class UnsupportedTable(LakeError):
     """The table uses Delta features the embedded backend cannot read (deletion vectors, column mapping)."""
+
+
+class DiskFull(LakeError):
+    """The lake's storage ran out of space while writing a table."""
+
+
+class CorruptTable(LakeError):
+    """The table's Delta log cannot be read (a truncated or damaged commit or checkpoint file)."""
+
+
+_NO_SPACE = "No space left on device"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _translate(exc: Exception, name: str, uri: str) -> LakeError | None:
+    """A one-line error naming the table, for failures a person can act on; None for the others."""
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or _NO_SPACE in str(exc):
+        return DiskFull(f"table {name}: disk full while writing {uri} ({_NO_SPACE}); free space or move "
+                        "the lake, then run again (the table keeps its last committed version)")
+    try:
+        from deltalake.exceptions import DeltaError
+    except ImportError:  # pragma: no cover - deltalake is a dependency
+        DeltaError = ()  # noqa: N806
+    if isinstance(exc, (DeltaError, json.JSONDecodeError)) or "DELTA_LOG_FILE_NOT_FOUND" in str(exc) \
+            or "DELTA_STATE_RECOVER_ERROR" in str(exc):
+        return CorruptTable(f"table {name}: its Delta log at {uri}/_delta_log cannot be read "
+                            f"({_first_line(exc)}); restore the damaged log file (or the table) from a backup")
+    return None
+
+
+def _about_table(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Re-raise disk-full and unreadable-log failures of a Lake method as one-line errors naming the table."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def call(self: Lake, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except LakeError:
+            raise
+        except Exception as exc:
+            name = str(signature.bind(self, *args, **kwargs).arguments.get("name", "?"))
+            translated = _translate(exc, name, f"{self.root}/{name}")
+            if translated is None:
+                raise
+            raise translated from exc
+    return call
 
 
 @dataclass(frozen=True)
@@ -228,6 +282,7 @@ class Lake:
             raise LakeError(f"invalid table name {name!r}: use letters, digits and underscores")
         return f"{self.root}/{name}"
 
+    @_about_table
     def exists(self, name: str) -> bool:
         """True when the table exists and a committed step (or this process) wrote it."""
         return self._impl.exists(self.uri(name)) and self._visible(name)[0]
@@ -240,6 +295,7 @@ class Lake:
                       if os.path.isdir(os.path.join(self.root, entry, "_delta_log")) and self._visible(entry)[0])
 
     # -- reads --------------------------------------------------------------------------------
+    @_about_table
     def read(self, name: str, version: int | None = None) -> DataFrame:
         """The table as of ``version`` (default: the committed version). Raises :class:`TableNotFound`."""
         uri = self.uri(name)
@@ -249,12 +305,14 @@ class Lake:
             version = self._readable_version(name)
         return self._impl.read(uri, version)
 
+    @_about_table
     def version(self, name: str) -> int:
         """The committed version (this process's own latest write, if any)."""
         uri = self._existing(name)
         visible = self._readable_version(name)
         return visible if visible is not None else self._impl.version(uri)
 
+    @_about_table
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits newest first, up to the committed version: version, timestamp, operation and the
         custom metadata of each."""
@@ -265,6 +323,7 @@ class Lake:
         entries = [e for e in self._impl.history(uri, None) if int(e["version"]) <= visible]
         return entries[:limit] if limit else entries
 
+    @_about_table
     def app_version(self, name: str, app_id: str) -> int | None:
         """The last ``app_version`` committed for ``app_id`` (Delta app transactions), if any."""
         uri = self.uri(name)
@@ -390,6 +449,7 @@ class Lake:
         crash_point("after", name)
 
     # -- writes -------------------------------------------------------------------------------
+    @_about_table
     def write(self, df: DataFrame, name: str, mode: WriteMode = "append", *,
               partition_by: Sequence[str] | None = None,
               replace_where: Mapping[str, Any] | None = None,
@@ -432,6 +492,7 @@ class Lake:
         self._wrote(name, version)
         return version
 
+    @_about_table
     def copy_overwrite(self, source: str, name: str, *, metadata: Mapping[str, Any] | None = None) -> int:
         """Replace table ``name`` with the current contents of table ``source``: one overwrite commit,
         the same as ``write(read(source), name, mode="overwrite")``.
@@ -447,6 +508,7 @@ class Lake:
         self._wrote(name, version)
         return version
 
+    @_about_table
     def write_arrow(self, source: DataFrame, name: str, batches: ArrowBatches, schema: T.StructType,
                     mode: WriteMode = "append", *, metadata: Mapping[str, Any] | None = None) -> int:
         """Write the rows of ``source.mapInArrow(batches, schema)`` as one commit of the unpartitioned
@@ -467,11 +529,13 @@ class Lake:
         self._wrote(name, version)
         return version
 
+    @_about_table
     def arrow_scan(self, name: str, columns: Sequence[str], version: int | None = None) -> ArrowScan:
         """The table's ``columns`` as Arrow record batches inside Spark tasks: see :class:`ArrowScan`."""
         uri = self._existing(name)
         return self._impl.arrow_scan(uri, tuple(columns), self._readable_version(name) if version is None else version)
 
+    @_about_table
     def merge(self, df: DataFrame, name: str, keys: Sequence[str], *, delete_unmatched: bool = False,
               metadata: Mapping[str, Any] | None = None) -> MergeResult:
         """Upsert ``df`` into the table on ``keys``; creates the table when it does not exist.
@@ -496,6 +560,7 @@ class Lake:
         self._wrote(name, self._impl.version(uri))
         return result
 
+    @_about_table
     def delete(self, name: str, condition: str, *, metadata: Mapping[str, Any] | None = None) -> int:
         """Delete the rows matching a SQL predicate over the table's columns; returns how many."""
         uri = self._existing(name)
@@ -505,12 +570,60 @@ class Lake:
         self._wrote(name, self._impl.version(uri))
         return deleted
 
+    @_about_table
     def vacuum(self, name: str, retention_hours: int = 0) -> list[str]:
         """Remove files no longer referenced by the last ``retention_hours`` of versions.
 
         With 0, older versions can no longer be read: use it to make erasure final.
         """
         return self._impl.vacuum(self._existing(name), retention_hours)
+
+    @_about_table
+    def erase(self, name: str, keys: Sequence[DataFrame], *, metadata: Mapping[str, Any] | None = None) -> int:
+        """Delete the rows that match any of ``keys``, matched on hashes so no value reaches the log.
+
+        Each frame of ``keys`` names table columns and holds, per row, the lower-case hex SHA-256 of
+        those columns' values cast to string (Spark's ``sha2(CAST(col AS STRING), 256)``): a table row
+        is deleted when every column's hash equals one row of one frame (nulls never match). The keys
+        travel as data, never as a predicate: the commit records column names and the operation,
+        and statistics of the rewritten files only describe the rows that stay. The embedded backend
+        rewrites the affected partitions (the whole table when unpartitioned); delta-spark merges
+        (``whenMatchedDelete``), rewriting the affected files. Returns the number of rows deleted.
+
+        What the table's older commits and files still hold is removed by :meth:`expire_history`.
+        """
+        for frame in keys:
+            missing = [c for c in frame.columns if c not in self.read(name).columns]
+            if missing or not frame.columns:
+                raise LakeError(f"erase from {name!r}: key columns {missing or '(none)'} are not table columns")
+        if not keys:
+            return 0
+        return self._impl.erase(self._existing(name), list(keys), dict(metadata or {}))
+
+    @_about_table
+    def matching_files(self, name: str, keys: Sequence[DataFrame]) -> dict[str, int]:
+        """The data files of the current version holding rows that :meth:`erase` with ``keys`` would
+        delete, with how many each (paths as Spark reads them); nothing is written."""
+        if not keys:
+            return {}
+        flagged = _flag_erased(self.read(name).withColumn("_cdp_file", F.input_file_name()), keys)
+        rows = flagged.filter(F.col(_ERASE_HIT)).groupBy("_cdp_file").count().collect()
+        return {row["_cdp_file"]: int(row["count"]) for row in rows}
+
+    @_about_table
+    def expire_history(self, name: str) -> None:
+        """Keep only the current version: vacuum every unreferenced data file, write a checkpoint and
+        remove the log entries before it.
+
+        Older commits can hold values the current version no longer has (a delete's predicate,
+        per-file min/max statistics of removed files); after this neither old files nor old log
+        entries remain, so time travel before now is gone. Both backends go through delta-rs for
+        the checkpoint and the log clean-up (``create_checkpoint``, ``cleanup_metadata`` with a log
+        retention of zero for that one call; the table's retention setting is restored after).
+        """
+        uri = self._existing(name)
+        self._impl.vacuum(uri, 0)
+        _expire_log(uri, self._impl.storage_options if isinstance(self._impl, _EmbeddedBackend) else {})
 
     def _existing(self, name: str) -> str:
         uri = self.uri(name)
@@ -532,6 +645,7 @@ class _Backend:
     def delete(self, uri: str, condition: str, metadata: dict[str, Any]) -> int: ...
     def vacuum(self, uri: str, retention_hours: int) -> list[str]: ...
     def restore(self, uri: str, version: int) -> int: ...
+    def erase(self, uri: str, keys: list[DataFrame], metadata: dict[str, Any]) -> int: ...
 
     def write_arrow(self, source: DataFrame, uri: str, batches: ArrowBatches, schema: T.StructType, mode: str,
                     metadata: dict[str, Any]) -> int:
@@ -574,6 +688,43 @@ def _check_schema_compatible(table_schema: T.StructType, df_schema: T.StructType
             f"{uri}: the data has columns {names} that the table does not; pass evolve_schema=True "
             "to add them, or select only the table's columns")
     return new_fields
+
+
+_ERASE_HIT = "_cdp_erase_hit"
+# Delta's default log retention, set back after a one-off expiry when the table had no setting
+_DEFAULT_LOG_RETENTION = "interval 30 days"
+
+
+def _flag_erased(frame: DataFrame, keys: Sequence[DataFrame]) -> DataFrame:
+    """``frame`` plus a boolean ``_cdp_erase_hit``: the row's hashed columns equal a row of some key frame."""
+    hit = F.lit(False)
+    for index, key in enumerate(keys):
+        names = {column: f"_cdp_k{index}_{position}" for position, column in enumerate(key.columns)}
+        marker = f"_cdp_m{index}"
+        hashed = (key.select(*[F.lower(F.col(_quoted(c))).alias(alias) for c, alias in names.items()])
+                  .distinct().withColumn(marker, F.lit(True)))
+        condition = None
+        for column, alias in names.items():
+            equal = F.sha2(frame[_quoted(column)].cast("string"), 256) == hashed[alias]
+            condition = equal if condition is None else condition & equal
+        frame = frame.join(F.broadcast(hashed), on=condition, how="left").drop(*names.values())
+        hit = hit | F.coalesce(F.col(marker), F.lit(False))
+    markers = [f"_cdp_m{index}" for index in range(len(keys))]
+    return frame.withColumn(_ERASE_HIT, hit).drop(*markers)
+
+
+def _expire_log(uri: str, storage_options: dict[str, str]) -> None:
+    """Checkpoint the table and delete every log entry before the checkpoint (delta-rs)."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(_delta_rs_uri(uri), storage_options=storage_options or None)
+    before = (table.metadata().configuration or {}).get("delta.logRetentionDuration")
+    table.alter.set_table_properties({"delta.logRetentionDuration": "interval 0 seconds"})
+    table = DeltaTable(_delta_rs_uri(uri), storage_options=storage_options or None)
+    table.create_checkpoint()
+    table.cleanup_metadata()
+    table.alter.set_table_properties({"delta.logRetentionDuration": before or _DEFAULT_LOG_RETENTION})
+    logger.info("%s: log expired up to version %d", uri, table.version())
 
 
 class _DeltaSparkBackend(_Backend):
@@ -658,6 +809,18 @@ class _DeltaSparkBackend(_Backend):
         self.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
         self.DeltaTable.forPath(self.spark, _spark_path(uri)).vacuum(retention_hours)
         return []
+
+    def erase(self, uri, keys, metadata):
+        table = self.DeltaTable.forPath(self.spark, _spark_path(uri))
+        deleted = 0
+        for key in keys:
+            # the merge condition names columns only; the hashes are the merge's source rows
+            condition = " AND ".join(f"sha2(CAST(t.{_quoted(c)} AS STRING), 256) = lower(s.{_quoted(c)})"
+                                     for c in key.columns)
+            table.alias("t").merge(key.distinct().alias("s"), condition).whenMatchedDelete().execute()
+            metrics = table.history(1).collect()[0]["operationMetrics"] or {}
+            deleted += int(metrics.get("numTargetRowsDeleted", 0))
+        return deleted
 
 
 class _EmbeddedBackend(_Backend):
@@ -997,7 +1160,7 @@ class _EmbeddedBackend(_Backend):
         deleted = 0 if not delete_unmatched else target.join(source.select(*key_columns), on=keys,
                                                              how="left_anti").count()
         self.write(kept.unionByName(source), uri, "overwrite", list(table.metadata().partition_columns),
-                   {}, None, None, False, {**metadata, "operation": "MERGE (rewrite)"})
+                   {}, None, None, False, {**metadata, "cdp_operation": "merge (rewrite)"})
         return MergeResult(inserted=rows - updated, updated=updated, deleted=deleted)
 
     def delete(self, uri, condition, metadata):
@@ -1015,6 +1178,31 @@ class _EmbeddedBackend(_Backend):
                                enforce_retention_duration=False)
         self._remove_empty_write_folders(uri)
         return removed
+
+    def erase(self, uri, keys, metadata):
+        partitions = list(self._table(uri).metadata().partition_columns)
+        flagged = _flag_erased(self.read(uri, None), keys).persist()
+        try:
+            hits = flagged.filter(F.col(_ERASE_HIT))
+            deleted = hits.count()
+            if not deleted:
+                return 0
+            metadata = {**metadata, "cdp_operation": "erase (rewrite)", "rows_erased": deleted}
+            if not partitions:
+                kept = flagged.filter(~F.col(_ERASE_HIT)).drop(_ERASE_HIT)
+                self.write(kept, uri, "overwrite", [], {}, None, None, False, metadata)
+                return deleted
+            # only the partitions holding a hit are rewritten
+            touched = [tuple(r) for r in hits.select(*[_quoted(c) for c in partitions]).distinct().collect()]
+            replace_where = {c: sorted({values[i] for values in touched}, key=str) for i, c in enumerate(partitions)}
+            region = F.lit(True)
+            for column, values in replace_where.items():
+                region = region & F.col(_quoted(column)).isin(values)
+            kept = flagged.filter(region & ~F.col(_ERASE_HIT)).drop(_ERASE_HIT)
+            self.write(kept, uri, "overwrite", partitions, replace_where, None, None, False, metadata)
+            return deleted
+        finally:
+            flagged.unpersist()
 
     def _remove_empty_write_folders(self, uri: str) -> None:
         if not uri.startswith("/"):

@@ -57,6 +57,36 @@ def suppressed_records(silver_identifiers: DataFrame, suppression: DataFrame,
             .select("source", "record_id").distinct())
 
 
+def drop_suppressed_records(records: DataFrame, identifiers: DataFrame, suppression: DataFrame, *,
+                            keys: Sequence[str], lists: Sequence[str] | None = None) -> tuple[DataFrame, int]:
+    """Records that carry no suppressed identifier, and how many were dropped.
+
+    ``cdp land`` calls it on the records it parsed, so a re-delivered export cannot bring a
+    forgotten person back into bronze (nor into quarantine).
+
+    Args:
+        records: any frame of records, each identified by ``keys`` (land: ``_source_file, _line``).
+        identifiers: ``keys`` + id_type, id_value: the records' identifiers, normalised with the
+            normaliser identity uses for their type (hashes are compared, as for ``suppressed_records``).
+        suppression: the ``suppression_list`` table.
+        keys: the columns identifying a record in both frames.
+        lists: only these lists (default: all).
+
+    Returns:
+        (``records`` without the suppressed ones, same columns; number of records dropped).
+    """
+    blocked = _lists(suppression, lists).select(F.col("id_type").alias("_s_type"),
+                                                F.col("id_hash").alias("_s_hash")).distinct()
+    condition = (F.col("id_type") == F.col("_s_type")) & (hash_column("id_value") == F.col("_s_hash"))
+    carrying = (identifiers.filter(F.col("id_value").isNotNull())
+                .join(F.broadcast(blocked), on=condition, how="left_semi").select(*keys).distinct())
+    dropped = records.join(carrying, on=list(keys), how="left_semi").count()
+    if not dropped:
+        return records, 0
+    kept = records.join(carrying, on=list(keys), how="left_anti")
+    return kept.select(*[F.col(f"`{c}`") for c in records.columns]), dropped
+
+
 def drop_records(df: DataFrame, records: DataFrame) -> DataFrame:
     """``df`` without the rows whose (source, record_id) is in ``records``."""
     return df.join(records.select("source", "record_id"), on=["source", "record_id"], how="left_anti")
