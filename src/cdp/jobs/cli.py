@@ -19,6 +19,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "forget": ("cdp.jobs.forget", "erase a person from every layer"),
     "run": ("cdp.jobs.run", "run the whole pipeline in dependency order"),
     "report": ("cdp.jobs.report", "render the HTML run report"),
+    "jars": ("cdp.jobs.jars", "fetch the JVM jars of jars/pom.xml into jars/lib (once, never at job start)"),
 }
 
 
