@@ -495,3 +495,26 @@ def test_arrow_scan_feeds_the_tables_columns_to_an_arrow_function(any_lake, spar
         [("c1", 1, T0), ("c2", 1, T0), ("c2", 2, T0)], VISITS))
     with pytest.raises(LakeError, match="nowhere"):
         any_lake.arrow_scan("people", ["nowhere"])
+
+
+def test_backend_is_chosen_explicitly_or_by_the_sessions_setting(spark, tmp_path):
+    from cdp.lake import BACKEND_SETTING
+
+    root = str(tmp_path / "lake")
+    assert Lake(spark, root, backend="embedded").backend == "embedded"  # also in a session with the jars
+    saved = spark.conf.get(BACKEND_SETTING, "auto")
+    try:
+        spark.conf.set(BACKEND_SETTING, "auto")
+        assert Lake(spark, root).backend == ("delta-spark" if delta_spark_available(spark) else "embedded")
+        spark.conf.set(BACKEND_SETTING, "embedded")
+        assert Lake(spark, root).backend == "embedded"
+        if delta_spark_available(spark):  # an explicit backend wins over the session's setting
+            assert Lake(spark, root, backend="delta-spark").backend == "delta-spark"
+        spark.conf.set(BACKEND_SETTING, "parquet")
+        with pytest.raises(LakeError, match="unknown lake backend 'parquet'"):
+            Lake(spark, root)
+    finally:
+        spark.conf.set(BACKEND_SETTING, saved)
+    if not delta_spark_available(spark) and not local_jars():
+        with pytest.raises(LakeError, match="cdp jars fetch"):
+            Lake(spark, root, backend="delta-spark")
