@@ -6,7 +6,9 @@ from setuptools import find_packages, setup
 # Versions verified to resolve together (see README "Versions").
 CORE = [
     "pyspark==4.2.0",
-    "delta-spark==4.4.1",
+    # = the delta-spark jar of jars/pom.xml: 4.4.1 is on PyPI but its jar is not served on Maven
+    # Central; 4.4.0's Python package differs only in its version string and takes pyspark 4.2.0
+    "delta-spark==4.4.0",
     "deltalake==1.6.6",
     "great-expectations==1.24.1",
     "mlflow==3.17.2",

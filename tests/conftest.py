@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
+from cdp.lake import BACKEND_SETTING
+from cdp.runtime.jars import local_jars
+from cdp.runtime.session import jar_settings
+
 # No network here: MLflow must not phone home or draw progress bars in test logs.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -21,12 +25,23 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 
+# The delta-spark jars fetched by `cdp jars fetch` (.ci/run fetches them): when present the session
+# starts with them and the Delta extension, so both lake backends run here. Tests that build a Lake
+# without naming a backend get the one in CDP_TEST_LAKE_BACKEND (default embedded, the backend every
+# job test was written on); the lake contract, equality and interop tests name both explicitly.
+FETCHED_JARS = local_jars()
+TEST_LAKE_BACKEND = os.environ.get("CDP_TEST_LAKE_BACKEND", "embedded")
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     warehouse = tmp_path_factory.mktemp("warehouse")
     checkpoints = tmp_path_factory.mktemp("checkpoints")
+    builder = SparkSession.builder
+    for key, value in jar_settings({}, FETCHED_JARS).items():  # spark.jars, Delta extension and catalog
+        builder = builder.config(key, value)
     session = (
-        SparkSession.builder.master("local[2]")  # two cores on CI; also exercises real shuffles
+        builder.master("local[2]")  # two cores on CI; also exercises real shuffles
         .appName("cdp-tests")
         .config("spark.sql.shuffle.partitions", "2")  # tiny data: 200 partitions would only add overhead
         .config("spark.default.parallelism", "2")
@@ -39,6 +54,8 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
         .config("spark.driver.memory", "2g")
         .config("spark.sql.adaptive.enabled", "false")  # deterministic partition counts in tests
         .config("spark.sql.codegen.wholeStage", "false")  # tiny data: compiling generated code costs more than it saves
+        .config("spark.databricks.delta.snapshotPartitions", "2")  # delta-spark: 50 tasks per log replay otherwise
+        .config(BACKEND_SETTING, TEST_LAKE_BACKEND)
         .getOrCreate()
     )
     session.sparkContext.setCheckpointDir(str(checkpoints))  # connected components checkpoint here
@@ -71,7 +88,7 @@ def _mlflow_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture()
 def lake(spark: SparkSession, tmp_path: Path):
-    """A fresh, empty lake on the backend this machine has (embedded here, delta-spark on a cluster)."""
+    """A fresh, empty lake on the session's backend (CDP_TEST_LAKE_BACKEND, default embedded)."""
     from cdp.lake import Lake
 
     return Lake(spark, str(tmp_path / "lake"))

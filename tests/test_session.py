@@ -1,7 +1,11 @@
-"""The session helper's JVM options: a profile's are appended to the launch's, never replace them."""
+"""The session helper: a profile's JVM options are appended to the launch's, never replace them; the jars
+fetched by `cdp jars fetch` go on spark.jars with the Delta extension."""
 from __future__ import annotations
 
-from cdp.runtime.session import merged_java_options
+from pathlib import Path
+
+from cdp.runtime.jars import DELTA_CATALOG, DELTA_EXTENSION, local_jars
+from cdp.runtime.session import jar_settings, merged_java_options
 
 
 def test_profile_java_options_are_appended_to_what_the_launch_set():
@@ -15,3 +19,36 @@ def test_profile_java_options_are_appended_to_what_the_launch_set():
 def test_an_option_already_given_is_not_repeated():
     assert merged_java_options("-XX:-DontCompileHugeMethods -Xss4m",
                                "-Xss4m -XX:-DontCompileHugeMethods") == "-XX:-DontCompileHugeMethods -Xss4m"
+
+
+DELTA_JARS = [Path("/j/delta-spark_2.13-4.4.0.jar"), Path("/j/delta-storage-4.4.0.jar")]
+
+
+def test_fetched_delta_jars_go_on_spark_jars_with_the_delta_extension_and_catalog():
+    assert jar_settings({}, DELTA_JARS) == {
+        "spark.jars": "/j/delta-spark_2.13-4.4.0.jar,/j/delta-storage-4.4.0.jar",
+        "spark.sql.extensions": DELTA_EXTENSION,
+        "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
+    }
+
+
+def test_a_profiles_jars_extensions_and_catalog_are_kept():
+    profile = {"spark.jars": "/opt/x.jar", "spark.sql.extensions": "com.acme.Ext",
+               "spark.sql.catalog.spark_catalog": "com.acme.Catalog"}
+    assert jar_settings(profile, DELTA_JARS) == {
+        "spark.jars": "/opt/x.jar,/j/delta-spark_2.13-4.4.0.jar,/j/delta-storage-4.4.0.jar",
+        "spark.sql.extensions": f"com.acme.Ext,{DELTA_EXTENSION}",
+        "spark.sql.catalog.spark_catalog": "com.acme.Catalog",
+    }
+    with_delta = {"spark.sql.extensions": DELTA_EXTENSION}
+    assert "spark.sql.extensions" not in jar_settings(with_delta, DELTA_JARS)
+
+
+def test_no_jars_change_nothing_and_other_jars_add_no_extension(tmp_path):
+    assert jar_settings({}, []) == {}
+    assert local_jars(tmp_path / "never-fetched") == []
+    (tmp_path / "graphframes-spark4_2.13-0.12.3.jar").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not a jar")
+    jars = local_jars(tmp_path)
+    assert jars == [tmp_path / "graphframes-spark4_2.13-0.12.3.jar"]
+    assert jar_settings({}, jars) == {"spark.jars": str(jars[0])}

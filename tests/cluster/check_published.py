@@ -1,10 +1,13 @@
 """After the standalone-cluster run: every step of the last run succeeded and a published audience has members.
 
-Usage: ``python tests/cluster/check_published.py LAKE`` (exit 0 when fine, 1 with the reason otherwise).
+Usage: ``python tests/cluster/check_published.py LAKE [--written-by delta-spark|delta-rs]`` (exit 0 when
+fine, 1 with the reason otherwise); ``--written-by`` also checks which engine committed the tables.
 """
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -35,8 +38,21 @@ def check(lake: Lake) -> list[str]:
     return problems
 
 
+def writers(lake_root: str, table: str) -> set[str]:
+    """The engines that committed ``table``: ``delta-spark`` or ``delta-rs`` per commit's commitInfo."""
+    found = set()
+    for commit in sorted(Path(lake_root, table, "_delta_log").glob("*.json")):
+        for line in commit.read_text(encoding="utf-8").splitlines():
+            info = json.loads(line).get("commitInfo")
+            if info is not None:
+                engine = str(info.get("engineInfo", "")) + str(info.get("clientVersion", ""))
+                found.add("delta-spark" if "Delta-Lake/" in engine else "delta-rs" if "delta-rs" in engine
+                          else engine or "unknown")
+    return found
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
+    if len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] != "--written-by"):
         print(__doc__, file=sys.stderr)
         return 2
     spark = (SparkSession.builder.master("local[1]").appName("cdp-cluster-check")
@@ -46,6 +62,10 @@ def main(argv: list[str]) -> int:
         problems = check(Lake(spark, argv[0]))
     finally:
         spark.stop()
+    if len(argv) == 3:
+        for table in ("runs", "identity_map"):
+            if writers(argv[0], table) != {argv[2]}:
+                problems.append(f"{table} was committed by {sorted(writers(argv[0], table))}, not {argv[2]}")
     for problem in problems:
         print(f"FAIL: {problem}", file=sys.stderr)
     return 1 if problems else 0

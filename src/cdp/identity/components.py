@@ -60,7 +60,9 @@ def resolve_engine(spark: SparkSession, engine: str) -> str:
     available = graphframes_available(spark)
     if engine == "graphframes" and not available:
         raise ValueError(f"engine: graphframes requested but the JVM class {GRAPHFRAMES_CLASS} is not on the "
-                         "classpath (start Spark with --packages io.graphframes:...)")
+                         "classpath. GraphFrames for Spark 4 (io.graphframes:graphframes-spark4_2.13) is not "
+                         "served by the Maven repository `cdp jars fetch` reads (jars/pom.xml), so it is not "
+                         "fetched: put its jar in jars/lib/ (or pass it with --jars), or use engine: dataframe")
     if engine not in ("auto", "graphframes"):
         raise ValueError(f"engine: expected auto, dataframe or graphframes, got {engine!r}")
     return "graphframes" if available else "dataframe"

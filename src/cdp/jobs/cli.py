@@ -22,6 +22,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "validate": ("cdp.jobs.validate", "parse and cross-check every config file (no Spark)"),
     "run": ("cdp.jobs.run", "run the whole pipeline in dependency order"),
     "report": ("cdp.jobs.report", "render the HTML run report"),
+    "jars": ("cdp.jobs.jars", "fetch the JVM jars of jars/pom.xml into jars/lib (once, never at job start)"),
 }
 
 

@@ -56,6 +56,8 @@ WriteMode = Literal["append", "overwrite"]
 ArrowBatches = Callable[[Iterator[Any]], Iterator[Any]]
 BackendName = Literal["auto", "delta-spark", "embedded"]
 
+# Session setting that picks the backend for every Lake built with backend="auto" (profiles, tests).
+BACKEND_SETTING = "spark.cdp.lake.backend"
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Source rows above this are merged by rewriting the table in Spark rather than shipping them to the
 # driver as Arrow for delta-rs's merge (which holds its source in driver memory).
@@ -194,7 +196,9 @@ def delta_spark_available(spark: SparkSession) -> bool:
         return False
     try:
         jvm = spark.sparkContext._jvm  # noqa: SLF001 - only to probe the classpath, never to log
-        jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
+        # jars on spark.jars are loaded by the context class loader, not by py4j's own
+        loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        jvm.java.lang.Class.forName("io.delta.tables.DeltaTable", False, loader)
         return True
     except Exception:  # noqa: BLE001 - any failure means the classes are not usable
         return False
@@ -204,6 +208,15 @@ def delta_spark_available(spark: SparkSession) -> bool:
 _to_local_or_uri = normalize_root
 _spark_path = spark_path
 _delta_rs_uri = delta_rs_uri
+
+
+def session_backend(spark: SparkSession) -> str:
+    """The backend this session asks for in ``spark.cdp.lake.backend`` (``auto`` when unset).
+
+    A profile (or a test) sets it to keep the embedded backend in a session that has the delta-spark
+    jars, or to insist on delta-spark; ``Lake(..., backend=...)`` given explicitly wins over it.
+    """
+    return spark.conf.get(BACKEND_SETTING, "auto") or "auto"
 
 
 def _as_nullable(schema: T.StructType) -> T.StructType:
@@ -256,7 +269,9 @@ class Lake:
     Args:
         spark: the active session.
         root: lake root (local path or URI); each table is the folder ``<root>/<name>``.
-        backend: ``auto`` (default) picks delta-spark when its classes are loaded, else embedded.
+        backend: ``auto`` (default) follows the session's ``spark.cdp.lake.backend`` when set, else
+            picks delta-spark when its classes are loaded, else embedded; ``delta-spark`` or
+            ``embedded`` choose explicitly (embedded works in any session, also one with the jars).
         storage_options: passed to delta-rs for object stores (the embedded backend only).
     """
 
@@ -265,10 +280,15 @@ class Lake:
         self.spark = spark
         self.root = _to_local_or_uri(root)
         if backend == "auto":
+            backend = session_backend(spark)
+        if backend not in ("auto", "delta-spark", "embedded"):
+            raise LakeError(f"unknown lake backend {backend!r}: use auto, delta-spark or embedded")
+        if backend == "auto":
             backend = "delta-spark" if delta_spark_available(spark) else "embedded"
         if backend == "delta-spark" and not delta_spark_available(spark):
             raise LakeError("backend 'delta-spark' asked for, but io.delta.sql.DeltaSparkSessionExtension "
-                            "is not loaded in this session (start Spark with --packages io.delta:...)")
+                            "is not loaded in this session (fetch the jars with `cdp jars fetch`, or start "
+                            "Spark with --jars/--packages io.delta:delta-spark_2.13:<version>)")
         self.backend: str = backend
         self._impl: _Backend = (_DeltaSparkBackend(spark) if backend == "delta-spark"
                                 else _EmbeddedBackend(spark, storage_options or {}))
@@ -669,6 +689,20 @@ class _Backend:
         return version
 
 
+def _refuse_rows_outside(df: DataFrame, replace_where: Mapping[str, Any], uri: str) -> None:
+    """Raise when ``df`` holds a row outside the partitions ``replace_where`` names (nothing is written)."""
+    for column, value in replace_where.items():
+        allowed = list(value) if isinstance(value, (list, tuple, set)) else [value]
+        stray = df.filter(~F.col(_quoted(column)).isin(allowed) | F.col(_quoted(column)).isNull()) \
+            if None not in allowed else df.filter(~F.col(_quoted(column)).isin(allowed))
+        if stray.limit(1).count():
+            raise LakeError(f"{uri}: data holds rows outside replace_where {column}={value!r}")
+
+
+# characters delta-spark refuses in column names of tables without column mapping
+_DELTA_SPARK_INVALID_NAME = re.compile(r"[ ,;{}()\n\t=]")
+
+
 def _check_schema_compatible(table_schema: T.StructType, df_schema: T.StructType, uri: str,
                              evolve_schema: bool) -> list[T.StructField]:
     """Return the new columns ``df`` brings; refuse type changes, and new columns unless evolving."""
@@ -763,6 +797,13 @@ class _DeltaSparkBackend(_Backend):
 
     def write(self, df, uri, mode, partition_by, replace_where, app_id, app_version, evolve_schema,
               metadata):
+        invalid = [c for c in df.columns if _DELTA_SPARK_INVALID_NAME.search(c)]
+        if invalid:
+            raise SchemaMismatch(f"{uri}: column names {invalid} hold characters that delta-spark refuses "
+                                 "without column mapping (space , ; {{ }} ( ) newline tab =); rename them")
+        if replace_where:
+            # the same message as the embedded backend, before Spark starts writing
+            _refuse_rows_outside(df, replace_where, uri)
         if self.exists(uri) and mode == "append":
             table_schema = self.read(uri, None).schema
             _check_schema_compatible(table_schema, df.schema, uri, evolve_schema)
@@ -963,13 +1004,7 @@ class _EmbeddedBackend(_Backend):
         missing_partitions = [c for c in partition_by if c not in df.columns]
         if missing_partitions:
             raise SchemaMismatch(f"{uri}: partition columns {missing_partitions} are not in the data")
-        if replace_where:
-            for column, value in replace_where.items():
-                allowed = list(value) if isinstance(value, (list, tuple, set)) else [value]
-                stray = df.filter(~F.col(_quoted(column)).isin(allowed) | F.col(_quoted(column)).isNull()) \
-                    if None not in allowed else df.filter(~F.col(_quoted(column)).isin(allowed))
-                if stray.limit(1).count():
-                    raise LakeError(f"{uri}: data holds rows outside replace_where {column}={value!r}")
+        _refuse_rows_outside(df, replace_where, uri)
 
         folder = _new_folder()
         target = f"{uri}/{folder}"

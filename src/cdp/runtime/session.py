@@ -4,11 +4,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
 from cdp.runtime.config import Profile
+from cdp.runtime.jars import DELTA_CATALOG, DELTA_EXTENSION, has_delta_spark, local_jars
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,26 @@ def console_settings() -> dict[str, str]:
     return {"spark.ui.showConsoleProgress": "true" if sys.stdout.isatty() else "false"}
 
 
+def jar_settings(settings: dict[str, str], jars: list[Path]) -> dict[str, str]:
+    """The settings that put the fetched ``jars`` (``cdp jars fetch``) on the session's classpath.
+
+    Every jar goes on ``spark.jars`` (after any the profile names). With delta-spark among them, the
+    Delta session extension and catalog are added unless the profile already names an extension or
+    catalog of its own; the lake then picks the delta-spark backend (``spark.cdp.lake.backend``
+    in a profile can still ask for ``embedded``). No jars: nothing changes.
+    """
+    if not jars:
+        return {}
+    added = {"spark.jars": ",".join([*filter(None, [settings.get("spark.jars")]), *map(str, jars)])}
+    if has_delta_spark(jars):
+        extensions = [e for e in (settings.get("spark.sql.extensions") or "").split(",") if e]
+        if DELTA_EXTENSION not in extensions:
+            added["spark.sql.extensions"] = ",".join([*extensions, DELTA_EXTENSION])
+        added.setdefault("spark.sql.catalog.spark_catalog",
+                         settings.get("spark.sql.catalog.spark_catalog", DELTA_CATALOG))
+    return added
+
+
 def under_spark_submit() -> bool:
     """True when this Python process was started by spark-submit (which owns master and packages)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -57,7 +79,8 @@ def build_session(profile: Profile, app_name: str) -> SparkSession:
 
     Under spark-submit the master, packages and resources come from the command line: the profile's
     ``spark.master``, ``spark.driver.memory`` and driver JVM options are then left alone, and its
-    executor JVM options are appended to those given on the command line.
+    executor JVM options are appended to those given on the command line. Otherwise the jars fetched
+    by ``cdp jars fetch`` go on ``spark.jars`` (:func:`jar_settings`); nothing is downloaded here.
     """
     # Python workers must run this interpreter (with pandas, pyarrow, phonenumbers), not whatever
     # python3 is first on PATH; spark-submit users can still override it with PYSPARK_PYTHON.
@@ -65,7 +88,13 @@ def build_session(profile: Profile, app_name: str) -> SparkSession:
     builder = SparkSession.builder.appName(app_name)
     launched_by_submit = under_spark_submit()
     launch_conf = SparkConf() if launched_by_submit else None  # what spark-submit was given
-    for key, value in {**DEFAULT_SETTINGS, **console_settings(), **profile.spark, **REQUIRED_SETTINGS}.items():
+    settings = {**DEFAULT_SETTINGS, **console_settings(), **profile.spark}
+    if not launched_by_submit:
+        jars = local_jars()
+        settings.update(jar_settings(settings, jars))
+        if jars:
+            logger.info("%d fetched jars on spark.jars (%s)", len(jars), jars[0].parent)
+    for key, value in {**settings, **REQUIRED_SETTINGS}.items():
         if launched_by_submit and key in ("spark.master", "spark.driver.memory", "spark.driver.extraJavaOptions"):
             continue
         if key in JAVA_OPTIONS and launch_conf is not None:
