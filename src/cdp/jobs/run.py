@@ -651,7 +651,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--as-of", dest="as_of", help="snapshot date for features/train/tag (YYYY-MM-DD)")
     parser.add_argument("--train", action="store_true", help="train even when every model has a champion")
     parser.add_argument("--force-unlock", action="store_true",
-                        help="break a lock left by a dead run on this host")
+                        help="break a lock left by a dead run on this host (done without asking now; kept for scripts)")
     parser.add_argument("--no-report", dest="report", action="store_false", help="skip the HTML run report")
 
 
