@@ -43,7 +43,8 @@ def graphframes_available(spark: SparkSession) -> bool:
     """True when the GraphFrames JVM classes can be loaded (the Python package alone is not enough).
 
     Always False through Spark Connect: the client cannot probe the server's classpath, and
-    GraphFrames' Python API drives the JVM through py4j; ``auto`` then picks the DataFrame engine.
+    GraphFrames over Connect needs its own server plugin (graphframes-connect), which this project
+    neither ships nor has tested; ``auto`` then picks the DataFrame engine.
     """
     if is_remote(spark):
         return False
@@ -68,8 +69,9 @@ def resolve_engine(spark: SparkSession, engine: str) -> str:
     available = graphframes_available(spark)
     if engine == "graphframes" and not available:
         if is_remote(spark):
-            raise ValueError("engine: graphframes is not available through Spark Connect (GraphFrames' Python "
-                             "API needs the JVM gateway of a classic session); use engine: auto or dataframe")
+            raise ValueError("engine: graphframes is not available through Spark Connect (it would need the "
+                             "graphframes-connect server plugin, not supported here); use engine: auto or "
+                             "dataframe, or a classic session")
         raise ValueError(f"engine: graphframes requested but the JVM class {GRAPHFRAMES_CLASS} is not on the "
                          "classpath (start Spark with --packages io.graphframes:...)")
     if engine not in ("auto", "graphframes"):

@@ -120,8 +120,7 @@ def _email(column: Column) -> Column:
     return F.when(value.rlike(_EMAIL_REGEX), value)
 
 
-@F.pandas_udf(T.StringType())  # type: ignore[call-overload]
-def _phone_udf(raw: pd.Series) -> pd.Series:
+def _normalize_phones(raw: pd.Series) -> pd.Series:
     # Only distinct values go through phonenumbers; the lru_cache also spans batches of one worker.
     uniques = raw.dropna().unique()
     mapping = {value: normalize_phone(value) for value in uniques}
@@ -129,7 +128,9 @@ def _phone_udf(raw: pd.Series) -> pd.Series:
 
 
 def _phone(column: Column) -> Column:
-    return _phone_udf(column.cast("string"))
+    # The pandas UDF is made at call time, not at import: PySpark picks its classic or Spark Connect
+    # implementation when it is made, and this module may be imported before the session exists.
+    return F.pandas_udf(_normalize_phones, T.StringType())(column.cast("string"))
 
 
 NORMALIZERS: dict[str, Callable[[Column], Column]] = {
