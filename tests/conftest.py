@@ -168,6 +168,7 @@ class ConnectServer:
         import pyspark
 
         spark_home = Path(pyspark.__file__).resolve().parent
+        self.work = work
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]

@@ -24,7 +24,13 @@ from pyspark.sql import functions as F
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as csgraph_components
 
-from cdp.runtime.connect import checkpoint_dir, default_parallelism, is_remote, num_partitions
+from cdp.runtime.connect import (
+    checkpoint_dir,
+    default_parallelism,
+    is_remote,
+    num_partitions,
+    require_classic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +69,19 @@ def graphframes_available(spark: SparkSession) -> bool:
 
 
 def resolve_engine(spark: SparkSession, engine: str) -> str:
-    """Turn ``auto | dataframe | graphframes`` into the engine that will run; refuse an absent one."""
+    """Turn ``auto | dataframe | graphframes`` into the engine that will run; refuse an absent one.
+
+    Raises:
+        ValueError: an unknown engine, or graphframes without its JVM classes.
+        ConnectUnsupported: graphframes asked for through Spark Connect.
+    """
     if engine == "dataframe":
         return "dataframe"
+    if engine == "graphframes":
+        # GraphFrames over Connect needs its graphframes-connect server plugin, not set up here
+        require_classic(spark, "identity.engine: graphframes")
     available = graphframes_available(spark)
     if engine == "graphframes" and not available:
-        if is_remote(spark):
-            raise ValueError("engine: graphframes is not available through Spark Connect (it would need the "
-                             "graphframes-connect server plugin, not supported here); use engine: auto or "
-                             "dataframe, or a classic session")
         raise ValueError(f"engine: graphframes requested but the JVM class {GRAPHFRAMES_CLASS} is not on the "
                          "classpath (start Spark with --packages io.graphframes:...)")
     if engine not in ("auto", "graphframes"):

@@ -35,9 +35,8 @@ def is_remote(spark: SparkSession | DataFrame) -> bool:
 def require_classic(spark: SparkSession | DataFrame, feature: str) -> None:
     """Raise :class:`ConnectUnsupported` naming ``feature`` when ``spark`` is a Spark Connect session."""
     if is_remote(spark):
-        raise ConnectUnsupported(f"{feature} is not available through Spark Connect (the client has no "
-                                 "SparkContext); run this step with a classic session (cdp without --remote, "
-                                 "or spark-submit)")
+        raise ConnectUnsupported(f"{feature} is not available through Spark Connect; run this step with a "
+                                 "classic session (cdp without --remote and SPARK_REMOTE, or spark-submit)")
 
 
 def default_parallelism(spark: SparkSession) -> int:
