@@ -24,7 +24,9 @@ CORE = [
     "matplotlib>=3.8",
     "jinja2>=3.1",  # the run report's HTML templates
 ]
-TEST = [
+# Spark Connect client (`--remote sc://...` / SPARK_REMOTE): gRPC and friends, pinned with pyspark.
+CONNECT = ["pyspark[connect]==4.2.0"]
+TEST = CONNECT + [
     "pytest>=8",
     "wheel>=0.43",  # tests build the wheel (one top-level package)
     "ruff>=0.6",
@@ -51,6 +53,6 @@ setup(
     packages=find_packages("src", include=["cdp", "cdp.*"]) + ["cdp.conf"],
     package_data={"": ["py.typed"], "cdp.conf": ["*.yaml", "*/*.yaml"], "cdp.report": ["templates/*"]},
     install_requires=CORE,
-    extras_require={"test": TEST, "notebooks": NOTEBOOKS},
+    extras_require={"test": TEST, "notebooks": NOTEBOOKS, "connect": CONNECT},
     entry_points={"console_scripts": ["cdp=cdp.jobs.cli:main"]},
 )

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -169,3 +170,86 @@ def standalone_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
         yield run
     finally:
         run.stop()
+
+
+# --- the Spark Connect server (marker `connect`) ------------------------------------------------------
+# A local Spark Connect server from pyspark's own distribution (its jars folder ships
+# spark-connect_2.13-<version>.jar; the wheel has no sbin/start-connect-server.sh, so it is
+# spark-submit --class ...SparkConnectServer, which is what that script runs). Started once, on a free
+# loopback port, only when the session selected a `connect` test; stopped at the end.
+CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+CONNECT_START_TIMEOUT_SECONDS = 180
+
+
+class ConnectServer:
+    """``spark-submit`` of the Spark Connect server as a process group; ``url`` is its ``sc://`` address."""
+
+    def __init__(self, work: Path):
+        import pyspark
+
+        spark_home = Path(pyspark.__file__).resolve().parent
+        self.work = work
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"sc://127.0.0.1:{self.port}"
+        self.log = work / "connect-server.log"
+        command = [
+            str(spark_home / "bin" / "spark-submit"), "--class", CONNECT_SERVER_CLASS,
+            "--name", "cdp-tests-connect", "--master", "local[2]", "--driver-memory", "2g",
+            "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
+            "--conf", f"spark.connect.grpc.binding.port={self.port}",
+            "--conf", "spark.ui.enabled=false",  # no port binding next to the test session's JVM
+            "--conf", f"spark.sql.warehouse.dir={work / 'warehouse'}",
+            "--conf", f"spark.checkpoint.dir={work / 'checkpoints'}",  # reliable checkpoints over Connect
+            "--conf", f"spark.local.dir={work / 'tmp'}",
+            # as the local profile: the JIT compiles the huge generated methods of features and tags
+            "--conf", "spark.driver.extraJavaOptions=-XX:-DontCompileHugeMethods",
+        ]
+        # The server's Python workers (mapInArrow, pandas UDFs, MLflow's UDF) run this interpreter.
+        env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_HOME": str(spark_home),
+               "SPARK_LOCAL_IP": "127.0.0.1"}
+        env.pop("SPARK_REMOTE", None)
+        env.pop("SPARK_CONNECT_MODE_ENABLED", None)
+        for script in (spark_home / "bin").iterdir():
+            script.chmod(script.stat().st_mode | 0o111)  # pip may drop the execute bits
+        with self.log.open("w") as output:
+            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
+
+    def wait_ready(self) -> None:
+        """Return once the gRPC port accepts connections; fail with the server's log otherwise."""
+        deadline = time.monotonic() + CONNECT_START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Spark Connect server exited ({self.process.returncode}):\n"
+                                   f"{self.log.read_text()[-4000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"Spark Connect server not listening after {CONNECT_START_TIMEOUT_SECONDS} s:\n"
+                           f"{self.log.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectServer]:
+    """A running local Spark Connect server for the `connect` tests (started on first use)."""
+    server = ConnectServer(tmp_path_factory.mktemp("connect-server"))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

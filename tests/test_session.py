@@ -52,3 +52,20 @@ def test_no_jars_change_nothing_and_other_jars_add_no_extension(tmp_path):
     jars = local_jars(tmp_path)
     assert jars == [tmp_path / "graphframes-spark4_2.13-0.12.3.jar"]
     assert jar_settings({}, jars) == {"spark.jars": str(jars[0])}
+
+
+def test_the_connect_url_comes_from_remote_then_spark_remote(monkeypatch):
+    from cdp.runtime.session import remote_url
+
+    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    assert remote_url(None) is None  # a classic session
+    monkeypatch.setenv("SPARK_REMOTE", "sc://from-env:15002")
+    assert remote_url(None) == "sc://from-env:15002"
+    assert remote_url("sc://from-flag:15002") == "sc://from-flag:15002"  # --remote wins
+
+
+def test_every_job_takes_remote():
+    from cdp.jobs.entry import base_parser
+
+    assert base_parser("stitch").parse_args(["--remote", "sc://localhost:15002"]).remote == "sc://localhost:15002"
+    assert base_parser("stitch").parse_args([]).remote is None

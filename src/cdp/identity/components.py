@@ -24,6 +24,14 @@ from pyspark.sql import functions as F
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as csgraph_components
 
+from cdp.connect import (
+    checkpoint_dir,
+    default_parallelism,
+    is_remote,
+    num_partitions,
+    require_classic,
+)
+
 logger = logging.getLogger(__name__)
 
 GRAPHFRAMES_CLASS = "org.graphframes.GraphFrame"
@@ -38,9 +46,16 @@ BROADCAST_LABELS = 2_000_000  # label rows of a later round small enough to broa
 
 
 def graphframes_available(spark: SparkSession) -> bool:
-    """True when the GraphFrames JVM classes can be loaded (the Python package alone is not enough)."""
+    """True when the GraphFrames JVM classes can be loaded (the Python package alone is not enough).
+
+    Always False through Spark Connect: the client cannot probe the server's classpath, and
+    GraphFrames over Connect needs its own server plugin (graphframes-connect), which this project
+    neither ships nor has tested; ``auto`` then picks the DataFrame engine.
+    """
+    if is_remote(spark):
+        return False
     try:
-        jvm = spark.sparkContext._jvm  # absent under Spark Connect: then GraphFrames' JVM path is not usable
+        jvm = spark.sparkContext._jvm
     except Exception:  # noqa: BLE001 - any failure means "not available"
         return False
     if jvm is None:
@@ -54,9 +69,17 @@ def graphframes_available(spark: SparkSession) -> bool:
 
 
 def resolve_engine(spark: SparkSession, engine: str) -> str:
-    """Turn ``auto | dataframe | graphframes`` into the engine that will run; refuse an absent one."""
+    """Turn ``auto | dataframe | graphframes`` into the engine that will run; refuse an absent one.
+
+    Raises:
+        ValueError: an unknown engine, or graphframes without its JVM classes.
+        ConnectUnsupported: graphframes asked for through Spark Connect.
+    """
     if engine == "dataframe":
         return "dataframe"
+    if engine == "graphframes":
+        # GraphFrames over Connect needs its graphframes-connect server plugin, not set up here
+        require_classic(spark, "identity.engine: graphframes")
     available = graphframes_available(spark)
     if engine == "graphframes" and not available:
         raise ValueError(f"engine: graphframes requested but the JVM class {GRAPHFRAMES_CLASS} is not on the "
@@ -72,9 +95,10 @@ def _materialize(frame: DataFrame, reliable: bool) -> DataFrame:
     """Compute ``frame`` once and cut its lineage, so later rounds never recompute earlier ones.
 
     Local checkpoints (executor storage) by default: reliable ones (the checkpoint dir) survive
-    executor loss but cost a full write and re-read.
+    executor loss but cost a full write and re-read. Both work through Spark Connect (reliable ones
+    need the server's ``spark.checkpoint.dir``).
     """
-    if reliable and frame.sparkSession.sparkContext.getCheckpointDir():
+    if reliable and checkpoint_dir(frame.sparkSession):
         return frame.checkpoint(eager=True)
     return frame.localCheckpoint(eager=True)
 
@@ -170,7 +194,7 @@ def _dataframe_components(nodes: DataFrame, edges: DataFrame, *, max_iterations:
     rounds' parent tables by joins. Nothing is collected to the driver.
     """
     spark = nodes.sparkSession
-    parallelism = spark.sparkContext.defaultParallelism
+    parallelism = default_parallelism(spark)
     current = (edges.select(F.col("a").cast("long").alias("a"), F.col("b").cast("long").alias("b"))
                .filter(F.col("a") != F.col("b")))
     edge_count: int | None = None  # unknown before the first round: counting would read the input twice
@@ -185,10 +209,16 @@ def _dataframe_components(nodes: DataFrame, edges: DataFrame, *, max_iterations:
                                "(raise max_iterations in conf/identity.yaml)")
         if edge_count is None:
             # Round 1 contracts the input's own partitions (file splits or shuffle output, sized
-            # by Spark to the data), spread over the cores when there are fewer.
-            partitions = current.rdd.getNumPartitions()
-            spread = current if partitions >= parallelism else current.repartition(parallelism)
-            partitions = max(partitions, parallelism)
+            # by Spark to the data), spread over the cores when there are fewer. Through Spark
+            # Connect their number is unknown without a job: the input's partitions are used as
+            # they are and the shuffle gets spark.sql.shuffle.partitions, at least one per core.
+            known = num_partitions(current)
+            if known is None:
+                known = int(spark.conf.get("spark.sql.shuffle.partitions"))
+                spread = current
+            else:
+                spread = current if known >= parallelism else current.repartition(parallelism)
+            partitions = max(known, parallelism)
         else:  # edges (parent, root): gathering a root's edges in one place contracts them fully
             partitions = _partitions_for(edge_count, edges_per_partition)
             spread = current.repartition(partitions, "b")
@@ -226,7 +256,7 @@ def _graphframes_components(nodes: DataFrame, edges: DataFrame, checkpoint_inter
                        edges.select(F.col("a").alias("src"), F.col("b").alias("dst")))
     labelled = graph.connectedComponents(
         checkpointInterval=checkpoint_interval,
-        use_local_checkpoints=not (reliable and spark.sparkContext.getCheckpointDir()),
+        use_local_checkpoints=not (reliable and checkpoint_dir(spark)),
     )
     # GraphFrames' labels are arbitrary longs: relabel each component by its smallest node, as the
     # DataFrame engine does, so both engines give the same output.

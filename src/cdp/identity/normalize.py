@@ -131,22 +131,20 @@ def _email(column: Column) -> Column:
     return F.when(value.rlike(_EMAIL_REGEX), value)
 
 
-@lru_cache(maxsize=8)
-def _phone_udf(default_region: str) -> Callable[[Column], Column]:
-    @F.pandas_udf(T.StringType())  # type: ignore[call-overload]
-    def phone_udf(raw: pd.Series) -> pd.Series:
-        # Only distinct values go through phonenumbers; the lru_cache also spans batches of one worker.
+def phone_column(column: str | Column, default_region: str = "CN") -> Column:
+    """Spark twin of :func:`normalize_phone` (a pandas UDF: each distinct value once per batch).
+
+    The UDF is made at each call, never at import nor cached: PySpark picks its classic or Spark
+    Connect implementation when a UDF is made, and one process may use both kinds of session.
+    """
+    def normalize(raw: pd.Series) -> pd.Series:
+        # Only distinct values go through phonenumbers; its lru_cache also spans batches of one worker.
         uniques = raw.dropna().unique()
         mapping = {value: normalize_phone(value, default_region) for value in uniques}
         return raw.map(mapping).astype("object")
 
-    return phone_udf
-
-
-def phone_column(column: str | Column, default_region: str = "CN") -> Column:
-    """Spark twin of :func:`normalize_phone` (a pandas UDF: each distinct value once per batch)."""
     col = F.col(column) if isinstance(column, str) else column
-    return _phone_udf(default_region)(col.cast("string"))
+    return F.pandas_udf(normalize, T.StringType())(col.cast("string"))
 
 
 def _phone(column: Column) -> Column:

@@ -40,6 +40,9 @@ def base_parser(job: str, description: str | None = None) -> argparse.ArgumentPa
     parser.add_argument("--profile", default="local", help="environment profile in conf/profiles (default: local)")
     parser.add_argument("--lake", help="lake root URI (default: the profile's lake)")
     parser.add_argument("--run-id", help="run id recorded with every write (default: a new one)")
+    parser.add_argument("--remote", metavar="URL",
+                        help="run through a Spark Connect server, e.g. sc://localhost:15002 "
+                             "(default: $SPARK_REMOTE; unset: a classic session)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="log lines as text (default) or one JSON object per line, for schedulers and "
@@ -120,7 +123,7 @@ def job_main(
             if needs_spark:
                 from cdp.runtime.session import build_session
 
-                spark = build_session(ctx.profile, f"cdp-{job}")
+                spark = build_session(ctx.profile, f"cdp-{job}", remote=args.remote)
             result = _run_as_step(spark, ctx, job, args, run_from_args)
         finally:
             if lock is not None:

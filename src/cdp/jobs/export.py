@@ -81,7 +81,7 @@ def _write_single_file(df: DataFrame, fmt: str, filesystem: Any, folder: str, ur
 
     temp_uri = f"{uri_folder}/_tmp_{name}_{uuid.uuid4().hex[:8]}"
     temp_path = f"{folder}/{posixpath.basename(temp_uri)}"
-    writer = df.coalesce(1).write.mode("errorifexists")
+    writer = df.coalesce(1).write.mode("error")
     if fmt == "csv":
         writer.option("header", True).csv(temp_uri)
     elif fmt == "parquet":

@@ -44,6 +44,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from cdp.connect import default_parallelism
 from cdp.jobs.entry import JobFailed
 from cdp.runtime.config import ConfigError, JobContext, parse_file
 from cdp.sources import SourcesConfig, SourceSpec, bronze_schema, parse_lines
@@ -293,7 +294,7 @@ def read_lines(spark: SparkSession, files: list[RawFile], encoding: str, skip_he
     listed = [(f.path, f.relpath) for f in files]
     # spark.range keeps the file list in the JVM (no Python serialisation, no shuffle); each task
     # reads its files with one Python reader.
-    partitions = max(1, min(len(files), spark.sparkContext.defaultParallelism * 2))
+    partitions = max(1, min(len(files), default_parallelism(spark) * 2))
     return (spark.range(0, len(files), 1, partitions)
             .mapInArrow(_line_reader(encoding, skip_header, listed, csv_dialect), LINES_SCHEMA))
 

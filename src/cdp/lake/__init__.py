@@ -47,6 +47,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from cdp.connect import default_parallelism, is_remote
 from cdp.lake.paths import delta_rs_uri, normalize_root, spark_path
 
 logger = logging.getLogger(__name__)
@@ -189,11 +190,26 @@ class MergeResult:
     deleted: int
 
 
+DELTA_CONNECT_PLUGIN = "org.apache.spark.sql.connect.delta.DeltaRelationPlugin"
+
+
 def delta_spark_available(spark: SparkSession) -> bool:
-    """True when the delta-spark extension is configured and its JVM classes are loadable."""
+    """True when the delta-spark extension is configured and its JVM classes are loadable.
+
+    Through Spark Connect the client cannot probe the server's classpath: there the server must be
+    configured with the extension and Delta's Connect plugin (``spark.connect.extensions.relation.classes``
+    holding ``DeltaRelationPlugin``), which delta-spark's Python ``DeltaTable`` needs over Connect.
+    """
     extensions = spark.conf.get("spark.sql.extensions", "") or ""
     if "io.delta.sql.DeltaSparkSessionExtension" not in extensions:
         return False
+    if is_remote(spark):
+        plugins = spark.conf.get("spark.connect.extensions.relation.classes", "") or ""
+        if DELTA_CONNECT_PLUGIN not in plugins:
+            logger.warning("Spark Connect server has the Delta extension but not %s; using the embedded backend",
+                           DELTA_CONNECT_PLUGIN)
+            return False
+        return True
     try:
         jvm = spark.sparkContext._jvm  # noqa: SLF001 - only to probe the classpath, never to log
         # jars on spark.jars are loaded by the context class loader, not by py4j's own
@@ -1022,7 +1038,8 @@ class _EmbeddedBackend(_Backend):
                 written = df.mapInArrow(writer_fn, "file string, rows long").collect()
                 files = {row["file"] for row in written}
             else:
-                writer = df.write.mode("errorifexists").option("compression", "snappy")
+                # "error", not its alias "errorifexists", which the Spark Connect client refuses
+                writer = df.write.mode("error").option("compression", "snappy")
                 if partition_by:
                     writer = writer.partitionBy(*partition_by)
                 writer.parquet(_spark_path(target))
@@ -1052,9 +1069,12 @@ class _EmbeddedBackend(_Backend):
             raise SchemaMismatch(f"{uri}: no columns {missing} in the table")
         files = [_spark_path(u) if u.startswith("/") else u for u in table.file_uris()]
         # one slice per task, files dealt evenly (a round-robin repartition may put them all in one)
-        tasks = max(1, min(len(files), self.spark.sparkContext.defaultParallelism))
-        source = self.spark.createDataFrame(self.spark.sparkContext.parallelize([(f,) for f in files], tasks),
-                                            "file string")
+        tasks = max(1, min(len(files), default_parallelism(self.spark)))
+        # spark.range deals its ids evenly over the tasks (as SparkContext.parallelize did, and unlike
+        # a round-robin repartition); each id picks its file from a literal array. Works through Connect.
+        source = (self.spark.range(0, len(files), 1, tasks)
+                  .select(F.element_at(F.array(*[F.lit(f) for f in files]), (F.col("id") + 1).cast("int"))
+                          .alias("file")))
         return ArrowScan(source, columns, T.StructType([by_name[c] for c in columns]).json())
 
     def write_arrow(self, source, uri, batches, schema, mode, metadata):

@@ -74,14 +74,25 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def build_session(profile: Profile, app_name: str) -> SparkSession:
+def remote_url(remote: str | None = None) -> str | None:
+    """The Spark Connect URL a job runs through: ``remote`` (``--remote``), else ``$SPARK_REMOTE``, else None."""
+    return remote or os.environ.get("SPARK_REMOTE") or None
+
+
+def build_session(profile: Profile, app_name: str, remote: str | None = None) -> SparkSession:
     """Get or create the session for ``app_name`` with the profile's settings.
+
+    With a Spark Connect URL (``remote``, else ``$SPARK_REMOTE``, e.g. ``sc://localhost:15002``) the
+    session is a Connect client: see :func:`build_remote_session`.
 
     Under spark-submit the master, packages and resources come from the command line: the profile's
     ``spark.master``, ``spark.driver.memory`` and driver JVM options are then left alone, and its
     executor JVM options are appended to those given on the command line. Otherwise the jars fetched
     by ``cdp jars fetch`` go on ``spark.jars`` (:func:`jar_settings`); nothing is downloaded here.
     """
+    url = remote_url(remote)
+    if url is not None:
+        return build_remote_session(profile, app_name, url)
     # Python workers must run this interpreter (with pandas, pyarrow, phonenumbers), not whatever
     # python3 is first on PATH; spark-submit users can still override it with PYSPARK_PYTHON.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -106,3 +117,23 @@ def build_session(profile: Profile, app_name: str) -> SparkSession:
     logger.info("Spark %s session %r (master %s)", spark.version, app_name,
                 spark.sparkContext.master)
     return spark
+
+
+def build_remote_session(profile: Profile, app_name: str, url: str) -> SparkSession:
+    """A Spark Connect session on ``url`` with the profile's runtime SQL settings.
+
+    The server was started with its master, memory, JVM options and jars; a client can only change
+    runtime SQL settings of its own session. The profile's other settings (``spark.master``,
+    ``spark.driver.memory``, JVM options, static SQL settings) are skipped with a debug line each.
+    """
+    # The builder sends spark.app.name as a session setting too; the server ignores it (silently).
+    spark = SparkSession.builder.remote(url).appName(app_name).getOrCreate()
+    for key, value in {**DEFAULT_SETTINGS, **profile.spark, **REQUIRED_SETTINGS}.items():
+        if key in JAVA_OPTIONS or not spark.conf.isModifiable(key):
+            logger.debug("Spark Connect: %s is not a runtime SQL setting, left to the server (profile %s wants %s)",
+                         key, profile.name, value)
+            continue
+        spark.conf.set(key, value)
+    logger.info("Spark %s Connect session %r on %s", spark.version, app_name, url)
+    return spark
+
