@@ -36,6 +36,7 @@ from cdp.audiences.activation import export_frame
 from cdp.audiences.language import Audience, Destination
 from cdp.jobs.audiences import audience_table, select_audiences
 from cdp.jobs.entry import JobFailed
+from cdp.lake.paths import is_local, local_path
 from cdp.privacy import ERASURE_LIST, consent_current, suppressed_customers
 from cdp.runtime.config import JobContext
 
@@ -55,9 +56,9 @@ def export_table(audience: str) -> str:
 def _filesystem(root: str) -> tuple[Any, str]:
     from pyarrow import fs as pafs
 
-    if "://" in root and not root.startswith("file://"):
+    if not is_local(root):
         return pafs.FileSystem.from_uri(root)
-    return pafs.LocalFileSystem(), root[len("file://"):] if root.startswith("file://") else root
+    return pafs.LocalFileSystem(), local_path(root)
 
 
 def _exists(filesystem: Any, path: str) -> bool:

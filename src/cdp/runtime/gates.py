@@ -31,6 +31,7 @@ from pyspark.sql import DataFrame
 
 from cdp.expectations.quality import QualityConfig, SuiteResult, render_report_html, validate_suite
 from cdp.lake import Lake
+from cdp.lake.paths import is_local, local_path
 from cdp.runtime.config import JobContext, parse_file
 from cdp.runtime.errors import GateFailed
 
@@ -67,7 +68,7 @@ def staging_name(table: str) -> str:
 
 def write_text(root: str, relative: str, text: str) -> str:
     """Write a text file under the lake root (local path or any URI pyarrow can open)."""
-    if "://" in root and not root.startswith("file://"):
+    if not is_local(root):
         from pyarrow import fs as pafs
 
         filesystem, base = pafs.FileSystem.from_uri(root)
@@ -76,8 +77,7 @@ def write_text(root: str, relative: str, text: str) -> str:
         with filesystem.open_output_stream(path) as out:
             out.write(text.encode("utf-8"))
         return f"{root.rstrip('/')}/{relative}"
-    base = root[len("file://"):] if root.startswith("file://") else root
-    path = Path(base) / relative
+    path = Path(local_path(root)) / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return str(path)
