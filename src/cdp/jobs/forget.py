@@ -379,9 +379,10 @@ def erasure_plan(spark: SparkSession, lake: Any, ctx: JobContext, person: Person
     return plan
 
 
-def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, identifier: str | None = None,
+def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, identifier: str | Sequence[str] | None = None,
         customer_id: str | None = None, request_id: str | None = None, dry_run: bool = False) -> ForgetResult:
-    """Erase the person designated by ``identifier`` (``TYPE=VALUE``) or ``customer_id``.
+    """Erase the person designated by ``identifier`` (``TYPE=VALUE``, or several naming one person)
+    or ``customer_id``.
 
     With ``dry_run`` nothing is written: ``result.planned`` holds, per table, the data files that hold
     the person's rows and how many, and ``result.export_files`` / ``result.report_files`` the files
@@ -394,20 +395,23 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, identifier: s
         raise ConfigError("give exactly one of --identifier TYPE=VALUE or --customer-id ID")
     request_id = request_id or f"erasure-{uuid.uuid4().hex[:12]}"
     extra: list[tuple[str, str]] = []
+    raws: list[str] = []
     customers: list[str] = []
     if identifier is not None:
-        if "=" not in identifier:
-            raise ConfigError(f"--identifier {identifier!r}: expected TYPE=VALUE, e.g. email=jane@example.com")
-        id_type, raw = identifier.split("=", 1)
-        value = normalise_identifier(ctx, id_type.strip(), raw)
-        extra.append((id_type.strip(), value))
+        for given in [identifier] if isinstance(identifier, str) else list(identifier):
+            if "=" not in given:
+                raise ConfigError(f"--identifier {given!r}: expected TYPE=VALUE, e.g. email=jane@example.com")
+            id_type, raw = given.split("=", 1)
+            extra.append((id_type.strip(), normalise_identifier(ctx, id_type.strip(), raw)))
+            raws.append(raw.strip())
         if lake.exists("identity_map"):
             matches = lake.read("identity_map").join(
-                hashed_keys(spark, [(id_type.strip(), value)], ["_t", "_v"]),
+                hashed_keys(spark, extra, ["_t", "_v"]),
                 (F.sha2(F.col("id_type"), 256) == F.col("_t")) & (F.sha2(F.col("id_value"), 256) == F.col("_v")),
                 how="left_semi").collect()
-            if any(r["is_shared"] for r in matches):
-                raise JobFailed(f"{id_type}=<given value> is a shared identifier (several people); "
+            shared = sorted({r["id_type"] for r in matches if r["is_shared"]})
+            if shared:
+                raise JobFailed(f"the given {', '.join(shared)} is a shared identifier (several people); "
                                 "erase by --customer-id instead")
             customers = sorted({r["customer_id"] for r in matches})
     else:
@@ -416,8 +420,8 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, identifier: s
         person = resolve_person(lake, customer_ids=customers)
     else:
         person = Person(customer_ids=tuple(customers), identifiers=(), records=(), order_ids=(), raw_values=())
-    if extra:
-        person = replace(person, raw_values=tuple(sorted({*person.raw_values, raw.strip()})))
+    if raws:
+        person = replace(person, raw_values=tuple(sorted({*person.raw_values, *raws})))
     if not customers:
         logger.warning("%s: no customer found for the identifier; suppressing it so it is never loaded",
                        request_id)
@@ -479,7 +483,9 @@ def format_plan(result: ForgetResult) -> str:
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--identifier", help="TYPE=VALUE, e.g. email=jane@example.com or phone=+8613800138000")
+    who.add_argument("--identifier", action="append",
+                     help="TYPE=VALUE, e.g. email=jane@example.com or phone=+8613800138000; repeat it for "
+                          "each identifier the request names")
     who.add_argument("--customer-id", help="the customer id to erase")
     parser.add_argument("--request-id", help="reference of the erasure request (default: generated)")
     parser.add_argument("--dry-run", action="store_true",
