@@ -55,6 +55,10 @@ def export_table(audience: str) -> str:
 def _filesystem(root: str) -> tuple[Any, str]:
     from pyarrow import fs as pafs
 
+    from cdp.lake.storage import filesystem, is_object_store
+
+    if is_object_store(root):
+        return filesystem(root)  # s3a:// with the session's object-store settings
     if "://" in root and not root.startswith("file://"):
         return pafs.FileSystem.from_uri(root)
     return pafs.LocalFileSystem(), root[len("file://"):] if root.startswith("file://") else root

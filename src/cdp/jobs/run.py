@@ -209,18 +209,8 @@ def _coerce(value: Any, annotation: Any) -> Any:
 # -- lake bookkeeping ---------------------------------------------------------------------------
 
 def list_tables(lake: Any) -> list[str]:
-    """Table names in the lake (local lakes via the lake; object stores by listing the root)."""
-    if urlparse(lake.root).scheme in ("", "file"):
-        return lake.tables()
-    from pyarrow import fs as pafs
-
-    filesystem, base = pafs.FileSystem.from_uri(lake.root)
-    names = []
-    for info in filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
-        if info.type == pafs.FileType.Directory and not info.base_name.startswith(("_", ".")):
-            if filesystem.get_file_info(f"{info.path}/_delta_log").type == pafs.FileType.Directory:
-                names.append(info.base_name)
-    return sorted(names)
+    """Table names in the lake (a local folder or an object store)."""
+    return lake.tables()
 
 
 def table_versions(lake: Any) -> dict[str, int]:

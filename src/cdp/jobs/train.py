@@ -32,7 +32,7 @@ from cdp.jobs.entry import JobFailed, job_main
 from cdp.jobs.features import build_snapshot, load_feature_config, parse_date, read_inputs
 from cdp.jobs.tags import load_catalogue, parse_catalogue
 from cdp.lake import Lake
-from cdp.runtime.config import JobContext
+from cdp.runtime.config import ConfigError, JobContext
 from cdp.tagging import Algorithm, Clustering, ClusterModel, ModelSpec, clustering_instances
 from cdp.tagging.algorithms import REGISTRY
 from cdp.tagging.clusters import aligned_to, fit_sample, silhouette_of
@@ -56,7 +56,11 @@ MIN_SILHOUETTE_GAIN = 0.01  # a refit clustering replaces the champion only when
 def configure_mlflow(lake_root: str) -> str:
     """Tracking and registry URI: $MLFLOW_TRACKING_URI (and $MLFLOW_REGISTRY_URI), else
     ``sqlite:///<lake>/mlflow.db``. Returns the artifact root for new experiments,
-    ``<lake>/mlflow-artifacts``: a sqlite store would otherwise write ./mlruns wherever the job runs."""
+    ``<lake>/mlflow-artifacts``: a sqlite store would otherwise write ./mlruns wherever the job runs.
+
+    An object-store lake (``s3a://``) cannot hold the sqlite file: it needs $MLFLOW_TRACKING_URI;
+    artifacts then go beside a local sqlite database, or to $MLFLOW_ARTIFACT_ROOT (default
+    ``s3://<lake>/mlflow-artifacts``) with a tracking server."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
@@ -65,6 +69,21 @@ def configure_mlflow(lake_root: str) -> str:
     if "://" not in root:
         root = os.path.abspath(root)
         os.makedirs(root, exist_ok=True)
+    elif not os.environ.get("MLFLOW_TRACKING_URI"):
+        # sqlite needs a local file: an object-store lake keeps its models with a tracking server
+        raise ConfigError(f"lake {lake_root}: MLflow cannot keep its database in an object store; set "
+                          "MLFLOW_TRACKING_URI (a tracking server, or sqlite:///<local path>/mlflow.db)")
+    else:
+        tracking = os.environ["MLFLOW_TRACKING_URI"]
+        mlflow.set_tracking_uri(tracking)
+        mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or tracking)
+        if tracking.startswith("sqlite:///"):
+            # artifacts beside the local database; a tracking server keeps its own artifact store
+            return "file://" + os.path.join(os.path.dirname(os.path.abspath(tracking[len("sqlite:///"):])),
+                                            "mlflow-artifacts")
+        # a tracking server: MLflow's own S3 artifact store speaks s3://, not Hadoop's s3a://
+        bucket_root = "s3://" + root.split("://", 1)[1] if root.startswith(("s3a://", "s3n://")) else root
+        return os.environ.get("MLFLOW_ARTIFACT_ROOT") or f"{bucket_root}/mlflow-artifacts"
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)

@@ -8,6 +8,7 @@ import sys
 from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
+from cdp.lake.storage import ObjectStore
 from cdp.runtime.config import Profile
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,16 @@ def under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def object_store_settings(profile: Profile) -> dict[str, str]:
+    """S3A settings (``spark.hadoop.fs.s3a.*``) from the AWS environment, for what the profile leaves
+    unsaid: an ``AWS_ENDPOINT_URL`` (MinIO, a private S3) reaches Spark as it reaches delta-rs and
+    pyarrow (``cdp.lake.storage``). Nothing when the environment names no endpoint, region or keys."""
+    store = ObjectStore.from_settings(profile.spark)
+    if not (store.endpoint or store.region or store.access_key):
+        return {}
+    return store.s3a()
+
+
 def build_session(profile: Profile, app_name: str) -> SparkSession:
     """Get or create the session for ``app_name`` with the profile's settings.
 
@@ -59,7 +70,8 @@ def build_session(profile: Profile, app_name: str) -> SparkSession:
     builder = SparkSession.builder.appName(app_name)
     launched_by_submit = under_spark_submit()
     launch_conf = SparkConf() if launched_by_submit else None  # what spark-submit was given
-    for key, value in {**DEFAULT_SETTINGS, **profile.spark, **REQUIRED_SETTINGS}.items():
+    for key, value in {**DEFAULT_SETTINGS, **object_store_settings(profile), **profile.spark,
+                       **REQUIRED_SETTINGS}.items():
         if launched_by_submit and key in ("spark.master", "spark.driver.memory", "spark.driver.extraJavaOptions"):
             continue
         if key in JAVA_OPTIONS and launch_conf is not None:
