@@ -224,7 +224,9 @@ def table_rows(lake: Any, name: str) -> int:
             import pyarrow as pa
             from deltalake import DeltaTable
 
-            actions = DeltaTable(lake.uri(name).replace("s3a://", "s3://", 1)).get_add_actions(flatten=True)
+            actions = DeltaTable(lake.uri(name).replace("s3a://", "s3://", 1),
+                                 storage_options=getattr(lake, "storage_options", None) or None
+                                 ).get_add_actions(flatten=True)
             counts = pa.table(actions).column("num_records").to_pylist()
             if all(count is not None for count in counts):
                 return int(sum(counts))
@@ -247,8 +249,10 @@ def rows_written(lake: Any, name: str, since: int | None) -> int:
             from deltalake import DeltaTable
 
             uri = lake.uri(name).replace("s3a://", "s3://", 1)
-            before = set(pa.table(DeltaTable(uri, version=since).get_add_actions(flatten=True)).column("path").to_pylist())
-            actions = pa.table(DeltaTable(uri).get_add_actions(flatten=True)).to_pydict()
+            options = getattr(lake, "storage_options", None) or None  # an object store's endpoint and keys
+            before = set(pa.table(DeltaTable(uri, version=since, storage_options=options)
+                                  .get_add_actions(flatten=True)).column("path").to_pylist())
+            actions = pa.table(DeltaTable(uri, storage_options=options).get_add_actions(flatten=True)).to_pydict()
             counts = [n for path, n in zip(actions["path"], actions["num_records"], strict=True) if path not in before]
             if all(n is not None for n in counts):
                 return int(sum(counts))
