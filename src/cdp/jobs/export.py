@@ -56,6 +56,10 @@ def export_table(audience: str) -> str:
 def _filesystem(root: str) -> tuple[Any, str]:
     from pyarrow import fs as pafs
 
+    from cdp.lake.storage import filesystem, is_object_store
+
+    if is_object_store(root):
+        return filesystem(root)  # s3a:// with the session's object-store settings
     if not is_local(root):
         return pafs.FileSystem.from_uri(root)
     return pafs.LocalFileSystem(), local_path(root)

@@ -1,7 +1,8 @@
 """``cdp land``: raw exports -> one bronze Delta table per source, plus quarantine and a load log.
 
-For each source in ``conf/sources.yaml`` the files matching its glob under ``--raw`` are listed and
-fingerprinted (SHA-256). Files whose fingerprint is already in ``load_log`` are skipped, so a re-run
+For each source in ``conf/sources.yaml`` the files matching its glob under ``--raw`` (a local folder or
+an object-store URI such as ``s3a://bucket/raw``) are listed and fingerprinted (SHA-256, computed by
+Spark tasks). Files whose fingerprint is already in ``load_log`` are skipped, so a re-run
 over the same files adds nothing. New files are read by Spark tasks (one Python reader per file that
 keeps line numbers and decodes with the source's encoding) and parsed by Spark (``from_json`` /
 ``from_csv`` with a corrupt-record column, then per-field checks; a quoted CSV field may span
@@ -20,6 +21,9 @@ and load_log become current together. A run killed between those writes leaves v
 sees; the next land restores each table to its committed version before writing and loads every
 file the committed load log does not list. (No Delta app transactions here: a restore keeps the
 dead commit's transaction, which would then skip the re-run's write.)
+
+The tasks open raw files through ``pyarrow.fs`` (:func:`cdp.lake.storage.filesystem`), with the
+object-store settings the driver resolved, so raw folders need not be mounted on every node.
 """
 from __future__ import annotations
 
@@ -29,8 +33,11 @@ import csv
 import dataclasses
 import glob
 import hashlib
+import io
 import logging
 import os
+import posixpath
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,6 +53,7 @@ from pyspark.sql import types as T
 
 from cdp.connect import default_parallelism
 from cdp.jobs.entry import JobFailed
+from cdp.lake.storage import ObjectStore, filesystem
 from cdp.runtime.config import ConfigError, JobContext, parse_file
 from cdp.sources import SourcesConfig, SourceSpec, bronze_schema, parse_lines
 
@@ -93,6 +101,8 @@ MAX_RECORD_LINES = 100  # a quoted CSV field may span this many lines at most
 
 @dataclass(frozen=True)
 class RawFile:
+    """A raw file: ``path`` is an absolute local path or a URI (``s3a://bucket/raw/crm/a.csv``)."""
+
     relpath: str
     path: str
     size: int
@@ -143,34 +153,110 @@ def load_sources(ctx: JobContext) -> tuple[Path, SourcesConfig]:
 
 # -- files ----------------------------------------------------------------------------------------
 
-def _sha256(path: str) -> str:
+def _open_raw(path: str, store: ObjectStore | None) -> io.BufferedReader:
+    """A raw file's bytes, as stored (no decompression by extension), locally or in an object store."""
+    files_fs, inner = filesystem(path, store)
+    return io.BufferedReader(files_fs.open_input_stream(inner, compression=None), buffer_size=1 << 20)
+
+
+def _sha256(path: str, store: ObjectStore | None = None) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with _open_raw(path, store) as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def discover_files(source: SourceSpec, raw_root: Path, conf_file: Path) -> list[RawFile]:
-    """The files matching the source's glob, sorted by relative path, with size, mtime and SHA-256."""
-    pattern = str(raw_root / source.path)
-    fixed = Path(raw_root, *[part for part in Path(source.path).parts
-                            if not glob.has_magic(part)][:_fixed_depth(source.path)])
-    if not fixed.exists():
-        raise ConfigError(f"{conf_file}: sources.{source.name}.path: {fixed} does not exist "
-                          f"(raw root {raw_root})")
-    files = []
-    for match in sorted(glob.glob(pattern, recursive=True)):
-        if not os.path.isfile(match):
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """``glob.glob(pattern, recursive=True)`` semantics over relative POSIX paths: ``*``, ``?`` and
+    ``[...]`` stay within a folder, ``**`` spans zero or more folders, hidden names match only when
+    the pattern names them with a leading dot."""
+    segments = pattern.split("/")
+    regex = ""
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment == "**":
+            regex += r"(?:(?!\.)[^/]+(?:/(?!\.)[^/]+)*)?" if last else r"(?:(?!\.)[^/]+/)*"
             continue
-        if not os.access(match, os.R_OK):
-            raise ConfigError(f"{conf_file}: sources.{source.name}.path: {match} is not readable")
-        stat = os.stat(match)
-        files.append(RawFile(relpath=os.path.relpath(match, raw_root), path=os.path.abspath(match),
-                             size=stat.st_size, mtime=datetime.fromtimestamp(stat.st_mtime, UTC),
-                             sha256=_sha256(match)))
+        regex += "" if segment.startswith(".") else r"(?!\.)"
+        position = 0
+        while position < len(segment):
+            char = segment[position]
+            closing = segment.find("]", position + 2) if char == "[" else -1
+            if char == "*":
+                regex += "[^/]*"
+            elif char == "?":
+                regex += "[^/]"
+            elif closing != -1:
+                inner = segment[position + 1:closing]
+                inner = "^" + inner[1:] if inner.startswith("!") else inner
+                regex += "[" + inner.replace("\\", "\\\\") + "]"
+                position = closing
+            else:
+                regex += re.escape(char)
+            position += 1
+        regex += "" if last else "/"
+    return re.compile(regex + r"\Z", re.DOTALL)
+
+
+def _fingerprints(spark: SparkSession, paths: list[str], store: ObjectStore) -> dict[str, str]:
+    """SHA-256 of each file, computed by Spark tasks that read the files where they are."""
+    if not paths:
+        return {}
+
+    def digest(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            chosen = [paths[i] for i in batch.column("id").to_pylist()]
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(chosen, pa.string()), pa.array([_sha256(p, store) for p in chosen], pa.string())],
+                names=["path", "sha256"])
+
+    tasks = max(1, min(len(paths), spark.sparkContext.defaultParallelism * 2))
+    rows = spark.range(0, len(paths), 1, tasks).mapInArrow(digest, "path string, sha256 string").collect()
+    return {row["path"]: row["sha256"] for row in rows}
+
+
+def discover_files(source: SourceSpec, raw_root: str | os.PathLike[str], conf_file: Path,
+                   spark: SparkSession | None = None, store: ObjectStore | None = None) -> list[RawFile]:
+    """The files matching the source's glob, sorted by relative path, with size, mtime and SHA-256.
+
+    ``raw_root`` is a local folder or an object-store URI; the listing is one call on the driver and
+    the fingerprints are computed by Spark tasks when ``spark`` is given (else here).
+    """
+    from pyarrow import fs as pafs
+
+    root = str(raw_root)
+    store = store if store is not None else ObjectStore.for_session(spark)
+    raw_fs, base = filesystem(root, store)
+    local = isinstance(raw_fs, pafs.LocalFileSystem)
+    shown_root = base if local else root.rstrip("/")
+    fixed_parts = [part for part in Path(source.path).parts
+                   if not glob.has_magic(part)][:_fixed_depth(source.path)]
+    fixed = posixpath.join(base, *fixed_parts)
+    if raw_fs.get_file_info(fixed).type != pafs.FileType.Directory:
+        shown_fixed = posixpath.join(shown_root, *fixed_parts)
+        raise ConfigError(f"{conf_file}: sources.{source.name}.path: {shown_fixed} does not exist "
+                          f"(raw root {shown_root})")
+    pattern = _glob_regex(source.path)
+    listed = []
+    for info in raw_fs.get_file_info(pafs.FileSelector(fixed, recursive=True)):
+        relpath = info.path[len(base):].lstrip("/")
+        if info.type != pafs.FileType.File or not pattern.match(relpath):
+            continue
+        path = info.path if local else f"{shown_root}/{relpath}"
+        if local and not os.access(path, os.R_OK):
+            raise ConfigError(f"{conf_file}: sources.{source.name}.path: {path} is not readable")
+        mtime = info.mtime if info.mtime is not None else datetime.now(UTC)
+        listed.append((relpath, path, int(info.size), mtime.astimezone(UTC)))
+    listed.sort()
+    if spark is not None:
+        digests = _fingerprints(spark, [path for _, path, _, _ in listed], store)
+    else:
+        digests = {path: _sha256(path, store) for _, path, _, _ in listed}
+    files = [RawFile(relpath=relpath, path=path, size=size, mtime=mtime, sha256=digests[path])
+             for relpath, path, size, mtime in listed]
     if not files:
-        logger.warning("%s: no files match %s", source.name, pattern)
+        logger.warning("%s: no files match %s", source.name, posixpath.join(shown_root, source.path))
     return files
 
 
@@ -182,22 +268,23 @@ def _fixed_depth(path: str) -> int:
     return max(len(parts) - 1, 0)
 
 
-def read_header(raw_file: RawFile, encoding: str, sep: str) -> list[str]:
+def read_header(raw_file: RawFile, encoding: str, sep: str, store: ObjectStore | None = None) -> list[str]:
     """The CSV header of one file (first line), decoded with the source's encoding."""
-    with open(raw_file.path, "rb") as handle:
+    with _open_raw(raw_file.path, store) as handle:
         first = handle.readline()
     text = first.decode(encoding, errors="replace").lstrip("\ufeff").rstrip("\r\n")
     return next(csv.reader([text], delimiter=sep), [])
 
 
-def _line_reader(encoding: str, skip_header: bool, files: list[tuple[str, str]], csv_dialect: tuple[str, str] | None):
+def _line_reader(encoding: str, skip_header: bool, files: list[tuple[str, str]], csv_dialect: tuple[str, str] | None,
+                 store: ObjectStore | None = None):
     """A ``mapInArrow`` function: file indexes in, (file, line number, text, decode error) out."""
 
     def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for index in batch.column("id").to_pylist():
                 path, relpath = files[index]
-                yield from _read_file(path, relpath, encoding, skip_header, csv_dialect)
+                yield from _read_file(path, relpath, encoding, skip_header, csv_dialect, store)
 
     return read
 
@@ -215,10 +302,11 @@ def _opens_quoted_field(text: str, csv_dialect: tuple[str, str]) -> bool:
     return False
 
 
-def _physical_lines(path: str, encoding: str, skip_header: bool) -> Iterator[tuple[int, str, str | None]]:
+def _physical_lines(path: str, encoding: str, skip_header: bool,
+                    store: ObjectStore | None = None) -> Iterator[tuple[int, str, str | None]]:
     """(line number, decoded text, decode error) of every line but a skipped header; BOM removed."""
     utf8 = codecs.lookup(encoding).name.startswith("utf-8")
-    with open(path, "rb") as handle:
+    with _open_raw(path, store) as handle:
         for number, raw in enumerate(handle, start=1):
             if number == 1:
                 if utf8 and raw.startswith(codecs.BOM_UTF8):
@@ -232,8 +320,8 @@ def _physical_lines(path: str, encoding: str, skip_header: bool) -> Iterator[tup
                        f"undecodable bytes for encoding {encoding} at byte {exc.start} of the line")
 
 
-def _records(path: str, encoding: str, skip_header: bool,
-             csv_dialect: tuple[str, str] | None) -> Iterator[tuple[int, str, str | None]]:
+def _records(path: str, encoding: str, skip_header: bool, csv_dialect: tuple[str, str] | None,
+             store: ObjectStore | None = None) -> Iterator[tuple[int, str, str | None]]:
     """(first line number, record text, decode error) per record; blank lines are not records.
 
     With ``csv_dialect`` (separator, quote), a quoted field may hold line breaks: its lines are
@@ -242,7 +330,7 @@ def _records(path: str, encoding: str, skip_header: bool,
     its lines are then given back one by one, so one stray quote never swallows good records.
     """
     pending: list[tuple[int, str, str | None]] = []
-    for number, text, error in _physical_lines(path, encoding, skip_header):
+    for number, text, error in _physical_lines(path, encoding, skip_header, store):
         if pending:
             pending.append((number, text, error))
             joined = "\n".join(part for _, part, _ in pending)
@@ -264,9 +352,9 @@ def _records(path: str, encoding: str, skip_header: bool,
 
 
 def _read_file(path: str, relpath: str, encoding: str, skip_header: bool,
-               csv_dialect: tuple[str, str] | None = None) -> Iterator[pa.RecordBatch]:
+               csv_dialect: tuple[str, str] | None = None, store: ObjectStore | None = None) -> Iterator[pa.RecordBatch]:
     names, numbers, texts, errors = [], [], [], []
-    for number, text, error in _records(path, encoding, skip_header, csv_dialect):
+    for number, text, error in _records(path, encoding, skip_header, csv_dialect, store):
         names.append(relpath)
         numbers.append(number)
         texts.append(text)
@@ -286,28 +374,32 @@ def _lines_batch(files: list[str], numbers: list[int], texts: list[str], errors:
 
 
 def read_lines(spark: SparkSession, files: list[RawFile], encoding: str, skip_header: bool,
-               csv_dialect: tuple[str, str] | None = None) -> DataFrame:
+               csv_dialect: tuple[str, str] | None = None, store: ObjectStore | None = None) -> DataFrame:
     """Records of ``files`` as a DataFrame, read in parallel (one task per group of files).
 
     One record per line; with ``csv_dialect`` (separator, quote) a quoted CSV field may span lines.
+    The tasks open the files with ``store``'s settings (default: the session's and the environment's).
     """
+    store = store if store is not None else ObjectStore.for_session(spark)
     listed = [(f.path, f.relpath) for f in files]
     # spark.range keeps the file list in the JVM (no Python serialisation, no shuffle); each task
     # reads its files with one Python reader.
     partitions = max(1, min(len(files), default_parallelism(spark) * 2))
     return (spark.range(0, len(files), 1, partitions)
-            .mapInArrow(_line_reader(encoding, skip_header, listed, csv_dialect), LINES_SCHEMA))
+            .mapInArrow(_line_reader(encoding, skip_header, listed, csv_dialect, store), LINES_SCHEMA))
 
 
-def parse_source(spark: SparkSession, source: SourceSpec, files: list[RawFile]) -> DataFrame:
+def parse_source(spark: SparkSession, source: SourceSpec, files: list[RawFile],
+                 store: ObjectStore | None = None) -> DataFrame:
     """Raw files -> record fields (raw strings) + _source_file, _line, _text, _reason."""
+    store = store if store is not None else ObjectStore.for_session(spark)
     if source.format == "jsonl":
-        return parse_lines(read_lines(spark, files, source.encoding, skip_header=False), source)
+        return parse_lines(read_lines(spark, files, source.encoding, skip_header=False, store=store), source)
     if source.format == "csv":
         sep = source.csv_options.get("sep", source.csv_options.get("delimiter", ","))
         by_header: dict[tuple[str, ...], list[RawFile]] = {}
         for raw_file in files:
-            by_header.setdefault(tuple(read_header(raw_file, source.encoding, sep)), []).append(raw_file)
+            by_header.setdefault(tuple(read_header(raw_file, source.encoding, sep, store)), []).append(raw_file)
         parts = []
         for header, group in by_header.items():
             missing = [f.name for f in source.fields if f.required and f.name not in header]
@@ -315,7 +407,7 @@ def parse_source(spark: SparkSession, source: SourceSpec, files: list[RawFile]) 
                 logger.warning("%s: files %s lack required columns %s; their rows go to quarantine",
                                source.name, [f.relpath for f in group][:3], missing)
             lines = read_lines(spark, group, source.encoding, skip_header=True,
-                               csv_dialect=(sep, source.csv_options.get("quote", '"')))
+                               csv_dialect=(sep, source.csv_options.get("quote", '"')), store=store)
             parts.append(parse_lines(lines, source, list(header)))
         result = parts[0]
         for part in parts[1:]:
@@ -324,7 +416,8 @@ def parse_source(spark: SparkSession, source: SourceSpec, files: list[RawFile]) 
     # parquet: each row becomes a JSON object text, then follows the JSON path (line = row number).
     rows = spark.read.parquet(*[f.path for f in files])
     # Spark reports "file:/a/b" for local files, other tools "file:///a/b": accept both spellings.
-    roots = {uri: f.relpath for f in files for uri in (Path(f.path).as_uri(), f"file:{f.path}", f.path)}
+    roots = {uri: f.relpath for f in files
+             for uri in ((Path(f.path).as_uri(), f"file:{f.path}", f.path) if f.path.startswith("/") else (f.path,))}
     mapping = F.create_map(*[item for uri, rel in roots.items() for item in (F.lit(uri), F.lit(rel))])
     lines = rows.select(
         F.coalesce(F.element_at(mapping, F.col("_metadata.file_path")), F.col("_metadata.file_path")).alias("_source_file"),
@@ -382,10 +475,11 @@ def _rows_per_file(frame: DataFrame, file_column: str) -> dict[str, int]:
             frame.groupBy(file_column).agg(F.count(F.lit(1)).alias("n")).collect()}
 
 
-def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: Path, conf_file: Path,
-                run_id: str) -> SourceLoad:
+def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: str | os.PathLike[str],
+                conf_file: Path, run_id: str, store: ObjectStore | None = None) -> SourceLoad:
     result = SourceLoad(source=source.name)
-    files = discover_files(source, raw_root, conf_file)
+    store = store if store is not None else ObjectStore.for_session(spark)
+    files = discover_files(source, raw_root, conf_file, spark, store)
     result.files_found = len(files)
     loaded, last_seq = _loaded_fingerprints(lake, source.name)
     suppression = _suppression(lake)
@@ -405,7 +499,7 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: Pa
     load_id = load_id_of(source.name, new_files)
     result.load_id = load_id
     now = datetime.now(UTC).replace(tzinfo=None)
-    parsed = (parse_source(spark, source, new_files)
+    parsed = (parse_source(spark, source, new_files, store)
               .withColumn("_load_id", F.lit(load_id))
               .withColumn("_ingested_at", F.lit(now).cast("timestamp"))
               .persist(StorageLevel.MEMORY_AND_DISK))
@@ -480,20 +574,24 @@ def run(spark: SparkSession, ctx: JobContext, *, raw: str, sources: list[str] | 
         selected = config.select(sources)
     except ValueError as exc:
         raise ConfigError(f"{conf_file}: {exc}") from exc
-    raw_root = Path(raw)
-    if not raw_root.is_dir():
+    from pyarrow import fs as pafs
+
+    store = ObjectStore.for_session(spark)
+    raw_fs, raw_path = filesystem(raw, store)
+    if raw_fs.get_file_info(raw_path).type != pafs.FileType.Directory:
         raise ConfigError(f"--raw {raw}: raw directory does not exist or is not a directory")
     lake = lake or Lake(spark, ctx.lake_root)
     result = LandResult()
     for source in selected:
-        result.loads[source.name] = land_source(spark, lake, source, raw_root, conf_file, ctx.run_id)
+        result.loads[source.name] = land_source(spark, lake, source, raw, conf_file, ctx.run_id, store)
     logger.info("landed: raw %d = bronze %d + quarantine %d + suppressed %d", result.raw_records,
                 result.bronze_rows, result.quarantined_rows, result.suppressed_rows)
     return result
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--raw", required=True, help="root folder of the raw exports")
+    parser.add_argument("--raw", required=True,
+                        help="root folder of the raw exports: a local path or a URI (s3a://bucket/raw)")
     parser.add_argument("--source", action="append", dest="sources",
                         help="land only this source (repeatable; default: all in sources.yaml)")
 

@@ -59,9 +59,9 @@ def run(spark: Any, ctx: JobContext, *, lake: Any = None, run_id: str | None = N
 
 
 def _upload(folder: Path, uri: str) -> None:
-    from pyarrow import fs as pafs
+    from cdp.lake.storage import filesystem as open_filesystem
 
-    filesystem, base = pafs.FileSystem.from_uri(uri)
+    filesystem, base = open_filesystem(uri)
     filesystem.create_dir(base, recursive=True)
     for path in folder.iterdir():
         with filesystem.open_output_stream(posixpath.join(base, path.name)) as handle:

@@ -232,8 +232,11 @@ def rows_written(lake: Any, name: str, since: int | None) -> int:
             from deltalake import DeltaTable
 
             uri = delta_rs_uri(lake.uri(name))
-            before = set(pa.table(DeltaTable(uri, version=since).get_add_actions(flatten=True)).column("path").to_pylist())
-            actions = pa.table(DeltaTable(uri, version=lake.version(name)).get_add_actions(flatten=True)).to_pydict()
+            options = getattr(lake, "storage_options", None) or None  # an object store's endpoint and keys
+            before = set(pa.table(DeltaTable(uri, version=since, storage_options=options)
+                                  .get_add_actions(flatten=True)).column("path").to_pylist())
+            actions = pa.table(DeltaTable(uri, version=lake.version(name), storage_options=options)
+                               .get_add_actions(flatten=True)).to_pydict()
             counts = [n for path, n in zip(actions["path"], actions["num_records"], strict=True) if path not in before]
             if all(n is not None for n in counts):
                 return int(sum(counts))

@@ -253,7 +253,9 @@ def _row_count(lake: Any, name: str) -> int:
     try:
         from deltalake import DeltaTable
 
-        actions = DeltaTable(lake.uri(name)).get_add_actions(flatten=True)
+        actions = DeltaTable(lake.uri(name).replace("s3a://", "s3://", 1),
+                             storage_options=getattr(lake, "storage_options", None) or None
+                             ).get_add_actions(flatten=True)
         counts = actions.column("num_records").to_pylist()
         if all(c is not None for c in counts):
             return int(sum(counts))

@@ -49,6 +49,7 @@ from pyspark.sql import types as T
 
 from cdp.connect import default_parallelism, is_remote
 from cdp.lake.paths import delta_rs_uri, normalize_root, spark_path
+from cdp.lake.storage import ObjectStore, filesystem, is_object_store
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +236,13 @@ def session_backend(spark: SparkSession) -> str:
     return spark.conf.get(BACKEND_SETTING, "auto") or "auto"
 
 
+def _hadoop_uri(uri: str) -> str:
+    """A data file URI as Spark reads it: local paths as file://, delta-rs's s3:// as Hadoop's s3a://."""
+    if uri.startswith("/"):
+        return _spark_path(uri)
+    return "s3a://" + uri[len("s3://"):] if uri.startswith("s3://") else uri
+
+
 def _as_nullable(schema: T.StructType) -> T.StructType:
     """Delta tables written from DataFrames are nullable, as delta-spark makes them."""
     return T.StructType([T.StructField(f.name, _nullable_type(f.dataType), True, f.metadata)
@@ -289,12 +297,19 @@ class Lake:
             picks delta-spark when its classes are loaded, else embedded; ``delta-spark`` or
             ``embedded`` choose explicitly (embedded works in any session, also one with the jars).
         storage_options: passed to delta-rs for object stores (the embedded backend only).
+        store: object-store settings (default: the session's ``spark.hadoop.fs.s3a.*`` and the
+            AWS environment, see :mod:`cdp.lake.storage`); ``storage_options`` default to its mapping.
     """
 
     def __init__(self, spark: SparkSession, root: str, backend: BackendName = "auto",
-                 storage_options: dict[str, str] | None = None) -> None:
+                 storage_options: dict[str, str] | None = None, store: ObjectStore | None = None) -> None:
         self.spark = spark
         self.root = _to_local_or_uri(root)
+        self.store = store if store is not None else (
+            ObjectStore.for_session(spark) if is_object_store(self.root) else ObjectStore())
+        if storage_options is None and is_object_store(self.root):
+            storage_options = self.store.delta_rs()
+        self.storage_options = dict(storage_options or {})
         if backend == "auto":
             backend = session_backend(spark)
         if backend not in ("auto", "delta-spark", "embedded"):
@@ -307,7 +322,7 @@ class Lake:
                             "Spark with --jars/--packages io.delta:delta-spark_2.13:<version>)")
         self.backend: str = backend
         self._impl: _Backend = (_DeltaSparkBackend(spark) if backend == "delta-spark"
-                                else _EmbeddedBackend(spark, storage_options or {}))
+                                else _EmbeddedBackend(spark, self.storage_options, self.store))
         if self.root.startswith("/"):
             os.makedirs(self.root, exist_ok=True)
         logger.debug("lake at %s on the %s backend", self.root, self.backend)
@@ -324,11 +339,24 @@ class Lake:
         return self._impl.exists(self.uri(name)) and self._visible(name)[0]
 
     def tables(self) -> list[str]:
-        """Names of the Delta tables directly under the root (local lakes only), committed ones only."""
-        if not self.root.startswith("/") or not os.path.isdir(self.root):
-            return []
-        return sorted(entry for entry in os.listdir(self.root)
-                      if os.path.isdir(os.path.join(self.root, entry, "_delta_log")) and self._visible(entry)[0])
+        """Names of the Delta tables directly under the root (local folders and object stores), committed
+        ones only."""
+        return [name for name in self._physical_tables() if self._visible(name)[0]]
+
+    def _physical_tables(self) -> list[str]:
+        """Every folder under the root that holds a Delta log, committed or not."""
+        if self.root.startswith("/"):
+            if not os.path.isdir(self.root):
+                return []
+            return sorted(entry for entry in os.listdir(self.root)
+                          if os.path.isdir(os.path.join(self.root, entry, "_delta_log")))
+        from pyarrow import fs as pafs
+
+        store, base = filesystem(self.root, self.store)
+        children = store.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        names = [posixpath.basename(info.path) for info in children if info.type == pafs.FileType.Directory]
+        return sorted(name for name in names if _TABLE_NAME.match(name)
+                      and store.get_file_info(f"{base}/{name}/_delta_log").type == pafs.FileType.Directory)
 
     # -- reads --------------------------------------------------------------------------------
     @_about_table
@@ -370,7 +398,8 @@ class Lake:
             return None
         from deltalake import DeltaTable
 
-        return DeltaTable(_delta_rs_uri(uri), version=version).transaction_version(app_id)
+        return DeltaTable(_delta_rs_uri(uri), version=version,
+                          storage_options=self.storage_options or None).transaction_version(app_id)
 
     # -- step commits -------------------------------------------------------------------------
     def committed(self) -> dict[str, int] | None:
@@ -392,12 +421,8 @@ class Lake:
         """Start the commit log if the lake has none: a baseline record of every table as it is."""
         if self._impl.exists(self.uri(COMMITS_TABLE)):
             return
-        existing = {}
-        if self.root.startswith("/") and os.path.isdir(self.root):
-            for entry in sorted(os.listdir(self.root)):
-                if (os.path.isdir(os.path.join(self.root, entry, "_delta_log")) and not entry.startswith("_")
-                        and entry not in ALWAYS_LATEST):
-                    existing[entry] = self._impl.version(self.uri(entry))
+        existing = {entry: self._impl.version(self.uri(entry)) for entry in self._physical_tables()
+                    if not entry.startswith("_") and entry not in ALWAYS_LATEST}
         self._append_commit(run_id, BASELINE_STEP, existing)
         logger.info("lake %s: commit log started (%d tables as they are)", self.root, len(existing))
 
@@ -883,9 +908,10 @@ class _DeltaSparkBackend(_Backend):
 class _EmbeddedBackend(_Backend):
     """Spark writes the Parquet files; delta-rs commits them. No JVM jars needed."""
 
-    def __init__(self, spark: SparkSession, storage_options: dict[str, str]) -> None:
+    def __init__(self, spark: SparkSession, storage_options: dict[str, str], store: ObjectStore) -> None:
         self.spark = spark
         self.storage_options = storage_options
+        self.store = store  # for pyarrow on the driver, and shipped to the tasks that read or write files
 
     # -- helpers ------------------------------------------------------------------------------
     def _table(self, uri: str, version: int | None = None):
@@ -931,7 +957,7 @@ class _EmbeddedBackend(_Backend):
     def _read_files(self, files: list[str], data_schema: T.StructType) -> DataFrame:
         # recursiveFileLookup switches off Spark's partition discovery from folder names: partition
         # values come from the Delta log, which is the only authority on them.
-        paths = [_spark_path(f) if f.startswith("/") else f for f in files]
+        paths = [_hadoop_uri(f) for f in files]
         return (self.spark.read.schema(data_schema).option("recursiveFileLookup", "true")
                 .parquet(*paths))
 
@@ -1034,7 +1060,7 @@ class _EmbeddedBackend(_Backend):
                 # shreds every row into hundreds of column writers (tags_wide, 1M customers and 664
                 # columns: 70-81 s with Spark's writer, 51-56 s through Arrow)
                 writer_fn = _parquet_file_writer(_same_batches, _as_nullable(df.schema), _spark_path(target),
-                                                 partition_by)
+                                                 partition_by, store=self.store)
                 written = df.mapInArrow(writer_fn, "file string, rows long").collect()
                 files = {row["file"] for row in written}
             else:
@@ -1075,7 +1101,7 @@ class _EmbeddedBackend(_Backend):
         source = (self.spark.range(0, len(files), 1, tasks)
                   .select(F.element_at(F.array(*[F.lit(f) for f in files]), (F.col("id") + 1).cast("int"))
                           .alias("file")))
-        return ArrowScan(source, columns, T.StructType([by_name[c] for c in columns]).json())
+        return ArrowScan(source, columns, T.StructType([by_name[c] for c in columns]).json(), store=self.store)
 
     def write_arrow(self, source, uri, batches, schema, mode, metadata):
         schema = _as_nullable(schema)
@@ -1090,7 +1116,7 @@ class _EmbeddedBackend(_Backend):
         folder = _new_folder()
         target = f"{uri}/{folder}"
         try:
-            written = source.mapInArrow(_parquet_file_writer(batches, schema, _spark_path(target)),
+            written = source.mapInArrow(_parquet_file_writer(batches, schema, _spark_path(target), store=self.store),
                                         "file string, rows long").collect()
             return self._commit_folder(uri, table, folder, mode, schema, [], None,
                                        self._commit_properties(None, None, metadata),
@@ -1131,11 +1157,11 @@ class _EmbeddedBackend(_Backend):
             return super().copy_overwrite(source_uri, uri, metadata)
         folder = _new_folder()
         target = f"{uri}/{folder}"
-        destination, base = pafs.FileSystem.from_uri(_spark_path(target) if target.startswith("/") else target)
+        destination, base = filesystem(target, self.store)
         try:
             destination.create_dir(base, recursive=True)
             for position, file_uri in enumerate(source.file_uris()):
-                origin, path = pafs.FileSystem.from_uri(_spark_path(file_uri) if file_uri.startswith("/") else file_uri)
+                origin, path = filesystem(file_uri, self.store)
                 # a position prefix: files of several source folders may share a name
                 pafs.copy_files(path, f"{base}/{position:05d}-{posixpath.basename(path)}",
                                 source_filesystem=origin, destination_filesystem=destination)
@@ -1157,10 +1183,10 @@ class _EmbeddedBackend(_Backend):
         from deltalake.transaction import AddAction
         from pyarrow import fs as pafs
 
-        filesystem, base = pafs.FileSystem.from_uri(_spark_path(uri) if uri.startswith("/") else uri)
+        files_fs, base = filesystem(uri, self.store)
         selector = pafs.FileSelector(f"{base}/{folder}", recursive=True, allow_not_found=True)
         actions = []
-        for info in filesystem.get_file_info(selector):
+        for info in files_fs.get_file_info(selector):
             if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
                 continue
             relative = info.path[len(base) + 1:]
@@ -1169,7 +1195,7 @@ class _EmbeddedBackend(_Backend):
             if files is not None and relative[len(folder) + 1:] not in files:
                 continue  # left by a failed or retried task attempt: never part of the table
             partition_values = _partition_values_from_path(relative, partition_by)
-            with filesystem.open_input_file(info.path) as handle:
+            with files_fs.open_input_file(info.path) as handle:
                 footer = pq.ParquetFile(handle).metadata
             mtime = int(info.mtime.timestamp() * 1000) if info.mtime else int(datetime.now(UTC).timestamp() * 1000)
             actions.append(AddAction(relative, int(info.size), partition_values, mtime, True,
@@ -1177,11 +1203,9 @@ class _EmbeddedBackend(_Backend):
         return actions
 
     def _remove_folder(self, target: str) -> None:
-        from pyarrow import fs as pafs
-
         try:
-            filesystem, path = pafs.FileSystem.from_uri(_spark_path(target) if target.startswith("/") else target)
-            filesystem.delete_dir(path)
+            target_fs, path = filesystem(target, self.store)
+            target_fs.delete_dir(path)
         except Exception:  # noqa: BLE001 - best effort: uncommitted files are invisible anyway
             logger.debug("could not remove uncommitted folder %s", target)
 
@@ -1294,32 +1318,35 @@ class ArrowScan:
     columns: tuple[str, ...]
     files_schema: str | None = None  # the columns' Spark schema (JSON) when ``source`` holds file URIs
     batch_rows: int = 10_000
+    store: ObjectStore = ObjectStore()  # object-store settings the tasks open the files with
 
     def feeding(self, batches: ArrowBatches) -> ArrowBatches:
         if self.files_schema is None:
             return batches
-        return _read_files_then(batches, self.files_schema, self.batch_rows)
+        return _read_files_then(batches, self.files_schema, self.batch_rows, self.store)
 
     def map(self, batches: ArrowBatches, schema: T.StructType | str) -> DataFrame:
         return self.source.mapInArrow(self.feeding(batches), schema)
 
 
-def _read_files_then(batches: ArrowBatches, schema_json: str, batch_rows: int) -> ArrowBatches:
+def _read_files_then(batches: ArrowBatches, schema_json: str, batch_rows: int,
+                     store: ObjectStore | None = None) -> ArrowBatches:
     """mapInArrow function over batches of file URIs: read each Parquet file's columns of the schema,
     batch by batch, and hand those batches to ``batches``."""
     def run(partition: Iterator[Any]) -> Iterator[Any]:
         import pyarrow as pa
         import pyarrow.parquet as pq
-        from pyarrow import fs as pafs
         from pyspark.sql.pandas.types import to_arrow_schema
+
+        from cdp.lake.storage import filesystem as open_filesystem
 
         target = to_arrow_schema(T.StructType.fromJson(json.loads(schema_json)), timezone="UTC")
 
         def table_batches() -> Iterator[Any]:
             for files in partition:
                 for uri in files.column(0).to_pylist():
-                    filesystem, path = pafs.FileSystem.from_uri(uri)
-                    with filesystem.open_input_file(path) as handle:
+                    files_fs, path = open_filesystem(uri, store or ObjectStore.from_settings())
+                    with files_fs.open_input_file(path) as handle:
                         parquet = pq.ParquetFile(handle)
                         present = set(parquet.schema_arrow.names)
                         wanted = [f.name for f in target if f.name in present]  # none: batches of rows only
@@ -1356,7 +1383,7 @@ def _quoted(name: str) -> str:
 
 
 def _parquet_file_writer(batches: ArrowBatches, schema: T.StructType, folder_uri: str,
-                         partition_by: Sequence[str] = ()) -> ArrowBatches:
+                         partition_by: Sequence[str] = (), *, store: ObjectStore | None = None) -> ArrowBatches:
     """mapInArrow function: write the batches that ``batches`` makes of a partition to new Parquet files
     in ``folder_uri`` (one per task, created on the first row; none for no rows) and yield each file's
     path relative to the folder and its rows. With ``partition_by``, one file per partition value in
@@ -1368,14 +1395,15 @@ def _parquet_file_writer(batches: ArrowBatches, schema: T.StructType, folder_uri
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
-        from pyarrow import fs as pafs
         from pyspark.sql.pandas.types import to_arrow_schema
+
+        from cdp.lake.storage import filesystem as open_filesystem
 
         # timestamps as UTC instants: sessions run in UTC (cdp.runtime.session), and Spark reads them back as such
         arrow_schema = to_arrow_schema(T.StructType.fromJson(json.loads(schema_json)), timezone="UTC")
         data_columns = [name for name in arrow_schema.names if name not in partition_columns]
         file_schema = pa.schema([arrow_schema.field(name) for name in data_columns])
-        filesystem, base = pafs.FileSystem.from_uri(folder_uri)
+        files_fs, base = open_filesystem(folder_uri, store or ObjectStore.from_settings())
         name = f"part-{uuid.uuid4().hex}.snappy.parquet"  # a new name per task attempt
 
         class File:
@@ -1399,8 +1427,8 @@ def _parquet_file_writer(batches: ArrowBatches, schema: T.StructType, folder_uri
                     return
                 path = f"{base}/{self.relative}"
                 if self.writer is None:
-                    filesystem.create_dir(posixpath.dirname(path), recursive=True)
-                    self.writer = pq.ParquetWriter(path, file_schema, filesystem=filesystem, compression="snappy")
+                    files_fs.create_dir(posixpath.dirname(path), recursive=True)
+                    self.writer = pq.ParquetWriter(path, file_schema, filesystem=files_fs, compression="snappy")
                 self.writer.write_table(pa.Table.from_batches(self.buffered, file_schema),
                                         row_group_size=_ARROW_ROW_GROUP_ROWS)
                 self.buffered.clear()

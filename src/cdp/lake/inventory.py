@@ -8,24 +8,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from cdp.lake.paths import delta_rs_uri, is_local
+from cdp.lake.paths import delta_rs_uri
 
 logger = logging.getLogger(__name__)
 
 
 def list_tables(lake: Any) -> list[str]:
-    """Table names in the lake (local lakes via the lake; object stores by listing the root)."""
-    if is_local(lake.root):
-        return lake.tables()
-    from pyarrow import fs as pafs
-
-    filesystem, base = pafs.FileSystem.from_uri(lake.root)
-    names = []
-    for info in filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
-        if info.type == pafs.FileType.Directory and not info.base_name.startswith(("_", ".")):
-            if filesystem.get_file_info(f"{info.path}/_delta_log").type == pafs.FileType.Directory:
-                names.append(info.base_name)
-    return sorted(names)
+    """Table names in the lake (a local folder or an object store): those a reader sees."""
+    return lake.tables()
 
 
 def table_versions(lake: Any) -> dict[str, int]:
@@ -40,8 +30,9 @@ def table_rows(lake: Any, name: str) -> int:
             import pyarrow as pa
             from deltalake import DeltaTable
 
-            actions = DeltaTable(delta_rs_uri(lake.uri(name)),
-                                 version=lake.version(name)).get_add_actions(flatten=True)
+            actions = DeltaTable(delta_rs_uri(lake.uri(name)), version=lake.version(name),
+                                 storage_options=getattr(lake, "storage_options", None) or None  # object stores
+                                 ).get_add_actions(flatten=True)
             counts = pa.table(actions).column("num_records").to_pylist()
             if all(count is not None for count in counts):
                 return int(sum(counts))

@@ -69,9 +69,9 @@ def staging_name(table: str) -> str:
 def write_text(root: str, relative: str, text: str) -> str:
     """Write a text file under the lake root (local path or any URI pyarrow can open)."""
     if not is_local(root):
-        from pyarrow import fs as pafs
+        from cdp.lake.storage import filesystem as open_filesystem
 
-        filesystem, base = pafs.FileSystem.from_uri(root)
+        filesystem, base = open_filesystem(root)
         path = posixpath.join(base, relative)
         filesystem.create_dir(posixpath.dirname(path), recursive=True)
         with filesystem.open_output_stream(path) as out:

@@ -228,6 +228,6 @@ class LakeLock:
             pass
 
     def _remote(self):
-        from pyarrow import fs as pafs
+        from cdp.lake.storage import filesystem
 
-        return pafs.FileSystem.from_uri(self.path)
+        return filesystem(self.path)

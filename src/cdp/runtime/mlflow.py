@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from cdp.lake.paths import is_local, local_path
+from cdp.runtime.config import ConfigError
 
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlflow-artifacts"
@@ -41,9 +42,17 @@ def client(lake_root: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri(lake_root), registry_uri=registry_uri(lake_root))
 
 
+class ObjectStoreLake(ConfigError):
+    """An object-store lake without $MLFLOW_TRACKING_URI: SQLite cannot live in a bucket."""
+
+
 def configure(lake_root: str) -> str:
     """Point the ``mlflow`` module at the lake's store and registry; return the artifact root for new
-    experiments (``<lake>/mlflow-artifacts``, as a URI)."""
+    experiments (``<lake>/mlflow-artifacts``, as a URI).
+
+    An object-store lake (``s3a://``) cannot hold the SQLite file: it needs $MLFLOW_TRACKING_URI;
+    artifacts then go beside a local SQLite database, or to $MLFLOW_ARTIFACT_ROOT (default
+    ``s3://<lake>/mlflow-artifacts``) with a tracking server."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
@@ -51,6 +60,17 @@ def configure(lake_root: str) -> str:
     root = _root(lake_root)
     if is_local(lake_root):
         os.makedirs(root, exist_ok=True)
+    elif not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise ObjectStoreLake(f"lake {lake_root}: MLflow cannot keep its database in an object store; set "
+                              "MLFLOW_TRACKING_URI (a tracking server, or sqlite:///<local path>/mlflow.db)")
     mlflow.set_tracking_uri(tracking_uri(lake_root))
     mlflow.set_registry_uri(registry_uri(lake_root))
-    return f"file://{root}/{ARTIFACTS_DIR}" if is_local(lake_root) else f"{root}/{ARTIFACTS_DIR}"
+    if is_local(lake_root):
+        return f"file://{root}/{ARTIFACTS_DIR}"
+    tracking = tracking_uri(lake_root)
+    if tracking.startswith("sqlite:///"):
+        # artifacts beside the local database; a tracking server keeps its own artifact store
+        return "file://" + os.path.join(os.path.dirname(os.path.abspath(tracking[len("sqlite:///"):])), ARTIFACTS_DIR)
+    # a tracking server: MLflow's own S3 artifact store speaks s3://, not Hadoop's s3a://
+    bucket_root = "s3://" + root.split("://", 1)[1] if root.startswith(("s3a://", "s3n://")) else root
+    return os.environ.get("MLFLOW_ARTIFACT_ROOT") or f"{bucket_root}/{ARTIFACTS_DIR}"

@@ -9,6 +9,7 @@ from pathlib import Path
 from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
+from cdp.lake.storage import ObjectStore
 from cdp.runtime.config import Profile
 from cdp.runtime.jars import DELTA_CATALOG, DELTA_EXTENSION, has_delta_spark, local_jars
 
@@ -79,6 +80,16 @@ def remote_url(remote: str | None = None) -> str | None:
     return remote or os.environ.get("SPARK_REMOTE") or None
 
 
+def object_store_settings(profile: Profile) -> dict[str, str]:
+    """S3A settings (``spark.hadoop.fs.s3a.*``) from the AWS environment, for what the profile leaves
+    unsaid: an ``AWS_ENDPOINT_URL`` (MinIO, a private S3) reaches Spark as it reaches delta-rs and
+    pyarrow (``cdp.lake.storage``). Nothing when the environment names no endpoint, region or keys."""
+    store = ObjectStore.from_settings(profile.spark)
+    if not (store.endpoint or store.region or store.access_key):
+        return {}
+    return store.s3a()
+
+
 def build_session(profile: Profile, app_name: str, remote: str | None = None) -> SparkSession:
     """Get or create the session for ``app_name`` with the profile's settings.
 
@@ -99,7 +110,7 @@ def build_session(profile: Profile, app_name: str, remote: str | None = None) ->
     builder = SparkSession.builder.appName(app_name)
     launched_by_submit = under_spark_submit()
     launch_conf = SparkConf() if launched_by_submit else None  # what spark-submit was given
-    settings = {**DEFAULT_SETTINGS, **console_settings(), **profile.spark}
+    settings = {**DEFAULT_SETTINGS, **console_settings(), **object_store_settings(profile), **profile.spark}
     if not launched_by_submit:
         jars = local_jars()
         settings.update(jar_settings(settings, jars))
