@@ -518,3 +518,4 @@ def test_backend_is_chosen_explicitly_or_by_the_sessions_setting(spark, tmp_path
     if not delta_spark_available(spark) and not local_jars():
         with pytest.raises(LakeError, match="cdp jars fetch"):
             Lake(spark, root, backend="delta-spark")
+
