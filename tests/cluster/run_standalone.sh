@@ -106,12 +106,15 @@ echo "== spark-submit src/cdp/jobs/run.py: $CUSTOMERS generated customers, lake 
 # SPARK-59451, unfixed in 4.2.0); the driver then removes the executor after spark.network.timeout
 # (120 s), losing its cached blocks and minutes of CI time. Executors that really die are still
 # noticed at once through the worker; only a silent heartbeat waits this long.
+# spark.databricks.delta.snapshotPartitions: delta-spark rebuilds a table's state from its log in 50
+# tasks by default; this lake's tables are tiny, so 2 do (a cluster with big tables keeps the default).
 "$SPARK_HOME/bin/spark-submit" --master "$MASTER" --deploy-mode client --name cdp-ci-cluster \
   --py-files "$WHEEL" --jars "$JARS" --driver-memory 4g \
   --conf spark.executor.memory=1500m --conf spark.executor.cores=2 --conf spark.cores.max=2 \
   --conf spark.pyspark.python="$PY" --conf spark.pyspark.driver.python="$PY" \
   --conf spark.driver.host=127.0.0.1 --conf spark.ui.enabled=false --conf spark.log.level=WARN \
   --conf spark.storage.blockManagerHeartbeatTimeoutMs=1800000 \
+  --conf spark.databricks.delta.snapshotPartitions=2 \
   src/cdp/jobs/run.py --conf "$REPO/conf" --profile cluster --lake "$WORK/lake" --raw "$WORK/raw" --customers "$CUSTOMERS" --seed 7 ${CDP_CLUSTER_RUN_ARGS:-}
 echo "   pipeline done (${SECONDS} s)"
 

@@ -730,6 +730,28 @@ class _Backend:
         return version
 
 
+# commitInfo fields Delta writers set themselves; any other top-level field is a commit's custom metadata
+_COMMIT_INFO_FIELDS = {"timestamp", "operation", "operationParameters", "readVersion", "isolationLevel",
+                       "isBlindAppend", "operationMetrics", "engineInfo", "txnId", "clientVersion", "version",
+                       "userMetadata", "inCommitTimestamp", "tags", "userId", "userName", "notebook",
+                       "clusterId"}
+
+
+def _custom_metadata(info: Mapping[str, Any]) -> dict[str, Any]:
+    """A commit's custom metadata, whichever backend wrote it: delta-rs keeps it as top-level commitInfo
+    fields, delta-spark as the JSON object in ``userMetadata``."""
+    custom = {k: v for k, v in info.items() if k not in _COMMIT_INFO_FIELDS}
+    text = info.get("userMetadata")
+    if isinstance(text, str) and text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            custom.update(parsed)
+    return custom
+
+
 def _refuse_rows_outside(df: DataFrame, replace_where: Mapping[str, Any], uri: str) -> None:
     """Raise when ``df`` holds a row outside the partitions ``replace_where`` names (nothing is written)."""
     for column, value in replace_where.items():
@@ -826,13 +848,23 @@ class _DeltaSparkBackend(_Backend):
     def history(self, uri: str, limit: int | None) -> list[dict[str, Any]]:
         table = self.DeltaTable.forPath(self.spark, _spark_path(uri))
         rows = (table.history(limit) if limit else table.history()).collect()
+        # commits made by the embedded backend keep their metadata as commitInfo fields, which Spark's
+        # history does not show: read them from the log with deltalake
+        from deltalake import DeltaTable as LogTable
+
+        try:
+            custom = {info.get("version"): _custom_metadata(info)
+                      for info in LogTable(_delta_rs_uri(uri)).history(limit)}
+        except Exception:  # noqa: BLE001 - a store delta-rs cannot open here: Spark's userMetadata only
+            logger.debug("%s: commit metadata from userMetadata only", uri)
+            custom = {}
         entries = []
         for row in rows:
             entry = {"version": row["version"], "timestamp": row["timestamp"],
                      "operation": row["operation"],
                      "operationMetrics": dict(row["operationMetrics"] or {})}
-            if row["userMetadata"]:
-                entry.update(json.loads(row["userMetadata"]))
+            entry.update(_custom_metadata({"userMetadata": row["userMetadata"]}))
+            entry.update({k: v for k, v in custom.get(row["version"], {}).items() if k not in entry})
             entries.append(entry)
         return entries
 
@@ -995,6 +1027,8 @@ class _EmbeddedBackend(_Backend):
         for entry in entries:
             if isinstance(entry.get("timestamp"), int):
                 entry["timestamp"] = datetime.fromtimestamp(entry["timestamp"] / 1000, tz=UTC)
+            # commits made by delta-spark keep their metadata as userMetadata JSON
+            entry.update({k: v for k, v in _custom_metadata(entry).items() if k not in entry})
         return entries
 
     def _commit_properties(self, app_id, app_version, metadata):
