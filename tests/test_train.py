@@ -199,3 +199,64 @@ def test_snapshot_features_are_the_model_inputs_and_what_its_population_reads():
                     population="orders_count_lifetime >= 1")
     assert clv.inputs == CLV_INPUTS
     assert snapshot_features(clv, {*CLV_INPUTS, "a"}) == list(CLV_INPUTS)
+
+
+SHOP_TAGS_YAML = """
+defaults: {owner: ds, category: prediction}
+models:
+  cdp_purchase_30d:
+    task: purchase
+    horizon_days: 30
+    population: "true"
+    # what a shop without web events or a CRM has: one input null for everyone, one constant
+    features: [orders_count_30d, orders_count_90d, orders_count_365d, days_since_last_order, no_visits_known,
+               one_store_only]
+    max_iter: 50
+  cdp_churn:
+    task: churn
+    horizon_days: 30
+    population: "orders_count_365d >= 40"  # nobody orders that often here
+    features: [orders_count_30d, orders_count_365d]
+tags:
+  - {name: purchase_propensity_30d, zh: 购买概率, en: Purchase propensity, description: p, kind: predictive,
+     type: double, model: cdp_purchase_30d}
+  - {name: churn_propensity, zh: 流失概率, en: Churn propensity, description: p, kind: predictive,
+     type: double, model: cdp_churn}
+"""
+
+
+@pytest.mark.slow
+def test_train_on_what_the_shop_has_drops_useless_inputs_and_skips_with_a_reason(spark, lake, ctx):
+    """The crash of issue 30: inputs null for every customer. They are dropped and logged; a model
+    whose population is too small is skipped with its reason and the run goes on."""
+    import mlflow
+
+    from cdp.jobs import train as train_job
+
+    features_yaml = textwrap.dedent(FEATURES_YAML) + textwrap.indent(textwrap.dedent("""\
+        - {name: no_visits_known, expr: "CAST(NULL AS DOUBLE)", windows: none}
+        - {name: one_store_only, expr: "1.0D", windows: none}
+    """), "      ")
+    (ctx.conf_dir / "features.yaml").write_text(features_yaml)
+    (ctx.conf_dir / "tags" / "predictive.yaml").write_text(textwrap.dedent(SHOP_TAGS_YAML))
+    _silver(spark, lake)
+    purchase, churn = train_job.run(spark, ctx)
+    assert purchase["dropped_features"] == {"no_visits_known": "null for every customer",
+                                            "one_store_only": "constant (1 for every customer)"}
+    assert purchase["promoted"] and purchase["version"] == "1" and purchase["skipped"] is None
+    # beside the model, the recency-only baseline on the same evaluation window
+    assert purchase["metrics"]["auc"] > purchase["baseline_metrics"]["auc"]
+    assert purchase["metrics"]["log_loss"] < purchase["baseline_metrics"]["log_loss"]
+    assert purchase["promotion"].startswith("beats the baseline (AUC")
+    assert set(purchase["diagnostics"]) == {"calibration_curve_model", "calibration_curve_baseline",
+                                            "lift_by_decile_model", "lift_by_decile_baseline"}
+    params = mlflow.get_run(purchase["mlflow_run"]).data.params
+    assert (params["dropped_features"], params["dropped.no_visits_known"], params["n_features"]) == \
+        ("no_visits_known,one_store_only", "null for every customer", "4")
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(purchase["mlflow_run"], "diagnostics")}
+    assert "diagnostics/calibration_curve_model.csv" in artifacts
+
+    reason = "population too small: 0 customers to train on and 2 to evaluate on, fewer than min_population 50"
+    assert (churn["model"], churn["skipped"], churn["version"], churn["promoted"]) == ("cdp_churn", reason, None, False)
+    assert mlflow.get_run(churn["mlflow_run"]).data.tags["skipped_reason"] == reason
+
