@@ -132,6 +132,7 @@ def comparable(frame: DataFrame) -> DataFrame:
     return frame
 
 
+@pytest.mark.crash_chain
 def test_a_run_killed_anywhere_recovers_to_what_an_uninterrupted_run_publishes(spark, first_run):
     root = first_run
     held = root / "held"
