@@ -85,15 +85,17 @@ def test_a_locked_lake_exits_75_without_running_and_force_unlock_never_breaks_a_
         other.release()
 
 
-def test_force_unlock_breaks_a_dead_processes_lock(tmp_path):
+def test_a_dead_processes_lock_is_broken_by_the_next_command(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     stale = LakeLock(str(tmp_path), "r-dead")
     stale.info = LockInfo(run_id="r-dead", host=stale.info.host, pid=process.pid,
                           started_at="2026-01-01T00:00:00+00:00", owner="etl", command="tag")
     assert stale._try_create()
-    assert _job(tmp_path, "tag")[0] == EXIT_LOCKED
-    code, holder = _job(tmp_path, "tag", extra=["--force-unlock"])
+    code, holder = _job(tmp_path, "tag")  # recovery needs no person: the dead run's lock is broken
+    assert (code, holder.run_id) == (EXIT_OK, "r-1")
+    assert stale._try_create()
+    code, holder = _job(tmp_path, "tag", extra=["--force-unlock"])  # the flag is kept for scripts
     assert (code, holder.run_id) == (EXIT_OK, "r-1")
 
 

@@ -49,7 +49,8 @@ def base_parser(job: str, description: str | None = None) -> argparse.ArgumentPa
                              "log shippers")
     if job in LAKE_WRITERS:
         parser.add_argument("--force-unlock", action="store_true",
-                            help="break a lock left by a dead process on this host (never a live one)")
+                            help="break a lock left by a dead process on this host (never a live one); every "
+                                 "command does so anyway, the flag is kept for scripts")
     return parser
 
 
@@ -117,7 +118,9 @@ def job_main(
                     ctx.profile.name, ctx.lake_root)
         lock = None
         if job in LAKE_WRITERS:
-            lock = LakeLock(ctx.lake_root, ctx.run_id, command=job).acquire(force=args.force_unlock)
+            # a lock whose process died on this host is broken without a person (recovery after a crash,
+            # as `cdp run` does); a live process's lock, or another host's, is never broken
+            lock = LakeLock(ctx.lake_root, ctx.run_id, command=job).acquire(force=True)
         try:
             spark = None
             if needs_spark:
