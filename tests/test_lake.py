@@ -260,7 +260,7 @@ def test_embedded_writes_wide_tables_through_arrow_with_the_same_rows_and_statis
     monkeypatch.setattr(lake_module, "ARROW_WRITE_MIN_COLUMNS", len(wide.columns))
     arrow_jobs = []
     real_writer = lake_module._parquet_file_writer
-    monkeypatch.setattr(lake_module, "_parquet_file_writer", lambda *a: arrow_jobs.append(a) or real_writer(*a))
+    monkeypatch.setattr(lake_module, "_parquet_file_writer", lambda *a, **k: arrow_jobs.append(a) or real_writer(*a, **k))
     lake.write(wide, "wide", app_id="tag:run", app_version=1)
     assert len(arrow_jobs) == 1
     assertDataFrameEqual(lake.read("wide"), wide)
