@@ -91,6 +91,14 @@ def test_report_renders_every_section_from_a_hand_built_lake(spark, lake, monkey
     experiment = client.create_experiment("cdp_churn")
     trained = client.create_run(experiment)
     client.log_metric(trained.info.run_id, "test_auc", 0.81)
+    # what cdp train logs beside a classifier: its and the baseline's calibration curve and lift by decile
+    for who, rates in (("model", (0.1, 0.5, 0.8)), ("baseline", (0.3, 0.4, 0.5))):
+        client.log_text(trained.info.run_id, "bin,customers,mean_predicted,observed_rate\n" + "".join(
+            f"{i},10,{(i + 0.5) / 3},{rate}\n" for i, rate in enumerate(rates)),
+            f"diagnostics/calibration_curve_{who}.csv")
+        client.log_text(trained.info.run_id, "decile,customers,mean_score,mean_actual,lift,cumulative_share\n" +
+                        "".join(f"{d},3,0.5,0.5,{2.0 / d if who == 'model' else 1.0},0.1\n" for d in range(1, 11)),
+                        f"diagnostics/lift_by_decile_{who}.csv")
     client.create_registered_model("cdp_churn")
     client.create_model_version("cdp_churn", f"{tmp_path}/model", run_id=trained.info.run_id)
     client.set_registered_model_alias("cdp_churn", "champion", "1")
@@ -103,7 +111,8 @@ def test_report_renders_every_section_from_a_hand_built_lake(spark, lake, monkey
     charts = re.findall(r'<img src="([^"]+)"', page)
     assert charts == ["step_timings.png", "run_history.png", "source_volumes.png", "quarantine_reasons.png",
                       "silver_rows.png", "component_sizes.png", "identifiers_by_type.png", "identity_events.png",
-                      "tag_coverage.png", "model_metrics.png", "audience_sizes.png", "audience_exclusions.png",
+                      "tag_coverage.png", "model_metrics.png", "diag_cdp_churn_calibration.png",
+                      "diag_cdp_churn_lift.png", "audience_sizes.png", "audience_exclusions.png",
                       "audience_changes.png", "gates.png"]
     assert all(_png(index.parent / chart) for chart in charts)
     assert "<b>FAILED</b> in 14.8 s" in page

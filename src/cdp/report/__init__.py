@@ -177,6 +177,29 @@ def columns(out: Path, name: str, labels: Sequence[str], series: dict[str, Seque
     return _save(fig, out, name)
 
 
+def lines(out: Path, name: str, series: dict[str, tuple[Sequence[float], Sequence[float]]], *, title: str,
+          xlabel: str, ylabel: str, colors: Sequence[str] | None = None, diagonal: bool = False,
+          xticks: Sequence[str] | None = None) -> str:
+    """One line with markers per series (x values, y values); ``diagonal``: the y = x reference of a
+    calibration plot; ``xticks``: category labels for x = 0, 1, ..."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.8, 3.0))
+    for index, (series_name, (xs, ys)) in enumerate(series.items()):
+        ax.plot(list(xs), list(ys), marker="o", markersize=3, label=series_name,
+                color=colors[index] if colors else None)
+    if diagonal:
+        top = max([max(list(xs) + list(ys), default=0.0) for xs, ys in series.values()], default=1.0)
+        ax.plot([0, top], [0, top], color=_GREY, linestyle="--", linewidth=0.8, label="perfect")
+    if xticks is not None:
+        ax.set_xticks(range(len(xticks)), list(xticks), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.legend(fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save(fig, out, name)
+
+
 def _short(value: float) -> str:
     if value >= 1_000_000:
         return f"{value / 1_000_000:.1f}M"
@@ -490,13 +513,62 @@ def section_models(inp: _Inputs) -> Section:
             verdict = run.data.tags.get("promotion", "") if run else ""
             rows.append([model.name, int(version.version), ", ".join(aliases.get(str(version.version), [])), shown,
                          verdict])
+    for model in sorted(models, key=lambda m: m.name):
+        champion = (model.aliases or {}).get("champion")
+        if champion is not None:
+            section.charts.extend(diagnostic_charts(inp.out, model.name, client,
+                                                    client.get_model_version(model.name, champion).run_id))
     if any(scores):
-        section.charts.append(barh(inp.out, "model_metrics.png", labels, {"held-out score": scores},
+        section.charts.insert(0, barh(inp.out, "model_metrics.png", labels, {"held-out score": scores},
                                    title="Held-out score per model version (★ = champion)",
                                    xlabel="AUC (classifiers) or Spearman (CLV); 1 is perfect", colors=[_BLUE]))
     section.body = _table(["model", "version", "aliases", "metrics", "promotion (vs baseline and champion)"], rows,
                           numeric=(1,))
     return section
+
+
+def diagnostic_charts(out: Path, model: str, client: Any, run_id: str | None) -> list[str]:
+    """The champion's diagnostics that ``cdp train`` logged (``diagnostics/*.csv`` in its MLflow run),
+    as charts: CLV, actual vs predicted purchases by calibration-period repeat purchases (the BG/NBD
+    paper's figure); classifiers, the calibration curve; both, lift by decile against the baseline."""
+    import tempfile
+
+    import pandas as pd
+
+    if run_id is None:
+        return []
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            local = Path(client.download_artifacts(run_id, "diagnostics", folder))
+        except Exception as exc:  # noqa: BLE001 - a run logged before diagnostics existed has none
+            logger.info("report: no diagnostics for %s (run %s): %s", model, run_id, exc)
+            return []
+        tables = {p.stem: pd.read_csv(p) for p in local.glob("*.csv")}
+    charts = []
+    if "purchases_by_frequency" in tables:
+        table = tables["purchases_by_frequency"]
+        positions = list(range(len(table)))
+        charts.append(lines(out, f"diag_{model}_frequency.png",
+                            {"actual": (positions, table["actual_mean"]),
+                             "predicted (BG/NBD)": (positions, table["predicted_mean"])},
+                            title=f"{model}: purchases in the evaluation window by past repeat purchases",
+                            xlabel="repeat purchases in the calibration period", ylabel="mean purchases",
+                            colors=[_BLUE, _ORANGE], xticks=[str(v) for v in table["repeat_purchases"]]))
+    curves = {label: tables[f"calibration_curve_{key}"] for key, label in (("model", "model"), ("baseline", "baseline"))
+              if f"calibration_curve_{key}" in tables}
+    if curves:
+        charts.append(lines(out, f"diag_{model}_calibration.png",
+                            {label: (t["mean_predicted"], t["observed_rate"]) for label, t in curves.items()},
+                            title=f"{model}: calibration on the evaluation window", xlabel="mean predicted",
+                            ylabel="observed rate", colors=[_BLUE, _GREY], diagonal=True))
+    lifts = {label: tables[f"lift_by_decile_{key}"]["lift"] for key, label in (("model", "model"), ("baseline", "baseline"))
+             if f"lift_by_decile_{key}" in tables}
+    if lifts:
+        deciles = [str(d) for d in tables["lift_by_decile_model" if "model" in lifts else "lift_by_decile_baseline"]["decile"]]
+        charts.append(columns(out, f"diag_{model}_lift.png", deciles, {k: list(v) for k, v in lifts.items()},
+                              title=f"{model}: lift by score decile (1 = highest scores)", ylabel="lift over the mean",
+                              colors=[_BLUE, _GREY]))
+    return charts
 
 
 def section_audiences(inp: _Inputs) -> Section:
