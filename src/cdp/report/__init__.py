@@ -551,7 +551,7 @@ def diagnostic_charts(out: Path, model: str, client: Any, run_id: str | None) ->
         charts.append(lines(out, f"diag_{model}_frequency.png",
                             {"actual": (positions, table["actual_mean"]),
                              "predicted (BG/NBD)": (positions, table["predicted_mean"])},
-                            title=f"{model}: purchases in the evaluation window by past repeat purchases",
+                            title=f"{model}: purchases, actual vs predicted (eval window)",
                             xlabel="repeat purchases in the calibration period", ylabel="mean purchases",
                             colors=[_BLUE, _ORANGE], xticks=[str(v) for v in table["repeat_purchases"]]))
     curves = {label: tables[f"calibration_curve_{key}"] for key, label in (("model", "model"), ("baseline", "baseline"))
@@ -566,7 +566,7 @@ def diagnostic_charts(out: Path, model: str, client: Any, run_id: str | None) ->
     if lifts:
         deciles = [str(d) for d in tables["lift_by_decile_model" if "model" in lifts else "lift_by_decile_baseline"]["decile"]]
         charts.append(columns(out, f"diag_{model}_lift.png", deciles, {k: list(v) for k, v in lifts.items()},
-                              title=f"{model}: lift by score decile (1 = highest scores)", ylabel="lift over the mean",
+                              title=f"{model}: lift by decile (1 = top scores)", ylabel="lift over the mean",
                               colors=[_BLUE, _GREY]))
     return charts
 
