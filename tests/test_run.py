@@ -135,6 +135,17 @@ def test_parameters_are_built_from_the_runners_options():
         out="/raw", customers=registry.DEFAULT_CUSTOMERS, seed=42, end=DEFAULT_END)
 
 
+def test_rows_of_generate_and_land_come_from_their_real_results():
+    from cdp.jobs.land import LandResult, SourceLoad
+    from cdp.synthetic import GenerateResult
+
+    generate, land = registry.STEPS[:2]
+    generated = GenerateResult(out=Path("/raw"), customers=3, files=2, records={"crm": 3, "orders": 5}, broken={})
+    landed = LandResult({"crm": SourceLoad("crm", raw_records=3), "orders": SourceLoad("orders", raw_records=4)})
+    assert (generate.rows_out(generated), land.rows_in(landed)) == (8, 7)
+    assert [s.name for s in registry.STEPS if s.rows_in or s.rows_out] == ["generate", "land"]
+
+
 def test_steps_that_need_the_raw_folder_say_so_when_the_lake_has_no_default_one():
     remote = registry.RunOptions(lake=_StandInLake())
     for step in registry.STEPS[:2]:

@@ -285,11 +285,12 @@ def _execute_step(spark: Any, ctx: JobContext, lake: Any, step: Step, planned: P
     record.versions = {name: v for name, v in after.items()
                        if before.get(name) != v and name not in (RUNS_TABLE, COMMITS_TABLE) and not name.startswith("_")}
     written_rows = [rows_written(lake, name, before.get(name)) for name in record.versions]
+    # a job that returns nothing (a stand-in) says nothing about its rows
     if written_rows:
         record.rows_out = sum(written_rows)
-    elif step.rows_out is not None and record.status == "ok":
+    elif step.rows_out is not None and result is not None:
         record.rows_out = step.rows_out(result)
-    if step.rows_in is not None and record.status == "ok":
+    if step.rows_in is not None and result is not None:
         record.rows_in = step.rows_in(result)
     record.seconds = time.perf_counter() - clock
     if record.status == "ok" and isinstance(result, int) and not isinstance(result, bool) and result != 0:
