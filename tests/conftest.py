@@ -119,6 +119,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=rank)
 
 
+def stop_process_group(process: subprocess.Popen, grace_seconds: float = 60) -> None:
+    """SIGTERM a process group started with ``start_new_session=True``; SIGKILL it after ``grace_seconds``."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 class StandaloneRun:
     """``run_standalone.sh`` as a background process group, its output in ``log``."""
 
@@ -147,14 +159,7 @@ class StandaloneRun:
 
     def stop(self) -> None:
         """Terminate the script's whole process group: spark-submit ends, then its trap stops the daemons."""
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_process_group(self.process)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -234,14 +239,7 @@ class ConnectServer:
                            f"{self.log.read_text()[-4000:]}")
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_process_group(self.process)
 
 
 @pytest.fixture(scope="session")

@@ -92,9 +92,10 @@ def test_a_missing_table_fails_the_step_naming_the_table(spark, tmp_path, conf_d
 def test_a_full_disk_fails_the_step_naming_the_table(spark, tmp_path, conf_dir, fake_jobs, caplog,  # noqa: F811
                                                     monkeypatch):
     """The lake's storage runs out while a step commits (ENOSPC injected at delta-rs's commit)."""
-    from cdp.lake import Lake, _EmbeddedBackend
+    from cdp.lake import Lake
+    from cdp.lake.embedded import EmbeddedBackend
 
-    commit = _EmbeddedBackend._commit_folder
+    commit = EmbeddedBackend._commit_folder
 
     def no_space_for_people(self, uri, *args, **kwargs):
         if uri.endswith("/people"):
@@ -104,7 +105,7 @@ def test_a_full_disk_fails_the_step_naming_the_table(spark, tmp_path, conf_dir, 
     ctx = make_ctx(tmp_path / "lake", conf_dir)
     lake = Lake(spark, ctx.lake_root)
     fake_jobs(land=_write_people)
-    monkeypatch.setattr(_EmbeddedBackend, "_commit_folder", no_space_for_people)
+    monkeypatch.setattr(EmbeddedBackend, "_commit_folder", no_space_for_people)
     caplog.set_level(logging.DEBUG, logger="cdp")
     assert run_cli(spark, ctx, "--only", "land", "--no-report") == 1
     assert_one_line_failure(caplog, "land", "table people: disk full while writing ")

@@ -251,20 +251,20 @@ def test_embedded_writes_wide_tables_through_arrow_with_the_same_rows_and_statis
     """Writes of ARROW_WRITE_MIN_COLUMNS columns or more go through pyarrow: the same rows and types come
     back (timestamps, dates, arrays, maps, nulls), the idempotent-run check holds, the files carry their
     statistics, partitions land in Spark's folders, and a failed task commits nothing."""
-    import cdp.lake as lake_module
+    from cdp.lake import backend, embedded
 
     extra = {"tier": F.lit(2), "born": F.lit(date(1990, 3, 5)), "tags": F.array(F.lit("a"), F.lit(None).cast("string")),
              "attrs": F.create_map(F.lit("k"), F.col("city")), "flag": F.col("spend") > 15}
     wide = _people(spark, [ALICE, BOB, CAROL]).repartition(2).withColumns(extra)
     narrow = wide.select(*PEOPLE.fieldNames())
-    monkeypatch.setattr(lake_module, "ARROW_WRITE_MIN_COLUMNS", len(wide.columns))
+    monkeypatch.setattr(embedded, "ARROW_WRITE_MIN_COLUMNS", len(wide.columns))
     arrow_jobs = []
-    real_writer = lake_module._parquet_file_writer
-    monkeypatch.setattr(lake_module, "_parquet_file_writer", lambda *a, **k: arrow_jobs.append(a) or real_writer(*a, **k))
+    real_writer = embedded.parquet_file_writer
+    monkeypatch.setattr(embedded, "parquet_file_writer", lambda *a, **k: arrow_jobs.append(a) or real_writer(*a, **k))
     lake.write(wide, "wide", app_id="tag:run", app_version=1)
     assert len(arrow_jobs) == 1
     assertDataFrameEqual(lake.read("wide"), wide)
-    assert lake.read("wide").schema == lake_module._as_nullable(wide.schema)
+    assert lake.read("wide").schema == backend.as_nullable(wide.schema)
     assert lake.write(wide, "wide", app_id="tag:run", app_version=1) is None  # same run again: nothing
     stats = pa.table(DeltaTable(lake.uri("wide")).get_add_actions(flatten=True)).to_pylist()
     assert sum(s["num_records"] for s in stats) == 3
@@ -291,7 +291,7 @@ def test_embedded_writes_wide_tables_through_arrow_with_the_same_rows_and_statis
 
 
 def test_partitioned_tables_read_back_columns_with_backticks_in_their_names(any_lake, spark, monkeypatch):
-    import cdp.lake as lake_module
+    from cdp.lake import embedded
 
     schema = T.StructType([T.StructField("customer_id", T.StringType()), T.StructField("even", T.BooleanType()),
                            T.StructField("odd`name`", T.IntegerType())])
@@ -299,7 +299,7 @@ def test_partitioned_tables_read_back_columns_with_backticks_in_their_names(any_
     any_lake.write(rows, "odd", partition_by=["even"])
     assertDataFrameEqual(any_lake.read("odd"), rows)
     # wide enough for the embedded backend's Arrow writer, which leaves such names to Spark's
-    monkeypatch.setattr(lake_module, "ARROW_WRITE_MIN_COLUMNS", 3)
+    monkeypatch.setattr(embedded, "ARROW_WRITE_MIN_COLUMNS", 3)
     any_lake.write(rows, "odd_arrow", partition_by=["even"])
     assertDataFrameEqual(any_lake.read("odd_arrow"), rows)
 
@@ -418,12 +418,12 @@ def test_embedded_write_arrow_commits_only_the_reported_files_with_statistics(la
     assert sum(s["num_records"] for s in stats) == 3 and all(s["num_records"] for s in stats)
     assert min(s["min.customer_id"] for s in stats) == "c1" and max(s["max.visit"] for s in stats) == 2
     # a file that a failed task attempt left in the commit's folder is not part of the commit
-    import cdp.lake as lake_module
+    from cdp.lake import embedded
 
     folder = Path(lake.uri("visits"), "w-with-stray")
     folder.mkdir()
     (folder / "part-stray.snappy.parquet").write_bytes(Path(table.file_uris()[0].removeprefix("file://")).read_bytes())
-    monkeypatch.setattr(lake_module, "_new_folder", lambda: "w-with-stray")
+    monkeypatch.setattr(embedded, "_new_folder", lambda: "w-with-stray")
     lake.write_arrow(_people(spark, [BOB]), "visits", _visits_per_spend, VISITS, mode="overwrite")
     assertDataFrameEqual(lake.read("visits"), spark.createDataFrame([("c2", 1, T0), ("c2", 2, T0)], VISITS))
 

@@ -1,12 +1,16 @@
-"""`cdp run`: step selection, calling jobs through their signatures, the lake lock, failed runs."""
+"""`cdp run`: step selection, the step registry and its parameters, the lake lock, failed runs."""
 from __future__ import annotations
 
+import dataclasses
 import getpass
+import importlib
+import inspect
 import os
 import socket
 import subprocess
 import sys
 import types
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
 from cdp.jobs import run as runner
+from cdp.jobs import steps as registry
 from cdp.jobs.entry import JobFailed, base_parser
 from cdp.lake import inventory
 from cdp.runtime.config import ConfigError, JobContext, Profile
@@ -75,7 +80,7 @@ def test_unknown_steps_are_rejected_on_the_command_line_before_spark_starts(caps
     assert "argument --only: unknown step(s) ['nope']" in capsys.readouterr().err
 
 
-# -- calling a job's run through its signature (no Spark) ----------------------------------------------
+# -- the step registry (no Spark) -------------------------------------------------------------------
 
 
 def _module(name: str, run_function) -> types.ModuleType:
@@ -84,34 +89,82 @@ def _module(name: str, run_function) -> types.ModuleType:
     return module
 
 
-def test_call_run_passes_only_what_the_signature_names_and_leaves_none_to_defaults():
-    seen = {}
-
-    def run(spark, ctx, *, raw, as_of="job-default", lake=None):
-        seen.update(raw=raw, as_of=as_of, lake=lake)
-        return "done"
-
-    result = runner.call_run(_module("m", run), "spark", "ctx",
-                             {"raw": "/r", "as_of": None, "lake": "L", "customers": 5})
-    assert result == "done"
-    assert seen == {"raw": "/r", "as_of": "job-default", "lake": "L"}
+class _StandInLake:
+    root = "/lake"
 
 
-def test_call_run_names_a_required_parameter_the_runner_cannot_supply():
-    def run(spark, ctx, *, audience_dir):
-        return None
-
-    with pytest.raises(runner.StepUnavailable, match="m.run needs 'audience_dir'"):
-        runner.call_run(_module("m", run), None, None, {"lake": "L"})
+OPTIONS = registry.RunOptions(lake=_StandInLake(), raw_dir="/raw", customers=300, seed=7, end="2025-06-30",
+                              as_of=date(2025, 7, 1))
 
 
-def test_call_run_turns_iso_strings_into_dates_for_date_parameters():
-    from datetime import date
+@pytest.mark.parametrize("step", registry.STEPS, ids=lambda s: s.name)
+def test_every_step_hands_its_job_exactly_what_its_function_accepts(step):
+    """The registry's parameters bind to the real job's signature: a job whose ``run`` renames, drops or
+    newly requires a keyword fails here, not in the middle of a run."""
+    module = importlib.import_module(step.module)
+    params = step.params(OPTIONS)
+    assert dataclasses.is_dataclass(params) and isinstance(params, registry.StepParams)
+    inspect.signature(getattr(module, step.function)).bind("spark", "ctx", **params.keywords())
+    if step.due:
+        inspect.signature(getattr(module, step.due)).bind("ctx")
 
-    def run(spark, ctx, *, as_of: date | None = None):
-        return as_of
 
-    assert runner.call_run(_module("m", run), None, None, {"as_of": "2025-07-01"}) == date(2025, 7, 1)
+def test_each_step_has_its_own_parameters_type_and_the_registry_is_the_pipeline_order():
+    types_by_step = {step.name: type(step.params(OPTIONS)).__name__ for step in registry.STEPS}
+    assert types_by_step == {
+        "generate": "GenerateParams", "land": "LandParams", "standardize": "StandardizeParams",
+        "stitch": "StitchParams", "features": "FeaturesParams", "train": "TrainParams", "tag": "TagParams",
+        "audiences": "AudiencesParams", "export": "ExportParams", "measure": "MeasureParams"}
+    assert [s.name for s in registry.STEPS if s.due] == ["train"]
+
+
+def test_parameters_are_built_from_the_runners_options():
+    by_name = {step.name: step.params(OPTIONS).keywords() for step in registry.STEPS}
+    lake = OPTIONS.lake
+    assert by_name == {
+        "generate": {"out": "/raw", "customers": 300, "seed": 7, "end": "2025-06-30"},
+        "land": {"raw": "/raw", "lake": lake},
+        "standardize": {"lake": lake}, "stitch": {"lake": lake}, "export": {"lake": lake},
+        "features": {"lake": lake, "as_of": date(2025, 7, 1)}, "tag": {"lake": lake, "as_of": date(2025, 7, 1)},
+        "audiences": {"lake": lake, "as_of": date(2025, 7, 1)}, "measure": {"lake": lake, "as_of": date(2025, 7, 1)},
+        "train": {"lake": lake, "end": date(2025, 7, 1)}}  # `cdp train --as-of` is its end of data
+    from cdp.synthetic import DEFAULT_END
+
+    generate = registry.STEPS[0]
+    assert generate.params(registry.RunOptions(lake=lake, raw_dir="/raw")) == registry.GenerateParams(
+        out="/raw", customers=registry.DEFAULT_CUSTOMERS, seed=42, end=DEFAULT_END)
+
+
+def test_rows_of_generate_and_land_come_from_their_real_results():
+    from cdp.jobs.land import LandResult, SourceLoad
+    from cdp.synthetic import GenerateResult
+
+    generate, land = registry.STEPS[:2]
+    generated = GenerateResult(out=Path("/raw"), customers=3, files=2, records={"crm": 3, "orders": 5}, broken={})
+    landed = LandResult({"crm": SourceLoad("crm", raw_records=3), "orders": SourceLoad("orders", raw_records=4)})
+    assert (generate.rows_out(generated), land.rows_in(landed)) == (8, 7)
+    assert [s.name for s in registry.STEPS if s.rows_in or s.rows_out] == ["generate", "land"]
+
+
+def test_steps_that_need_the_raw_folder_say_so_when_the_lake_has_no_default_one():
+    remote = registry.RunOptions(lake=_StandInLake())
+    for step in registry.STEPS[:2]:
+        with pytest.raises(ConfigError, match=rf"step {step.name}: the lake /lake is not on a local disk.*pass --raw"):
+            step.params(remote)
+
+
+@pytest.mark.parametrize(("as_of", "end", "generate", "expected"), [
+    ("2025-03-01", None, False, date(2025, 3, 1)),
+    (None, None, False, None),
+    (None, "2025-01-31", True, date(2025, 2, 1)),  # generated data: the day after its last day
+])
+def test_the_snapshot_date_is_parsed_once_by_the_runner(as_of, end, generate, expected):
+    assert runner._snapshot_date(as_of, end, generate) == expected
+
+
+def test_a_bad_snapshot_date_is_a_config_error_naming_the_flag():
+    with pytest.raises(ConfigError, match=r"--as-of: expected a date YYYY-MM-DD, got '2025-13-01'"):
+        runner._snapshot_date("2025-13-01", None, False)
 
 
 # -- the lock ------------------------------------------------------------------------------------
@@ -190,19 +243,28 @@ def ctx(tmp_path, conf_dir) -> JobContext:
 
 @pytest.fixture()
 def fake_jobs(monkeypatch):
-    """Register stand-in job modules and point the runner's step table at them."""
+    """Register stand-in job modules and point the runner's step table at them.
+
+    ``fake_jobs(land=fn, ...)``: step ``land`` calls ``fn(spark, ctx, lake=...)`` (the registry's other
+    parameters are dropped; what each real job gets is tested above); steps not named have no module.
+    The received parameters are kept in ``received[step]``.
+    """
+    received: dict[str, dict] = {}
+
     def install(**runs):
         steps = []
         for step in runner.STEPS:
             module_name = f"tests_fake_jobs.{step.name}"
-            if step.name in runs and runs[step.name] is not None:
-                module = _module(module_name, runs[step.name])
-                monkeypatch.setitem(sys.modules, module_name, module)
-            elif step.name not in runs:
+            if step.name in runs:
+                def run(spark, ctx, _fn=runs[step.name], _step=step.name, **params):
+                    received[_step] = params
+                    return _fn(spark, ctx, lake=params["lake"])
+                monkeypatch.setitem(sys.modules, module_name, _module(module_name, run))
+            else:
                 module_name = f"tests_fake_jobs.absent_{step.name}"  # not importable: a missing job
-            steps.append(runner.Step(step.name, module_name, step.does, step.inputs, step.offer,
-                                     step.rows_in_attr, step.rows_out_attr))
+            steps.append(dataclasses.replace(step, module=module_name))
         monkeypatch.setattr(runner, "STEPS", tuple(steps))
+        return received
 
     return install
 
@@ -290,17 +352,23 @@ def test_train_runs_only_when_due_or_forced(spark, ctx, fake_jobs):
     lake = Lake(spark, ctx.lake_root)
     trained: list[str] = []
 
-    def train(spark, ctx, *, lake, as_of=None):
+    def train(spark, ctx, *, lake):
         trained.append(ctx.run_id)
 
-    fake_jobs(train=train)
+    received = fake_jobs(train=train)
     sys.modules["tests_fake_jobs.train"].training_due = lambda ctx: (False, "champions are fresh")
     skipped = runner.run(spark, ctx, from_step="train", to_step="train", report=False, lake=lake)
     assert [(s.step, s.status, s.detail) for s in skipped.steps] == [
-        ("train", "skipped", "training not due: champions are fresh")]
+        ("train", "skipped", "not due: champions are fresh")]
     forced = runner.run(spark, ctx.__class__(**{**ctx.__dict__, "run_id": "run-4"}), from_step="train",
-                        to_step="train", train=True, report=False, lake=lake)
+                        to_step="train", train=True, as_of="2025-07-01", report=False, lake=lake)
     assert forced.steps[0].status == "ok" and trained == ["run-4"]
+    assert received["train"] == {"lake": lake, "end": date(2025, 7, 1)}
+    sys.modules["tests_fake_jobs.train"].training_due = lambda ctx: (True, "no champion for cdp_churn")
+    due = runner.run(spark, ctx.__class__(**{**ctx.__dict__, "run_id": "run-5"}), only=None, from_step="train",
+                     to_step="train", report=False, lake=lake)
+    assert (due.steps[0].status, due.steps[0].detail, trained) == (
+        "ok", f"{registry.STEPS[5].does} (due: no champion for cdp_churn)", ["run-4", "run-5"])
 
 
 def test_rows_written_counts_what_the_commits_after_a_version_added(spark, lake):

@@ -77,25 +77,31 @@ families:
       - {name: days_since_first_order, expr: "datediff(as_of, to_date(first_order_time))", windows: none}
       - {name: days_since_last_order, expr: "datediff(as_of, to_date(last_order_time))", windows: none}
 """
-TAGS_YAML = """
+def tags_yaml(purchase_features: str, more_models: str = "", more_tags: str = "") -> str:
+    """tags/predictive.yaml with the cdp_purchase_30d model (on these features) and its tag, plus more."""
+    return ("""\
 defaults: {owner: ds, category: prediction}
 models:
   cdp_purchase_30d:
     task: purchase
     horizon_days: 30
     population: "true"
-    features: [orders_count_30d, orders_count_90d, orders_count_365d, days_since_last_order]
-    max_iter: 50
-algorithms:
-  km: {type: kmeans, features: [orders_count_90d, orders_count_365d, days_since_last_order], k_min: 2, k_max: 3}
+""" + f"    features: [{purchase_features}]\n    max_iter: 50\n" + more_models + """\
 tags:
   - {name: purchase_propensity_30d, zh: 购买概率, en: Purchase propensity, description: p, kind: predictive,
      type: double, model: cdp_purchase_30d}
+""" + more_tags)
+
+
+TAGS_YAML = tags_yaml("orders_count_30d, orders_count_90d, orders_count_365d, days_since_last_order", """\
+algorithms:
+  km: {type: kmeans, features: [orders_count_90d, orders_count_365d, days_since_last_order], k_min: 2, k_max: 3}
+""", """\
   - {name: likely_buyer, zh: 可能购买, en: Likely buyer, description: p >= 0.5, kind: rule, type: boolean,
      sql: "purchase_propensity_30d >= 0.5"}
   - {name: buying_cluster, zh: 购买聚类, en: Buying cluster, description: k-means, kind: algorithmic, type: int,
      algorithm: km, output: cluster}
-"""
+""")
 START, END = date(2023, 1, 1), date(2024, 1, 1)
 
 
@@ -201,28 +207,19 @@ def test_snapshot_features_are_the_model_inputs_and_what_its_population_reads():
     assert snapshot_features(clv, {*CLV_INPUTS, "a"}) == list(CLV_INPUTS)
 
 
-SHOP_TAGS_YAML = """
-defaults: {owner: ds, category: prediction}
-models:
-  cdp_purchase_30d:
-    task: purchase
-    horizon_days: 30
-    population: "true"
-    # what a shop without web events or a CRM has: one input null for everyone, one constant
-    features: [orders_count_30d, orders_count_90d, orders_count_365d, days_since_last_order, no_visits_known,
-               one_store_only]
-    max_iter: 50
+# what a shop without web events or a CRM has: one purchase input null for everyone, one constant
+SHOP_TAGS_YAML = tags_yaml(
+    "orders_count_30d, orders_count_90d, orders_count_365d, days_since_last_order, no_visits_known, one_store_only",
+    """\
   cdp_churn:
     task: churn
     horizon_days: 30
     population: "orders_count_365d >= 40"  # nobody orders that often here
     features: [orders_count_30d, orders_count_365d]
-tags:
-  - {name: purchase_propensity_30d, zh: 购买概率, en: Purchase propensity, description: p, kind: predictive,
-     type: double, model: cdp_purchase_30d}
+""", """\
   - {name: churn_propensity, zh: 流失概率, en: Churn propensity, description: p, kind: predictive,
      type: double, model: cdp_churn}
-"""
+""")
 
 
 @pytest.mark.slow

@@ -12,15 +12,15 @@ import logging
 import sys
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from cdp.lake import LakeError
 from cdp.runtime.config import ConfigError, JobContext, load_profile, resolve_conf_dir
 from cdp.runtime.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE, JobFailed
 
-__all__ = ["LAKE_WRITERS", "JobFailed", "JsonFormatter", "base_parser", "job_main", "make_context", "new_run_id",
-           "setup_logging"]
+__all__ = ["LAKE_WRITERS", "JobFailed", "JsonFormatter", "as_of_job_main", "base_parser", "job_main", "make_context",
+           "new_run_id", "parse_date", "setup_logging"]
 
 logger = logging.getLogger("cdp")
 
@@ -147,6 +147,27 @@ def job_main(
     if isinstance(result, int):
         return result
     return EXIT_OK
+
+
+def parse_date(text: str) -> date:
+    """argparse type for ``--as-of``-like options: a date YYYY-MM-DD."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from exc
+
+
+def as_of_job_main(job: str, argv: list[str] | None, run: Callable[..., Any], *, as_of_help: str,
+                   description: str) -> int:
+    """:func:`job_main` for a job whose one option is ``--as-of YYYY-MM-DD``: ``run(spark, ctx, as_of=...)``."""
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--as-of", type=parse_date, default=None, help=as_of_help)
+
+    def run_from_args(spark: Any, ctx: JobContext, args: argparse.Namespace) -> int:
+        run(spark, ctx, as_of=args.as_of)
+        return 0
+
+    return job_main(job, argv, run_from_args, add, description=description)
 
 
 def _run_as_step(spark: Any, ctx: JobContext, job: str, args: argparse.Namespace,

@@ -1,7 +1,6 @@
 """``cdp features --as-of YYYY-MM-DD``: the customer feature snapshot, one partition of features_daily."""
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ from pyspark.sql import functions as F
 
 from cdp.features import FeatureConfig, FeatureInputs, build_features
 from cdp.features.schemas import INPUT_SCHEMAS
-from cdp.jobs.entry import JobFailed, job_main
+from cdp.jobs.entry import JobFailed, as_of_job_main
 from cdp.lake import Lake
 from cdp.runtime.config import JobContext, parse_file
 
@@ -63,10 +62,12 @@ def build_snapshot(spark: SparkSession, lake: Lake, config: FeatureConfig,
     return build_features(read_inputs(spark, lake), config, as_of)
 
 
-def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict[str, Any]:
+def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None, *, lake: Lake | None = None
+        ) -> dict[str, Any]:
+    """Write the feature snapshot as of ``as_of`` (default: today) into its partition of features_daily."""
     as_of = as_of or datetime.now(UTC).date()
     config = load_feature_config(ctx)
-    lake = Lake(spark, ctx.lake_root)
+    lake = lake or Lake(spark, ctx.lake_root)
     warn_unknown_categories(lake, config)
     snapshot = build_snapshot(spark, lake, config, as_of)
     version = lake.write(snapshot, TABLE, mode="overwrite", partition_by=["as_of"],
@@ -79,23 +80,9 @@ def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict
             "version": version}
 
 
-def parse_date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from exc
-
-
 def main(argv: list[str] | None = None) -> int:
-    def add(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--as-of", type=parse_date, default=None,
-                            help="snapshot date: only data before its midnight UTC is used (default: today)")
-
-    def run_from_args(spark: SparkSession, ctx: JobContext, args: argparse.Namespace) -> int:
-        run(spark, ctx, args.as_of)
-        return 0
-
-    return job_main("features", argv, run_from_args, add, description="customer feature snapshot as of a date")
+    return as_of_job_main("features", argv, run, description="customer feature snapshot as of a date",
+                          as_of_help="snapshot date: only data before its midnight UTC is used (default: today)")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """``cdp run``: the whole pipeline in dependency order, under a lake lock, with a run record.
 
 Steps: generate (only when asked) -> land -> standardize -> stitch -> features -> train (when due)
--> tag -> audiences (quality gates run inside) -> export. Every step is the job module's own
-``run(spark, ctx, ...)``, called through a small adapter that hands it the arguments its signature
-asks for, so the runner never copies a job's logic.
+-> tag -> audiences (quality gates run inside) -> export -> measure. The steps are the registry of
+:mod:`cdp.jobs.steps`: each names its job's function and a typed parameters object the runner builds
+from its own options, so the runner never copies a job's logic.
 
 While it runs: one log line per step with what it does, rows in and out, elapsed time and the
 table versions it wrote. At the end: a summary, one row per step in the ``runs`` table, and the HTML
@@ -23,104 +23,33 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import logging
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
 from cdp.jobs.entry import JobFailed
+from cdp.jobs.steps import DEFAULT_CUSTOMERS, STEP_NAMES, STEPS, RunOptions, Step
 from cdp.lake import COMMITS_TABLE, LakeError, step_scope
-from cdp.lake.inventory import list_tables, table_rows, table_versions  # noqa: F401 - list_tables: public here too
+from cdp.lake.inventory import table_rows, table_versions
 from cdp.lake.paths import delta_rs_uri, is_local
 from cdp.runtime.config import ConfigError, JobContext
 
 logger = logging.getLogger("cdp.jobs.run")  # not __name__: under spark-submit this module is __main__
 
 RUNS_TABLE = "runs"
-# Models `cdp train` registers (docs/ARCHITECTURE.md "Models"), for a train module that does not say
-# when training is due (cdp.jobs.train does, from the catalogue): due while one has no `champion` alias.
-TRAINED_MODELS = ("cdp_churn", "cdp_purchase_30d", "cdp_clv_12m", "behaviour_kmeans")
-CHAMPION_ALIAS = "champion"
-DEFAULT_CUSTOMERS = 10_000
 
 
 class StepUnavailable(RuntimeError):
-    """A step's job module is not installed, or its ``run`` needs an argument the runner lacks."""
+    """A step's job module is not installed, or lacks the function the registry names."""
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """What the runner knows besides the context; offered to the steps that ask for it."""
-
-    raw_dir: str | None = None
-    customers: int | None = None
-    seed: int = 42
-    end: str | None = None
-    as_of: str | None = None
-    train: bool = False
-
-
-@dataclass(frozen=True)
-class Step:
-    """One pipeline step: the job module it calls and the tables it reads (for rows in)."""
-
-    name: str
-    module: str
-    does: str
-    inputs: tuple[str, ...] = ()  # table names; a trailing "*" matches a prefix, a leading "!" excludes
-    offer: Callable[[RunSettings, Any], dict[str, Any]] = field(default=lambda settings, lake: {"lake": lake})
-    rows_in_attr: str | None = None  # attribute of the step's result holding rows in, when no table does
-    rows_out_attr: str | None = None  # attribute of the step's result holding rows out (no tables written)
-
-
-def _offer_generate(settings: RunSettings, lake: Any) -> dict[str, Any]:
-    offered: dict[str, Any] = {"out": settings.raw_dir, "customers": settings.customers or DEFAULT_CUSTOMERS,
-                               "seed": settings.seed}
-    if settings.end:
-        offered["end"] = settings.end
-    return offered
-
-
-def _offer_land(settings: RunSettings, lake: Any) -> dict[str, Any]:
-    return {"raw": settings.raw_dir, "raw_dir": settings.raw_dir, "lake": lake}
-
-
-def _offer_as_of(settings: RunSettings, lake: Any) -> dict[str, Any]:
-    return {"lake": lake, "as_of": settings.as_of}
-
-
-def _offer_train(settings: RunSettings, lake: Any) -> dict[str, Any]:
-    # `cdp train --as-of` is the end of observed data; its run() calls it `end`
-    return {"lake": lake, "end": settings.as_of, "as_of": settings.as_of}
-
-
-STEPS: tuple[Step, ...] = (
-    Step("generate", "cdp.jobs.generate", "write raw exports of every source system", (), _offer_generate,
-         rows_out_attr="records"),
-    Step("land", "cdp.jobs.land", "raw files -> bronze tables + quarantine", (), _offer_land,
-         rows_in_attr="raw_records"),
-    Step("standardize", "cdp.jobs.standardize", "bronze -> silver canonical tables", ("bronze_*",)),
-    Step("stitch", "cdp.jobs.stitch", "identity graph -> customer ids, identity map, golden profile",
-         ("silver_identifiers",)),
-    Step("features", "cdp.jobs.features", "customer feature snapshot",
-         ("customer_profile", "silver_orders", "silver_events"), _offer_as_of),
-    Step("train", "cdp.jobs.train", "train predictive tag models and the clustering, promote champions", ("features_daily",),
-         _offer_train),
-    Step("tag", "cdp.jobs.tag", "compute every tag in the catalogue", ("features_daily",), _offer_as_of),
-    Step("audiences", "cdp.jobs.audiences", "evaluate, gate and publish audiences", ("tags_wide",), _offer_as_of),
-    Step("export", "cdp.jobs.export", "write published audiences for their destinations",
-         ("audience_*", "!audience_changes", "!audience_stats", "!audience_performance")),
-    Step("measure", "cdp.jobs.measure", "measure audience publishes against their control groups",
-         ("audience_changes",), _offer_as_of),
-)
-STEP_NAMES: tuple[str, ...] = tuple(step.name for step in STEPS)
 _BY_NAME: dict[str, Step] = {step.name: step for step in STEPS}
 
 
@@ -172,8 +101,8 @@ def select_steps(*, from_step: str | None = None, to_step: str | None = None,
 
 # -- calling a job ------------------------------------------------------------------------------
 
-def load_step_module(step: Step) -> ModuleType:
-    """Import the step's job module; :class:`StepUnavailable` when it does not exist (yet)."""
+def job_module(step: Step) -> ModuleType:
+    """Import the step's job module; :class:`StepUnavailable` when it is not installed (yet)."""
     try:
         return importlib.import_module(step.module)
     except ModuleNotFoundError as exc:
@@ -182,38 +111,12 @@ def load_step_module(step: Step) -> ModuleType:
         raise
 
 
-def call_run(module: ModuleType, spark: Any, ctx: JobContext, offered: Mapping[str, Any]) -> Any:
-    """Call ``module.run(spark, ctx, **kwargs)`` with the offered values its signature names.
-
-    Values that are None are not passed (the job's default applies). A required parameter the
-    runner does not offer raises :class:`StepUnavailable` naming it.
-    """
-    run_function = getattr(module, "run", None)
-    if not callable(run_function):
-        raise StepUnavailable(f"{module.__name__} has no run(spark, ctx, ...) function")
-    parameters = list(inspect.signature(run_function).parameters.values())[2:]
-    kwargs: dict[str, Any] = {}
-    for parameter in parameters:
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        value = offered.get(parameter.name)
-        if value is not None:
-            kwargs[parameter.name] = _coerce(value, parameter.annotation)
-        elif parameter.default is parameter.empty:
-            raise StepUnavailable(f"{module.__name__}.run needs {parameter.name!r}, which cdp run "
-                                  f"does not supply (it offers {sorted(k for k, v in offered.items() if v is not None)})")
-    return run_function(spark, ctx, **kwargs)
-
-
-def _coerce(value: Any, annotation: Any) -> Any:
-    """Dates travel as ISO strings; hand a ``date`` to a parameter annotated as one."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    if isinstance(value, str) and "date" in text and "str" not in text:
-        try:
-            return date.fromisoformat(value)
-        except ValueError:
-            return value
-    return value
+def job_callable(step: Step, module: ModuleType, name: str) -> Callable[..., Any]:
+    """The function ``name`` of the step's module, which the registry names (``Step.function``, ``Step.due``)."""
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise StepUnavailable(f"step {step.name}: {step.module} has no function {name}()")
+    return function
 
 
 # -- lake bookkeeping ---------------------------------------------------------------------------
@@ -260,42 +163,6 @@ def _matching(patterns: Sequence[str], tables: Sequence[str]) -> list[str]:
     excluded = [p[1:] for p in patterns if p.startswith("!")]
     included = [p for p in patterns if not p.startswith("!")]
     return [t for t in tables if any(hit(t, p) for p in included) and not any(hit(t, p) for p in excluded)]
-
-
-def _result_rows(result: Any, attr: str | None) -> int | None:
-    if result is None or attr is None:
-        return None
-    value = result.get(attr) if isinstance(result, Mapping) else getattr(result, attr, None)
-    if isinstance(value, Mapping):
-        value = sum(int(v) for v in value.values())
-    return int(value) if isinstance(value, (int, float)) else None
-
-
-# -- training due? ------------------------------------------------------------------------------
-
-def training_due(ctx: JobContext, module: ModuleType) -> tuple[bool, str]:
-    """Is training due? The train module decides when it says (``training_due(ctx)``); otherwise
-    training is due while a predictive model lacks a champion."""
-    decide = getattr(module, "training_due", None)
-    if callable(decide):
-        verdict = decide(ctx)
-        if isinstance(verdict, tuple):
-            return bool(verdict[0]), str(verdict[1])
-        return bool(verdict), "cdp.jobs.train.training_due says so" if verdict else "cdp.jobs.train.training_due: not due"
-    from mlflow.exceptions import MlflowException
-
-    from cdp.runtime import mlflow as mlflow_store
-
-    client = mlflow_store.client(ctx.lake_root)
-    missing = []
-    for name in TRAINED_MODELS:
-        try:
-            client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-        except MlflowException:
-            missing.append(name)
-    if missing:
-        return True, f"no {CHAMPION_ALIAS} for {', '.join(missing)}"
-    return False, f"every model has a {CHAMPION_ALIAS}; pass --train to retrain"
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -363,13 +230,15 @@ def _fmt(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
-def _execute_step(spark: Any, ctx: JobContext, lake: Any, step: Step, planned: Planned, settings: RunSettings,
+def _execute_step(spark: Any, ctx: JobContext, lake: Any, step: Step, planned: Planned, options: RunOptions,
                   position: str) -> StepRecord:
     started_at = datetime.now(UTC)
     clock = time.perf_counter()
     record = StepRecord(ctx.run_id, step.name, "ok", step.does, None, None, started_at, 0.0, {})
     try:
-        module = load_step_module(step)
+        module = job_module(step)
+        function = job_callable(step, module, step.function)
+        due = job_callable(step, module, step.due) if step.due else None
     except StepUnavailable as exc:
         record.status = "failed" if planned.explicit else "skipped"
         record.detail = f"{exc}" + ("" if planned.explicit else " (skipped: not asked for explicitly)")
@@ -377,16 +246,16 @@ def _execute_step(spark: Any, ctx: JobContext, lake: Any, step: Step, planned: P
         log = logger.error if planned.explicit else logger.warning
         log("step %s %s: %s", position, step.name, record.detail)
         return record
-    if step.name == "train" and not (settings.train or planned.explicit):
-        due, why = training_due(ctx, module)
-        if not due:
-            record.status, record.detail = "skipped", f"training not due: {why}"
-            logger.info("step %s train: skipped, %s", position, why)
+    if due is not None and not (options.train or planned.explicit):
+        is_due, why = due(ctx)
+        if not is_due:
+            record.status, record.detail = "skipped", f"not due: {why}"
+            logger.info("step %s %s: skipped, not due: %s", position, step.name, why)
             return record
         record.detail = f"{step.does} (due: {why})"
     try:
         before = table_versions(lake)
-        inputs = _matching(step.inputs, list(before))
+        inputs = _matching(step.reads, list(before))
         record.rows_in = sum(table_rows(lake, name) for name in inputs) if inputs else None
     except LakeError as exc:  # an unreadable table: the step cannot start
         return _failed(record, position, exc, clock)
@@ -394,13 +263,9 @@ def _execute_step(spark: Any, ctx: JobContext, lake: Any, step: Step, planned: P
                 ", ".join(inputs) or "no tables", _fmt(record.rows_in))
     result = None
     try:
+        params = step.params(options)
         with step_scope(step.name):
-            result = call_run(module, spark, ctx, step.offer(settings, lake))
-    except StepUnavailable as exc:
-        record.status = "failed" if planned.explicit else "skipped"
-        record.detail = str(exc)
-        record.error = str(exc) if planned.explicit else None
-        (logger.error if planned.explicit else logger.warning)("step %s %s: %s", position, step.name, exc)
+            result = function(spark, ctx, **params.keywords())
     except (JobFailed, ConfigError, LakeError) as exc:
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
         logger.error("step %s %s failed: %s", position, step.name, exc)
@@ -420,10 +285,13 @@ def _execute_step(spark: Any, ctx: JobContext, lake: Any, step: Step, planned: P
     record.versions = {name: v for name, v in after.items()
                        if before.get(name) != v and name not in (RUNS_TABLE, COMMITS_TABLE) and not name.startswith("_")}
     written_rows = [rows_written(lake, name, before.get(name)) for name in record.versions]
-    record.rows_out = sum(written_rows) if written_rows else _result_rows(result, step.rows_out_attr)
-    from_result = _result_rows(result, step.rows_in_attr)
-    if from_result is not None:
-        record.rows_in = from_result
+    # a job that returns nothing (a stand-in) says nothing about its rows
+    if written_rows:
+        record.rows_out = sum(written_rows)
+    elif step.rows_out is not None and result is not None:
+        record.rows_out = step.rows_out(result)
+    if step.rows_in is not None and result is not None:
+        record.rows_in = step.rows_in(result)
     record.seconds = time.perf_counter() - clock
     if record.status == "ok" and isinstance(result, int) and not isinstance(result, bool) and result != 0:
         record.status, record.error = "failed", f"{step.module}.run returned exit code {result}"
@@ -467,8 +335,7 @@ def _failed(record: StepRecord, position: str, exc: Exception, clock: float) -> 
 def run(spark: Any, ctx: JobContext, *, from_step: str | None = None, to_step: str | None = None,
         only: Sequence[str] | None = None, generate: bool = False, customers: int | None = None,
         seed: int | None = None, raw: str | None = None, end: str | None = None, as_of: str | None = None,
-        train: bool = False, force_unlock: bool = False, report: bool = True,
-        steps: Sequence[Step] | None = None, lake: Any = None,
+        train: bool = False, force_unlock: bool = False, report: bool = True, lake: Any = None,
         observer: Callable[[str, str], None] | None = None) -> RunSummary:
     """Run the selected steps under the lake lock; record them in ``runs``; render the report.
 
@@ -477,12 +344,12 @@ def run(spark: Any, ctx: JobContext, *, from_step: str | None = None, to_step: s
         generate, customers, seed: generate raw data first (any of them asks for it).
         raw: raw exports folder (default ``<lake>/../raw`` for a local lake).
         end: last day of generated history (the generator's default otherwise).
-        as_of: snapshot date for features / train / tag (default: the day after ``end`` when this
-            run generates data, else the jobs' own default).
-        train: train even when every model has a champion.
-        force_unlock: break a stale lock left by a dead run on this host.
+        as_of: snapshot date (YYYY-MM-DD) for features / train / tag / audiences / measure (default:
+            the day after ``end`` when this run generates data, else the jobs' own default).
+        train: train even when training is not due (every model has a champion).
+        force_unlock: accepted for scripts; a dead run's lock on this host is broken anyway.
         report: render the HTML run report at the end.
-        steps: the step table (tests replace it; default :data:`STEPS`).
+        lake: the lake (default: ``ctx.lake_root`` on the session's backend).
         observer: called with ("start" | "end", step name) around each step (benchmarks sample
             memory per step with it).
 
@@ -496,17 +363,14 @@ def run(spark: Any, ctx: JobContext, *, from_step: str | None = None, to_step: s
     generate = generate or customers is not None or seed is not None
     if only and "generate" in only:
         generate = True
-    step_table = {s.name: s for s in (steps or STEPS)}
+    step_table = {s.name: s for s in STEPS}
     plan = select_steps(from_step=from_step, to_step=to_step, only=only, generate=generate)
+    snapshot = _snapshot_date(as_of, end, generate)
     lake = lake or Lake(spark, ctx.lake_root)
     raw_dir = raw or _default_raw(lake.root)
-    if as_of is None and generate:
-        from cdp.synthetic import DEFAULT_END
-
-        as_of = (date.fromisoformat(end or DEFAULT_END) + timedelta(days=1)).isoformat()
-    settings = RunSettings(raw_dir=raw_dir, customers=customers, seed=42 if seed is None else seed, end=end,
-                           as_of=as_of, train=train)
-    ctx = replace(ctx, lake_root=lake.root, options={**ctx.options, "raw_dir": raw_dir, "as_of": as_of})
+    options = RunOptions(lake=lake, raw_dir=raw_dir, customers=customers or DEFAULT_CUSTOMERS,
+                         seed=42 if seed is None else seed, end=end, as_of=snapshot, train=train)
+    ctx = replace(ctx, lake_root=lake.root)
     # A lock whose process is gone on this host is broken without asking (recovery needs no person);
     # a live run's lock, or another host's, never is. --force-unlock is kept for scripts that pass it.
     lock = LakeLock(lake.root, ctx.run_id).acquire(force=True)
@@ -514,7 +378,7 @@ def run(spark: Any, ctx: JobContext, *, from_step: str | None = None, to_step: s
     clock = time.perf_counter()
     records: list[StepRecord] = []
     logger.info("run %s: %d steps (%s) on lake %s [%s backend], raw %s, as of %s", ctx.run_id, len(plan),
-                " -> ".join(p.name for p in plan), lake.root, lake.backend, raw_dir, as_of or "job default")
+                " -> ".join(p.name for p in plan), lake.root, lake.backend, raw_dir, snapshot or "job default")
     try:
         lake.ensure_commit_log(ctx.run_id)
         failed = False
@@ -526,7 +390,7 @@ def run(spark: Any, ctx: JobContext, *, from_step: str | None = None, to_step: s
             else:
                 if observer:
                     observer("start", planned.name)
-                record = _execute_step(spark, ctx, lake, step_table[planned.name], planned, settings, position)
+                record = _execute_step(spark, ctx, lake, step_table[planned.name], planned, options, position)
                 if observer:
                     observer("end", planned.name)
                 failed = record.status == "failed"
@@ -587,6 +451,23 @@ def ensure_pipeline(spark: Any, ctx: JobContext, *, customers: int, seed: int = 
         failed = next(r for r in summary.steps if r.status == "failed")
         raise JobFailed(f"pipeline run {summary.run_id} failed at {failed.step}: {failed.error}")
     return summary
+
+
+def _snapshot_date(as_of: str | None, end: str | None, generate: bool) -> date | None:
+    """``--as-of`` as a date; when this run generates data, by default the day after its last day."""
+    if as_of is None and generate:
+        from cdp.synthetic import DEFAULT_END
+
+        try:
+            return date.fromisoformat(end or DEFAULT_END) + timedelta(days=1)
+        except ValueError as exc:
+            raise ConfigError(f"--end: expected a date YYYY-MM-DD, got {end!r}") from exc
+    if as_of is None:
+        return None
+    try:
+        return date.fromisoformat(as_of)
+    except ValueError as exc:
+        raise ConfigError(f"--as-of: expected a date YYYY-MM-DD, got {as_of!r}") from exc
 
 
 def _default_raw(lake_root: str) -> str | None:

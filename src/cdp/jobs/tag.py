@@ -10,7 +10,6 @@ values the same way); an instance with none is fitted on this snapshot, for this
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Collection
@@ -20,9 +19,9 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from cdp.jobs.entry import JobFailed, job_main
+from cdp.jobs.entry import JobFailed, as_of_job_main
 from cdp.jobs.features import TABLE as FEATURES
-from cdp.jobs.features import load_feature_config, parse_date
+from cdp.jobs.features import load_feature_config
 from cdp.jobs.tags import load_catalogue
 from cdp.jobs.train import alias_version, registered_clustering, registered_status
 from cdp.lake import Lake
@@ -143,8 +142,10 @@ def latest_as_of(lake: Lake) -> date:
     return latest
 
 
-def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict[str, Any]:
-    lake = Lake(spark, ctx.lake_root)
+def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None, *, lake: Lake | None = None
+        ) -> dict[str, Any]:
+    """Tag the features_daily snapshot of ``as_of`` (default: the latest) and publish the tag tables."""
+    lake = lake or Lake(spark, ctx.lake_root)
     if not lake.exists(FEATURES):
         raise JobFailed("tag: features_daily does not exist; run `cdp features` first")
     as_of = as_of or latest_as_of(lake)
@@ -203,15 +204,8 @@ def run(spark: SparkSession, ctx: JobContext, as_of: date | None = None) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    def add(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--as-of", type=parse_date, default=None,
-                            help="features_daily snapshot to tag (default: the latest)")
-
-    def run_from_args(spark: SparkSession, ctx: JobContext, args: argparse.Namespace) -> int:
-        run(spark, ctx, args.as_of)
-        return 0
-
-    return job_main("tag", argv, run_from_args, add, description="compute every tag in the catalogue")
+    return as_of_job_main("tag", argv, run, description="compute every tag in the catalogue",
+                          as_of_help="features_daily snapshot to tag (default: the latest)")
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cdp.features import FeatureConfig, purchase_labels
-from cdp.jobs.entry import JobFailed, job_main
-from cdp.jobs.features import build_snapshot, load_feature_config, parse_date, read_inputs
+from cdp.jobs.entry import JobFailed, job_main, parse_date
+from cdp.jobs.features import build_snapshot, load_feature_config, read_inputs
 from cdp.jobs.tags import load_catalogue, parse_catalogue
 from cdp.lake import Lake
 from cdp.runtime.config import JobContext
@@ -400,10 +400,12 @@ def train_clustering(algo: Algorithm, snapshot: DataFrame, as_of: date, lists: A
 
 
 def run(spark: SparkSession, ctx: JobContext, end: date | None = None, models: list[str] | None = None,
-        max_rows: int = 200_000) -> list[dict[str, Any]]:
+        max_rows: int = 200_000, *, lake: Lake | None = None) -> list[dict[str, Any]]:
+    """Train (every, or the named) predictive model and k-means instance on data before ``end``
+    (default: the day after the latest order); promote a challenger that beats its champion."""
     config = load_feature_config(ctx)
     catalogue = load_catalogue(spark, ctx, config)
-    lake = Lake(spark, ctx.lake_root)
+    lake = lake or Lake(spark, ctx.lake_root)
     artifact_root = configure_mlflow(ctx.lake_root)
     end = end or data_end(lake)
     clusterings = clustering_instances(catalogue)

@@ -21,6 +21,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
 from cdp.lake.inventory import list_tables, table_rows
 from cdp.lake.paths import is_local
 from cdp.runtime import mlflow as mlflow_store
@@ -100,6 +103,18 @@ class _Inputs:
         """None when every table exists, else the 'absent' message."""
         missing = [name for name in names if name not in self.tables]
         return None if not missing else f"table{'s' if len(missing) > 1 else ''} {', '.join(missing)} not in the lake"
+
+    def read(self, section: Section, name: str) -> DataFrame | None:
+        """Table ``name`` for ``section``; None when it is absent, and then the section says so."""
+        if absent := self.has(name):
+            section.absent = absent
+            return None
+        return self.lake.read(name)
+
+    def of_this_run(self, frame: DataFrame) -> DataFrame | None:
+        """The rows of ``frame`` (a table with a ``run_id``) written by the reported run; None when it wrote none."""
+        rows = frame.filter(F.col("run_id") == self.run_id)
+        return rows if rows.limit(1).count() else None
 
 
 # -- charts -------------------------------------------------------------------------------------
@@ -240,12 +255,10 @@ def _p(text: str) -> list[Block]:
 
 def section_run(inp: _Inputs) -> Section:
     section = Section("run", "Run and step timings")
-    if absent := inp.has("runs"):
-        section.absent = absent
+    runs = inp.read(section, "runs")
+    if runs is None:
         return section
-    from pyspark.sql import functions as F
-
-    rows = (inp.lake.read("runs").filter(F.col("run_id") == inp.run_id).orderBy("started_at").collect())
+    rows = runs.filter(F.col("run_id") == inp.run_id).orderBy("started_at").collect()
     steps = [r for r in rows if r["step"] != "run"]
     if not steps:
         section.absent = f"no steps recorded for run {inp.run_id} in the runs table"
@@ -277,15 +290,11 @@ def section_run(inp: _Inputs) -> Section:
 
 def section_sources(inp: _Inputs) -> Section:
     section = Section("sources", "Source volumes")
-    if absent := inp.has("load_log"):
-        section.absent = absent
+    log = inp.read(section, "load_log")
+    if log is None:
         return section
-    from pyspark.sql import functions as F
-
-    log = inp.lake.read("load_log")
-    this_run = log.filter(F.col("run_id") == inp.run_id)
-    scope = f"files landed by run {inp.run_id}"
-    if this_run.limit(1).count() == 0:
+    this_run, scope = inp.of_this_run(log), f"files landed by run {inp.run_id}"
+    if this_run is None:
         this_run, scope = log, "all files ever landed (this run landed none)"
     rows = (this_run.groupBy("source").agg(F.count(F.lit(1)).alias("files"), F.sum("raw_records").alias("raw"),
                                            F.sum("bronze_rows").alias("bronze"),
@@ -305,12 +314,9 @@ def section_sources(inp: _Inputs) -> Section:
 
 def section_quarantine(inp: _Inputs) -> Section:
     section = Section("quarantine", "Quarantine by reason")
-    if absent := inp.has("quarantine"):
-        section.absent = absent
+    quarantine = inp.read(section, "quarantine")
+    if quarantine is None:
         return section
-    from pyspark.sql import functions as F
-
-    quarantine = inp.lake.read("quarantine")
     if "load_id" in quarantine.columns and "load_log" in inp.tables:
         loads = inp.lake.read("load_log").filter(F.col("run_id") == inp.run_id).select("load_id").distinct()
         ours = quarantine.join(loads, on="load_id", how="left_semi")
@@ -354,12 +360,9 @@ def _bucket_label(low: int, high: int) -> str:
 
 def section_identity(inp: _Inputs) -> Section:
     section = Section("identity", "Identity: component sizes")
-    if absent := inp.has("identity_map"):
-        section.absent = absent
+    identity_map = inp.read(section, "identity_map")
+    if identity_map is None:
         return section
-    from pyspark.sql import functions as F
-
-    identity_map = inp.lake.read("identity_map")
     sizes = identity_map.groupBy("customer_id").agg(F.count(F.lit(1)).alias("size"))
     bucket = F.lit(None).cast("string")
     for low, high in reversed(_SIZE_BUCKETS):
@@ -397,12 +400,9 @@ def run_started_label(run_id: str) -> str:
 
 def section_merges(inp: _Inputs) -> Section:
     section = Section("merges", "Identity: merges and splits")
-    if absent := inp.has("identity_history"):
-        section.absent = absent
+    history = inp.read(section, "identity_history")
+    if history is None:
         return section
-    from pyspark.sql import functions as F
-
-    history = inp.lake.read("identity_history")
     # run ids start with their UTC start time, so they sort in time order
     runs = [r["run_id"] for r in history.select("run_id").distinct().orderBy(F.col("run_id").desc())
             .limit(8).collect()][::-1]
@@ -429,19 +429,14 @@ def section_merges(inp: _Inputs) -> Section:
 
 def section_tags(inp: _Inputs) -> Section:
     section = Section("tags", "Tag coverage")
-    if absent := inp.has("tag_stats"):
-        section.absent = absent
+    stats = inp.read(section, "tag_stats")
+    if stats is None:
         return section
-    from pyspark.sql import functions as F
-
-    stats = inp.lake.read("tag_stats")
-    latest = stats.filter(F.col("run_id") == inp.run_id)
-    if latest.limit(1).count() == 0:
+    latest, scope = inp.of_this_run(stats), f"run {inp.run_id}"
+    if latest is None:
         last = stats.agg(F.max("computed_at").alias("at")).first()["at"]
         latest = stats.filter(F.col("computed_at") == last)
         scope = "the latest tag run (this run computed no tags)"
-    else:
-        scope = f"run {inp.run_id}"
     rows = latest.select("tag", "kind", "coverage", "customers", "version").collect()
     if not rows:
         section.absent = "tag_stats is empty"
@@ -573,13 +568,9 @@ def diagnostic_charts(out: Path, model: str, client: Any, run_id: str | None) ->
 
 def section_audiences(inp: _Inputs) -> Section:
     section = Section("audiences", "Audiences: sizes and changes")
-    if absent := inp.has("audience_stats"):
-        section.absent = absent
+    stats = inp.read(section, "audience_stats")
+    if stats is None:
         return section
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    stats = inp.lake.read("audience_stats")
     newest = Window.partitionBy("audience").orderBy(F.col("computed_at").desc())
     rows = (stats.withColumn("_n", F.row_number().over(newest)).filter(F.col("_n") == 1)
             .orderBy(F.col("members").desc()).collect())
@@ -714,8 +705,6 @@ def render_html(run_id: str, lake_root: str, sections: Sequence[Section], genera
 def latest_run_id(lake: Any) -> str | None:
     if not lake.exists("runs"):
         return None
-    from pyspark.sql import functions as F
-
     row = lake.read("runs").orderBy(F.col("started_at").desc()).select("run_id").first()
     return row["run_id"] if row else None
 

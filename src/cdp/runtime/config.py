@@ -125,7 +125,6 @@ class JobContext:
     profile: Profile
     lake_root: str
     run_id: str
-    options: dict[str, Any] = field(default_factory=dict)
 
     def conf_path(self, *parts: str) -> Path:
         return self.conf_dir.joinpath(*parts)

@@ -195,6 +195,13 @@ def _ident(rng: np.random.Generator, n: int, alphabet: str, length: int) -> list
     return [text[k * length:(k + 1) * length] for k in range(n)]
 
 
+def _one_row_per_event(counts_by_week: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(person, week) of every event of a persons x weeks matrix of event counts, in person-major order."""
+    who, week = np.nonzero(counts_by_week)
+    counts = counts_by_week[who, week]
+    return np.repeat(who, counts), np.repeat(week, counts)
+
+
 def _typo(text: str, u: float) -> str:
     if len(text) < 2:
         return text
@@ -413,10 +420,7 @@ class _Chunk:
 
     def write_orders(self, p: dict[str, Any], sim: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         rng = self.rng
-        who, week = np.nonzero(sim["purchases"])
-        counts = sim["purchases"][who, week]
-        who = np.repeat(who, counts)
-        week = np.repeat(week, counts)
+        who, week = _one_row_per_event(sim["purchases"])
         m = len(who)
         u = rng.random((m, 8))
         hours = np.clip(rng.normal(15, 4, size=m), 8, 23)
@@ -514,10 +518,7 @@ class _Chunk:
         Random draws are vectorised over all events of the chunk; the loop only formats lines.
         """
         rng = self.rng
-        who, week = np.nonzero(sim["sessions"])
-        counts = sim["sessions"][who, week]
-        who = np.repeat(who, counts)
-        week = np.repeat(week, counts)
+        who, week = _one_row_per_event(sim["sessions"])
         m = len(who)
         u = rng.random((m, 5))
         hours = np.clip(rng.normal(20, 3, size=m), 6, 23.9)
