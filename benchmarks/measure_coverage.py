@@ -99,6 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     spark = (SparkSession.builder.master("local[2]").appName("bench-measure-coverage")
              .config("spark.sql.shuffle.partitions", "2").config("spark.ui.enabled", "false")
+             .config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.session.timeZone", "UTC").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     started = time.perf_counter()
