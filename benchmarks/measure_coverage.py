@@ -58,12 +58,13 @@ def campaign_outcomes(spark: SparkSession, out: Path) -> list[tuple[dict[str, st
     """Per simulated campaign: its truth row, the members' measured outcomes (customer_id, in_control,
     converted, revenue) and the members' truth (customer_id, in_control, converted_without, converted_with)."""
     campaigns, members = read_campaign_truth(out)
-    orders = orders_frame(spark, out)
+    # read by every campaign: cached once rather than shipped from Python four times
+    orders = orders_frame(spark, out).cache()
     truth = spark.createDataFrame(
         [(m["message_id"], m["person_id"], m["group"] == "control", m["converted_without"] == "1",
           m["converted_with"] == "1") for m in members],
         "message_id string, customer_id string, in_control boolean, converted_without boolean, "
-        "converted_with boolean")
+        "converted_with boolean").cache()
     result = []
     for campaign in campaigns:
         goal = Goal(name="order_in_window", kind="order", within_days=int(campaign["window_days"]))
@@ -88,6 +89,7 @@ def measure_seed(spark: SparkSession, seed: int, customers: int, workdir: Path) 
                                      totals[False].members, totals[True].members, lift(totals[False], totals[True])))
         return measured
     finally:
+        spark.catalog.clearCache()
         shutil.rmtree(out)
 
 

@@ -243,7 +243,7 @@ def test_campaign_responses_feed_the_engagement_features(spark, full_config):
 
     events = [response(1, "email_sent", datetime(2024, 2, 20)), response(2, "email_delivered", datetime(2024, 2, 20)),
               response(3, "email_open", datetime(2024, 2, 21)), response(4, "email_conversion", datetime(2024, 2, 22)),
-              response(5, "sms_sent", datetime(2024, 1, 10)), response(6, "sms_conversion", datetime(2023, 12, 1))]
+              response(5, "sms_sent", datetime(2024, 1, 10)), response(6, "sms_conversion", datetime(2023, 12, 15))]
     result = build_features(_inputs(spark, events=events), full_config, AS_OF)
     columns = ["customer_id", "eng_email_sent_30d", "eng_email_open_rate_30d", "eng_email_conversion_30d",
                "eng_sms_sent_90d", "eng_sms_conversion_30d", "eng_sms_conversion_90d"]
