@@ -233,3 +233,37 @@ def test_republish_records_exits_and_gate_blocks_consentless_member(spark, scena
                            params={"audience_compliance": {"channel": "email"}})
     assert lake.version("audience_vip_email") == 1
     assert lake.read("audience_vip_email").filter("customer_id = 'c4'").count() == 0
+
+
+def test_an_audience_selects_by_past_publishes_and_message_responses(spark, tmp_path, conf_dir):
+    """vip_email published c1 and c6 (run1); c1 opened the e-mail that export sent: a follow-up to
+    everyone who entered vip_email in the last 30 days and did not open it is c6 alone."""
+    from cdp.jobs import audiences
+
+    lake, conf, _ = publish_scenario(spark, tmp_path, conf_dir)
+    lake.write(spark.createDataFrame([("email_responses", "R1", "c1")],
+                                     "source string, record_id string, customer_id string"),
+               "customer_records", mode="append")
+    lake.write(spark.createDataFrame(
+        [("email_responses:R1", "email_responses", "R1", "email_open", "email", T_CART, None, None, None,
+          {"message_id": "vip_email.esp.v0", "audience": "vip_email"})],
+        "event_id string, source string, record_id string, event_type string, channel string, event_time timestamp, "
+        "session_id string, product_id string, category string, attributes map<string,string>"),
+        "silver_events", mode="append")
+    follow_up = {"name": "vip_follow_up", "channel": "email",
+                 "where": {"all": [{"entered_audience": "vip_email", "within_days": 30},
+                                   {"not": {"message": "vip_email.esp.v0", "response": "opened"}}]}}
+    (conf / "audiences" / "vip_follow_up.yaml").write_text(yaml.safe_dump(follow_up))
+    result = audiences.run(spark, make_ctx(conf, lake.root, "run2"), lake=lake, as_of=AS_OF,
+                           names=["vip_follow_up"])
+    assert result.published == {"vip_follow_up": 0}
+    assertDataFrameEqual(lake.read("audience_vip_follow_up").select("customer_id", "in_control"),
+                         spark.createDataFrame([("c6", False)], "customer_id string, in_control boolean"))
+
+    # a goal no audience declares is a config error naming file and key
+    (conf / "audiences" / "vip_follow_up.yaml").write_text(yaml.safe_dump(
+        {**follow_up, "where": {"goal": "checkout_7d", "audience": "vip_email"}}))
+    from cdp.runtime.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"vip_follow_up\.yaml: where\.goal: audience 'vip_email' has no goal"):
+        audiences.run(spark, make_ctx(conf, lake.root, "run3"), lake=lake, as_of=AS_OF, names=["vip_follow_up"])

@@ -6,7 +6,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from cdp import contracts
 from cdp.features.schemas import INPUT_SCHEMAS
-from cdp.jobs import forget, land, stitch
+from cdp.jobs import export, forget, land, stitch
 from cdp.jobs.standardize import SILVER_SCHEMAS
 from cdp.privacy import CONSENT_SCHEMA, DEFAULT_PII_COLUMNS, SUPPRESSION_SCHEMA, mask_pii
 from cdp.tagging.compute import TAGS_LONG_SCHEMA
@@ -28,6 +28,7 @@ def test_schemas_are_the_ones_the_jobs_write(spark):
         "consent_current": CONSENT_SCHEMA,
         "suppression_list": SUPPRESSION_SCHEMA,
         "privacy_audit": _schema(spark, forget.AUDIT_SCHEMA),
+        "export_messages": _schema(spark, export.MESSAGES_SCHEMA + ", exported_at timestamp"),
         **{name: _schema(spark, ddl) for name, ddl in SILVER_SCHEMAS.items()},
     }
     assert {name: _schema(spark, contracts.schema_of(name)).simpleString() for name in written} == {

@@ -59,19 +59,30 @@ def test_export_writes_files_manifest_and_table_without_opted_out(spark, exporte
     folder = Path(lake.root) / "_exports" / "vip_email" / "ads_upload" / "v0"
     lines = (folder / "snapshot.csv").read_text().splitlines()
     # c1 only: c2 and c4 never consented / withdrew, c3 has no e-mail, c6 withdrew after the publish
-    assert lines == ["email_sha256", SHA_A]
+    assert lines == ["email_sha256,message_id", f"{SHA_A},vip_email.ads_upload.v0"]
     assert SHA_F not in (folder / "added.csv").read_text()
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["publish_version"] == 0 and manifest["hashed"] is True
+    assert manifest["message_id"] == "vip_email.ads_upload.v0"
+    assert manifest["columns"] == ["email_sha256", "message_id"]
     for entry in manifest["files"]:
         data = (folder / entry["file"]).read_bytes()
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
         assert entry["bytes"] == len(data)
     assert {f["kind"]: f["rows"] for f in manifest["files"]} == {"snapshot": 1, "added": 1, "removed": 0}
     esp = (Path(lake.root) / "_exports" / "vip_email" / "esp" / "v0" / "snapshot.jsonl").read_text()
-    assert [json.loads(line) for line in esp.splitlines()] == [{"email": "a@x.com"}]
+    assert [json.loads(line) for line in esp.splitlines()] == [{"email": "a@x.com", "message_id": "vip_email.esp.v0"}]
     sms = pq.read_table(Path(lake.root) / "_exports" / "cart_sms" / "sms_gateway" / "v0" / "snapshot.parquet")
-    assert sms.to_pylist() == [{"phone": "+8613800000001"}]
+    assert sms.to_pylist() == [{"phone": "+8613800000001", "message_id": "cart_sms.sms_gateway.v0"}]
+    # one row per send: what a response's message id links back to
+    assertDataFrameEqual(
+        lake.read("export_messages").select("message_id", "audience", "destination", "channel", "publish_version",
+                                            "recipients", "run_id"),
+        spark.createDataFrame([("cart_sms.sms_gateway.v0", "cart_sms", "sms_gateway", "sms", 0, 1, "exp1"),
+                               ("vip_email.ads_upload.v0", "vip_email", "ads_upload", "email", 0, 1, "exp1"),
+                               ("vip_email.esp.v0", "vip_email", "esp", "email", 0, 1, "exp1")],
+                              "message_id string, audience string, destination string, channel string, "
+                              "publish_version long, recipients long, run_id string"))
     table = lake.read("export_vip_email").select("destination", "customer_id", "email", "email_sha256",
                                                  "publish_version")
     assertDataFrameEqual(table, spark.createDataFrame(
@@ -90,6 +101,7 @@ def test_reexport_of_same_publish_version_writes_nothing(spark, exported):
     assert all(e.skipped for e in again.exports) and len(again.exports) == 3
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
     assert lake.version("export_vip_email") == table_version
+    assert lake.read("export_messages").count() == 3  # one row per send, not per attempt
 
 
 def test_control_group_and_consentless_members_are_never_sendable(spark):

@@ -231,3 +231,21 @@ def test_reduced_config_keeps_what_the_columns_derive_from_and_builds_the_same_v
     assert plan.count("Aggregate [customer_id#") == 3  # orders; events hash + set-based
     with pytest.raises(KeyError, match="no feature named 'orders_count_2d'"):
         full_config.only(["orders_count_lifetime", "orders_count_2d"])
+
+
+def test_campaign_responses_feed_the_engagement_features(spark, full_config):
+    """Response events of a campaign send (sources email_responses / sms_responses) count like any
+    other engagement event: sends, opens and the conversions the channel reports."""
+    linked = {"message_id": "vip.esp.v3", "audience": "vip", "publish_version": "3"}
+
+    def response(i, etype, when):
+        return (f"r{i}", "web", "w1", etype, etype.split("_")[0], when, None, None, None, linked)
+
+    events = [response(1, "email_sent", datetime(2024, 2, 20)), response(2, "email_delivered", datetime(2024, 2, 20)),
+              response(3, "email_open", datetime(2024, 2, 21)), response(4, "email_conversion", datetime(2024, 2, 22)),
+              response(5, "sms_sent", datetime(2024, 1, 10)), response(6, "sms_conversion", datetime(2023, 12, 15))]
+    result = build_features(_inputs(spark, events=events), full_config, AS_OF)
+    columns = ["customer_id", "eng_email_sent_30d", "eng_email_open_rate_30d", "eng_email_conversion_30d",
+               "eng_sms_sent_90d", "eng_sms_conversion_30d", "eng_sms_conversion_90d"]
+    assertDataFrameEqual(result.select(columns), spark.createDataFrame(
+        [("c1", 1, 1.0, 1, 1, 0, 1), ("c2", 0, None, 0, 0, 0, 0)], result.select(columns).schema))

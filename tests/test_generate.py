@@ -158,3 +158,51 @@ def test_persons_carry_latent_traits_and_churn(raw: Path) -> None:
     (4, "86-13800138000"), (5, "１３８００１３８０００"), (6, "(+86)138 00138000"), (7, " 13800138000 ")])
 def test_phone_formats(variant: int, expected: str) -> None:
     assert format_phone("13800138000", variant) == expected
+
+
+def test_simulated_campaigns_record_groups_outcomes_and_the_true_lift(raw: Path) -> None:
+    from datetime import datetime
+
+    from cdp.synthetic import CAMPAIGNS, read_campaign_truth, read_orders
+
+    with (raw / "_truth" / "records.csv").open(encoding="utf-8") as handle:
+        truth = {(row["source"], row["record_id"]): row["person_id"] for row in csv.DictReader(handle)}
+    campaigns, members = read_campaign_truth(raw)
+    assert [c["message_id"] for c in campaigns] == [c.message_id for c in CAMPAIGNS]
+    responses: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for path in sorted((raw / "responses").rglob("*.csv")):
+        for row in csv.DictReader(path.read_text(encoding="utf-8").splitlines()):
+            source = f"{path.relative_to(raw).parts[1]}_responses"
+            responses.setdefault((row["message_id"], truth[(source, row["response_id"])]), []).append(row)
+    orders: dict[str, list[tuple[str, int, str]]] = {}
+    for person, order_no, created, _, status, _ in read_orders(raw):
+        orders.setdefault(person, []).append((order_no, created, status))
+    caused_orders = {r["order_no"] for rows in responses.values() for r in rows if r["event"] == "converted"}
+    for campaign in campaigns:
+        ours = [m for m in members if m["message_id"] == campaign["message_id"]]
+        sent_at = int(datetime.fromisoformat(campaign["sent_at"].replace("Z", "+00:00")).timestamp())
+        window_end = sent_at + int(campaign["window_days"]) * 86400
+        assert int(campaign["members"]) == len(ours) > 0
+        assert int(campaign["control"]) == sum(m["group"] == "control" for m in ours) > 0
+        for member in ours:
+            person, key = member["person_id"], (campaign["message_id"], member["person_id"])
+            kinds = [r["event"] for r in responses.get(key, [])]
+            # the baseline outcome is exactly what the organic orders in the files say
+            organic = any(sent_at < created <= window_end and status != "cancelled"
+                          for order_no, created, status in orders.get(person, []) if order_no not in caused_orders)
+            assert int(member["converted_without"]) == organic, member
+            assert int(member["converted_with"]) >= int(member["converted_without"])
+            if member["group"] == "control":
+                assert kinds == [], f"a control member got a response: {member}"
+                continue
+            assert kinds[0] == "sent" and kinds[1] in ("delivered", "bounced")
+            caused = int(member["converted_with"]) > int(member["converted_without"])
+            assert ("converted" in kinds) == caused
+            for r in responses.get(key, []):
+                if r["event"] == "converted":  # the caused order is in the files, in the window, for this person
+                    created = {o: t for o, t, _ in orders[person]}[r["order_no"]]
+                    assert sent_at < created <= window_end
+        rate_without = sum(int(m["converted_without"]) for m in ours) / len(ours)
+        rate_with = sum(int(m["converted_with"]) for m in ours) / len(ours)
+        assert float(campaign["true_abs_lift"]) == pytest.approx(rate_with - rate_without, abs=1e-6)
+    assert sum(float(c["true_abs_lift"]) for c in campaigns) > 0, "no campaign caused any conversion"

@@ -36,6 +36,30 @@ def _runs(spark, lake):
     lake.write(spark.createDataFrame(rows, _runs_schema()), "runs")
 
 
+def _performance(spark, lake):
+    """vip_email's checkout goal: v1 closed, v2 open then closed (both rows kept), v3 still open."""
+    from cdp.jobs.measure import RESULT_SCHEMA
+
+    def closed(version, treatment, control, at):
+        t_conv, t_n = treatment
+        c_conv, c_n = control
+        p_t, p_c = t_conv / t_n, c_conv / c_n
+        return (RUN, "vip_email", version, "checkout_7d", T0, T0, "closed", t_n, c_n, t_conv, c_conv, p_t, p_c,
+                p_t - p_c, LIFTS[version][0], LIFTS[version][1], None, None, None, None, None, None, None,
+                LIFTS[version][0] > 0, at)
+
+    def opened(version, at):
+        return (RUN, "vip_email", version, "checkout_7d", T0, datetime(2026, 1, 8, tzinfo=UTC), "open", 90, 10,
+                None, None, None, None, None, None, None, None, None, None, None, None, None, None, False, at)
+
+    rows = [closed(1, (12, 100), (1, 20), T0), opened(2, datetime(2025, 12, 30, tzinfo=UTC)),
+            closed(2, (30, 100), (2, 20), T0), opened(3, T0)]
+    lake.write(spark.createDataFrame(rows, RESULT_SCHEMA + ", measured_at timestamp"), "audience_performance")
+
+
+LIFTS = {1: (-0.044806, 0.184806), 2: (0.040772, 0.359228)}  # the Wald intervals of those counts
+
+
 def _png(path: Path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
 
@@ -72,6 +96,7 @@ def test_report_renders_every_section_from_a_hand_built_lake(spark, lake, monkey
     lake.write(spark.createDataFrame(
         [("vip_email", "c1", "entered", RUN), ("vip_email", "c3", "exited", RUN)],
         "audience string, customer_id string, change string, run_id string"), "audience_changes")
+    _performance(spark, lake)
     gate_dir = Path(lake.root, "_reports", "quality", RUN)
     gate_dir.mkdir(parents=True)
     (gate_dir / "audience_vip_email.json").write_text(json.dumps({
@@ -113,7 +138,7 @@ def test_report_renders_every_section_from_a_hand_built_lake(spark, lake, monkey
                       "silver_rows.png", "component_sizes.png", "identifiers_by_type.png", "identity_events.png",
                       "tag_coverage.png", "model_metrics.png", "diag_cdp_churn_calibration.png",
                       "diag_cdp_churn_lift.png", "audience_sizes.png", "audience_exclusions.png",
-                      "audience_changes.png", "gates.png"]
+                      "audience_changes.png", "performance_vip_email_checkout_7d.png", "gates.png"]
     assert all(_png(index.parent / chart) for chart in charts)
     assert "<b>FAILED</b> in 14.8 s" in page
     assert "<td>tag</td><td>failed</td>" in page and "ValueError: bad tag" in page and "trace" not in page
@@ -126,6 +151,14 @@ def test_report_renders_every_section_from_a_hand_built_lake(spark, lake, monkey
         assert f'href="../../../_reports/quality/{RUN}/{name}.html"' in page
     assert "<td>tags_wide</td><td>tags_drift</td>" in page
     assert f"Gates of run {RUN}." in page
+    # the newest row per publish and goal: v2's closed result replaces its earlier open one
+    assert "2 closed and 1 open results" in page
+    assert ("<td>vip_email</td><td>checkout_7d</td><td class=\"num\">1</td><td>closed</td><td>12 / 100</td>"
+            "<td>1 / 20</td><td>+7.00 pp [-4.48, +18.48]</td><td>no</td>") in page
+    assert "<td>30 / 100</td><td>2 / 20</td><td>+20.00 pp [+4.08, +35.92]</td><td>yes</td>" in page
+    # an open result has members only: its conversions are not counted before the window closes
+    assert ("<td class=\"num\">3</td><td>open until 2026-01-08</td><td>90 members</td><td>10 members</td>"
+            "<td></td><td>no</td>") in page
     latest = Path(lake.root, "_reports", "runs", "latest")
     assert (latest / "index.html").read_text(encoding="utf-8") == page
     assert _png(latest / "gates.png")
@@ -153,6 +186,7 @@ def test_sections_without_their_tables_say_so(spark, lake):
     for missing in ("table load_log not in the lake", "table quarantine not in the lake",
                     "no silver_* tables in the lake", "table identity_map not in the lake",
                     "table tag_stats not in the lake", "table audience_stats not in the lake",
+                    "table audience_performance not in the lake",
                     "no gate reports under _reports/quality/ in the lake"):
         assert f"Not shown: {missing}." in page
 

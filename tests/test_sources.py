@@ -35,7 +35,7 @@ def _with(path: list, value) -> dict:
 def test_shipped_sources_yaml_parses(conf_dir: Path) -> None:
     config = parse_file(conf_dir / "sources.yaml", SourcesConfig.from_dict)
     assert {"crm_members", "orders", "returns", "events", "wechat_followers", "service_tickets",
-            "email_events", "sms_reports", "products"} <= set(config.sources)
+            "email_events", "sms_reports", "email_responses", "sms_responses", "products"} <= set(config.sources)
     orders = config.sources["orders"]
     assert orders.resolve("buyer.phone")[0].type == "string"
     leaf, array = orders.resolve("items[].qty")

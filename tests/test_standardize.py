@@ -239,3 +239,44 @@ def test_a_key_collision_fails_standardize_under_on_duplicate_key_error(spark: S
                                         r"\(first: 'M1' in .*line \d\); on_duplicate_key: error"):
         standardize(spark, ctx, lake=lake)
     assert not lake.exists("silver_identifiers")  # nothing published
+
+
+def test_channel_responses_are_linked_to_the_export_that_sent_them(spark: SparkSession, tmp_path: Path) -> None:
+    """The shipped email_responses source: a response naming an exported message gets its audience,
+    destination and publish version; one naming a message no export sent stays as it is, counted."""
+    raw = tmp_path / "raw"
+    (raw / "responses" / "email" / "2025-06").mkdir(parents=True)
+    (raw / "responses" / "email" / "2025-06" / "esp.csv").write_text("\n".join([
+        "response_id,message_id,campaign,recipient,event,event_time,order_no,amount",
+        "R1,vip.esp.v3,summer,a@x.com,opened,2025-06-01T02:00:00Z,,",
+        "R2,vip.esp.v3,summer,a@x.com,converted,2025-06-02T03:00:00Z,SO1,99.50",
+        "R3,old.esp.v1,,b@x.com,unsubscribed,2025-06-01T02:00:00Z,,",
+    ]) + "\n", encoding="utf-8")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    shipped = Path(__file__).resolve().parents[1] / "conf"
+    for name in ("sources.yaml", "identity.yaml"):
+        shutil.copy(shipped / name, conf / name)
+    lake_root = str(tmp_path / "lake")
+    ctx = JobContext(conf_dir=conf, profile=Profile("test", lake_root), lake_root=lake_root, run_id="resp")
+    lake = Lake(spark, lake_root)
+    lake.write(spark.createDataFrame([("vip.esp.v3", "vip", "esp", "email", 3, 10, "r0")],
+                                     "message_id string, audience string, destination string, channel string, "
+                                     "publish_version long, recipients long, run_id string"), "export_messages")
+    land(spark, ctx, raw=str(raw), sources=["email_responses"], lake=lake)
+    result = standardize(spark, ctx, lake=lake)
+
+    linked = {"message_id": "vip.esp.v3", "campaign": "summer", "audience": "vip", "destination": "esp",
+              "publish_version": "3"}
+    assertDataFrameEqual(lake.read("silver_events"), spark.createDataFrame([
+        ("email_responses:R1", "email_responses", "R1", "email_open", "email", datetime(2025, 6, 1, 2), None, None,
+         None, linked),
+        ("email_responses:R2", "email_responses", "R2", "email_conversion", "email", datetime(2025, 6, 2, 3), None,
+         None, None, {**linked, "order_id": "SO1", "amount": "99.5"}),
+        ("email_responses:R3", "email_responses", "R3", "email_unsubscribe", "email", datetime(2025, 6, 1, 2), None,
+         None, None, {"message_id": "old.esp.v1"}),
+    ], SILVER_SCHEMAS["silver_events"]))
+    assert result.responses == {"email_responses": {"linked": 2, "unlinked": 1}}
+    # the unsubscribe withdraws consent like any other source's
+    assertDataFrameEqual(lake.read("silver_consent"), spark.createDataFrame(
+        [("email_responses", "R3", "email", False, datetime(2025, 6, 1, 2))], SILVER_SCHEMAS["silver_consent"]))

@@ -140,6 +140,10 @@ CONTRACTS: tuple[TableContract, ...] = (
     TableContract("audience_*", None, ("customer_id",), pii=("email", "phone", "wechat_openid", "device_id"),
                   forget_keys=(("customer_id",),)),
     TableContract("audience_stats", None, ("run_id", "audience")),
+    # one row per send (cdp export): what response events' message ids link back to; no personal data
+    TableContract("export_messages", "message_id string, audience string, destination string, channel string, "
+                                     "publish_version long, recipients long, run_id string, exported_at timestamp",
+                  ("message_id",)),
     TableContract("runs", None, ("run_id", "step")),
     # -- privacy (cdp forget) --------------------------------------------------------------------
     TableContract("suppression_list", "id_type string, id_hash string, list string, added_at timestamp, "

@@ -43,6 +43,17 @@ def sha256_hex(value: str | None) -> str | None:
     return None if value is None else identifier_hash(value)
 
 
+def message_id(audience: str, destination: str, publish_version: int) -> str:
+    """The id of one send: an audience's publish version written for one destination.
+
+    ``cdp export`` writes it into every file row and the manifest; channels echo it in their delivery
+    and response files, and ``cdp standardize`` links those responses back to the send through it
+    (:func:`cdp.engage.link_responses`). Audience and destination names are snake_case, so the dots
+    separate them unambiguously: ``vip_winback_email.esp.v3``.
+    """
+    return f"{audience}.{destination}.v{publish_version}"
+
+
 def email_column(column: str | Column) -> Column:
     """Canonical e-mail (as ``cdp standardize`` makes it), null when it is not one."""
     return NORMALIZERS["email"](F.col(column) if isinstance(column, str) else column)
@@ -82,5 +93,5 @@ def export_frame(members: DataFrame, channel: str, *, hashed: bool, default_regi
     return shaped.filter(any_identifier)
 
 
-__all__ = ["CHANNEL_FIELDS", "email_column", "export_frame", "normalise_email", "normalise_phone",
+__all__ = ["CHANNEL_FIELDS", "email_column", "export_frame", "message_id", "normalise_email", "normalise_phone",
            "phone_column", "sha256_hex"]

@@ -34,6 +34,17 @@ Leaf conditions:
     ``{bought: {category: C | [C...], within_days: d, at_least: n}}``: at least n paid orders with a
     line in category C in the last d days.
 
+Past campaigns (:func:`campaign_flags`; inputs built by ``cdp audiences`` from the last committed
+publishes, exports and responses):
+    ``{entered_audience: X, within_days: d}`` / ``{exited_audience: X, within_days: d}``: entered or
+    left audience X (``audience_changes``) at a publish whose as-of lies in the last d days (ever
+    without ``within_days``).
+    ``{message: M, response: opened, within_days: d}``: a response event of kind sent, delivered,
+    bounced, opened, clicked, unsubscribed or converted answering message M (its message id, as
+    ``cdp export`` wrote it), in the last d days (ever without ``within_days``).
+    ``{goal: G, audience: X, converted: true}``: converted on audience X's goal G within the goal's
+    window after entering X; ``converted: false``: entered X, the window has closed, and no conversion.
+
 Every parsed node keeps its key path (``where.all[3].any[0]``) so validation errors name it.
 Compilation is in two steps: :func:`behaviour_flags` turns all behaviour conditions of all
 audiences into one boolean column each with a single aggregation per input, and
@@ -46,14 +57,15 @@ import hashlib
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from cdp.engage.measure import Goal
+from cdp.engage.responses import RESPONSE_EVENT_TYPES
 from cdp.identity.records import with_customer_id
 
 Channel = Literal["email", "sms", "wechat", "ads"]
@@ -135,8 +147,55 @@ class NotOf:
     path: str
 
 
-Condition = AttributeCondition | EventCondition | SequenceCondition | PurchaseCondition | AllOf | AnyOf | NotOf
+class _KeyedByFields:
+    """A condition compiled to one boolean column, named by its kind and every field but its path."""
+
+    kind: ClassVar[str]
+
+    @property
+    def key(self) -> str:
+        return _behaviour_key(self.kind, *[getattr(self, f.name) for f in fields(self) if f.name != "path"])
+
+
+@dataclass(frozen=True)
+class AudienceChangeCondition(_KeyedByFields):
+    """Entered or exited audience ``audience`` (at a publish within the last ``within_days`` days)."""
+
+    kind: ClassVar[str] = "audience_change"
+    audience: str
+    change: Literal["entered", "exited"]
+    within_days: int | None
+    path: str
+
+
+@dataclass(frozen=True)
+class MessageCondition(_KeyedByFields):
+    """A response of kind ``response`` answering message ``message_id`` (within the last ``within_days``)."""
+
+    kind: ClassVar[str] = "message"
+    message_id: str
+    response: str
+    within_days: int | None
+    path: str
+
+
+@dataclass(frozen=True)
+class GoalCondition(_KeyedByFields):
+    """Converted (or, with ``converted`` false, did not within a closed window) on an audience's goal."""
+
+    kind: ClassVar[str] = "goal"
+    audience: str
+    goal: str
+    converted: bool
+    path: str
+
+
+Condition = (AttributeCondition | EventCondition | SequenceCondition | PurchaseCondition | AudienceChangeCondition
+             | MessageCondition | GoalCondition | AllOf | AnyOf | NotOf)
 BehaviourCondition = EventCondition | SequenceCondition | PurchaseCondition
+CampaignCondition = AudienceChangeCondition | MessageCondition | GoalCondition
+_FLAG_CONDITIONS = (EventCondition, SequenceCondition, PurchaseCondition, AudienceChangeCondition, MessageCondition,
+                    GoalCondition)  # compiled to the boolean column named by their key
 
 
 def _behaviour_key(*parts: Any) -> str:
@@ -326,6 +385,9 @@ def parse_condition(data: Any, path: str) -> Condition:
     if "not" in data:
         _no_unknown_keys(data, {"not"}, path)
         return NotOf(parse_condition(data["not"], f"{path}.not"), path)
+    campaign = _parse_campaign_condition(data, path)
+    if campaign is not None:
+        return campaign
     if "tag" in data or "profile" in data:
         source = "tag" if "tag" in data else "profile"
         name = data[source]
@@ -377,7 +439,8 @@ def parse_condition(data: Any, path: str) -> Condition:
                                  at_least=_positive_int(spec.get("at_least", 1), f"{spec_path}.at_least"),
                                  path=path)
     raise ValueError(f"{path}: unknown condition with keys {sorted(data)}; expected one of "
-                     "all, any, not, tag, profile, event, did, bought")
+                     "all, any, not, tag, profile, event, did, bought, entered_audience, exited_audience, "
+                     "message, goal")
 
 
 def _scalar(value: Any) -> bool:
@@ -598,7 +661,7 @@ def compile_condition(condition: Condition) -> Column:
     """One boolean Column (never null) over the :func:`customer_frame` of the audience's inputs."""
     if isinstance(condition, AttributeCondition):
         return _attribute_column(condition)
-    if isinstance(condition, (EventCondition, SequenceCondition, PurchaseCondition)):
+    if isinstance(condition, _FLAG_CONDITIONS):
         return F.coalesce(F.col(condition.key), F.lit(False))
     if isinstance(condition, AllOf):
         result = compile_condition(condition.children[0])
@@ -684,17 +747,152 @@ def referenced_columns(audience: Audience) -> list[str]:
         for node in iter_conditions(root):
             if isinstance(node, AttributeCondition):
                 cols.append((TAG_PREFIX if node.source == "tag" else PROFILE_PREFIX) + node.name)
-            elif isinstance(node, (EventCondition, SequenceCondition, PurchaseCondition)):
+            elif isinstance(node, _FLAG_CONDITIONS):
                 cols.append(node.key)
     if audience.cap:
         cols += [(TAG_PREFIX if k.source == "tag" else PROFILE_PREFIX) + k.name for k in audience.cap.order_by]
     return list(dict.fromkeys(cols))
 
 
+# -- past campaigns ----------------------------------------------------------------------------------
+def _parse_campaign_condition(data: Mapping[str, Any], path: str) -> CampaignCondition | None:
+    """The past-campaign conditions (module docstring); None when ``data`` is none of them."""
+    def window(spec: Mapping[str, Any]) -> int | None:
+        return None if spec.get("within_days") is None else _positive_int(spec["within_days"], f"{path}.within_days")
+
+    def name(key: str) -> str:
+        value = data.get(key)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{path}.{key}: expected a name, got {value!r}")
+        return value
+
+    for key, change in (("entered_audience", "entered"), ("exited_audience", "exited")):
+        if key in data:
+            _no_unknown_keys(data, {key, "within_days"}, path)
+            return AudienceChangeCondition(audience=name(key), change=change, within_days=window(data), path=path)
+    if "message" in data:
+        _no_unknown_keys(data, {"message", "response", "within_days"}, path)
+        response = data.get("response")
+        if response not in RESPONSE_EVENT_TYPES:
+            raise ValueError(f"{path}.response: expected one of {list(RESPONSE_EVENT_TYPES)}, got {response!r}")
+        return MessageCondition(message_id=name("message"), response=response, within_days=window(data), path=path)
+    if "goal" in data:
+        _no_unknown_keys(data, {"goal", "audience", "converted"}, path)
+        converted = data.get("converted", True)
+        if not isinstance(converted, bool):
+            raise ValueError(f"{path}.converted: expected true or false, got {converted!r}")
+        return GoalCondition(audience=name("audience"), goal=name("goal"), converted=converted, path=path)
+    return None
+
+
+def campaign_conditions(audiences: Iterable[Audience]) -> list[CampaignCondition]:
+    """Every distinct past-campaign condition in ``audiences`` (by key), in first-seen order."""
+    seen: dict[str, CampaignCondition] = {}
+    for audience in audiences:
+        for root in audience.conditions():
+            for node in iter_conditions(root):
+                if isinstance(node, (AudienceChangeCondition, MessageCondition, GoalCondition)):
+                    seen.setdefault(node.key, node)
+    return list(seen.values())
+
+
+def validate_campaign_references(audience: Audience, audiences: Iterable[Audience]) -> list[str]:
+    """Problems with the audiences and goals ``audience``'s past-campaign conditions name, by key path."""
+    goals = {a.name: {g.name for g in a.goals} for a in audiences}
+    problems = []
+    for root in audience.conditions():
+        for node in iter_conditions(root):
+            if isinstance(node, AudienceChangeCondition) and node.audience not in goals:
+                problems.append(f"{node.path}.{node.change}_audience: unknown audience {node.audience!r}")
+            elif isinstance(node, GoalCondition):
+                if node.audience not in goals:
+                    problems.append(f"{node.path}.audience: unknown audience {node.audience!r}")
+                elif node.goal not in goals[node.audience]:
+                    problems.append(f"{node.path}.goal: audience {node.audience!r} has no goal {node.goal!r} "
+                                    f"(its goals: {sorted(goals[node.audience])})")
+    return problems
+
+
+def responses_by_customer(silver_events: DataFrame, customer_records: DataFrame) -> DataFrame:
+    """Response events (those answering a message) per customer: customer_id, message_id, event_type,
+    event_time."""
+    answered = silver_events.filter(F.col("attributes")["message_id"].isNotNull())
+    return with_customer_id(answered, customer_records).select(
+        "customer_id", F.col("attributes")["message_id"].alias("message_id"), "event_type", "event_time")
+
+
+def campaign_flags(conditions: Sequence[CampaignCondition], *, as_of: datetime, changes: DataFrame | None = None,
+                   responses: DataFrame | None = None, entries: DataFrame | None = None,
+                   goal_actions: Mapping[tuple[str, str], tuple[Goal, DataFrame]] | None = None
+                   ) -> DataFrame | None:
+    """One boolean column per past-campaign condition (named by its key), from one aggregation per input.
+
+    Args:
+        conditions: from :func:`campaign_conditions`.
+        as_of: the evaluation time; nothing after it is seen, a window of d days is ``[as_of - d, as_of]``.
+        changes: audience, customer_id, change ('entered' | 'exited'), changed_at (the publish's as-of).
+        responses: :func:`responses_by_customer` output.
+        entries: audience, customer_id, entered_at: each time a customer entered an audience.
+        goal_actions: (audience, goal name) -> (the goal, its actions: customer_id, action_time), from
+            :func:`cdp.engage.goal_actions`.
+
+    Returns:
+        customer_id + one boolean column per condition, only for customers some input names; None when
+        there are no conditions.
+    """
+    as_of_lit = F.lit(as_of).cast("timestamp")
+
+    def seen(time_col: str, days: int | None) -> Column:
+        test = F.col(time_col) <= as_of_lit
+        if days is not None:
+            test = test & (F.col(time_col) >= F.lit(as_of - timedelta(days=days)).cast("timestamp"))
+        return test
+
+    frames: list[DataFrame] = []
+    change_conds = [c for c in conditions if isinstance(c, AudienceChangeCondition)]
+    if change_conds:
+        if changes is None:
+            raise ValueError("entered/exited audience conditions need the audience changes frame")
+        frames.append(changes.groupBy("customer_id").agg(*[
+            F.max((F.col("audience") == c.audience) & (F.col("change") == c.change)
+                  & seen("changed_at", c.within_days)).alias(c.key) for c in change_conds]))
+    message_conds = [c for c in conditions if isinstance(c, MessageCondition)]
+    if message_conds:
+        if responses is None:
+            raise ValueError("message conditions need the responses frame")
+        frames.append(responses.groupBy("customer_id").agg(*[
+            F.max((F.col("message_id") == c.message_id) & F.col("event_type").isin(*RESPONSE_EVENT_TYPES[c.response])
+                  & seen("event_time", c.within_days)).alias(c.key) for c in message_conds]))
+    for cond in (c for c in conditions if isinstance(c, GoalCondition)):
+        if entries is None or goal_actions is None or (cond.audience, cond.goal) not in goal_actions:
+            raise ValueError(f"{cond.path}: goal conditions need the entries and the actions of "
+                             f"{cond.audience}.{cond.goal}")
+        goal, actions = goal_actions[(cond.audience, cond.goal)]
+        entered = entries.filter((F.col("audience") == cond.audience) & (F.col("entered_at") <= as_of_lit)).select(
+            "customer_id", "entered_at",
+            (F.col("entered_at") + F.expr(f"INTERVAL {goal.within_days} DAYS")).alias("window_end"))
+        hits = actions.select("customer_id", "action_time").filter(F.col("action_time") <= as_of_lit)
+        per_entry = entered.join(hits, on="customer_id", how="left").groupBy("customer_id", "entered_at",
+                                                                              "window_end").agg(
+            F.max(F.coalesce((F.col("action_time") > F.col("entered_at"))
+                             & (F.col("action_time") <= F.col("window_end")), F.lit(False))).alias("hit"))
+        per_customer = per_entry.groupBy("customer_id").agg(
+            F.max("hit").alias("converted"), F.max(F.col("window_end") <= as_of_lit).alias("closed"))
+        flag = F.col("converted") if cond.converted else (F.col("closed") & ~F.col("converted"))
+        frames.append(per_customer.select("customer_id", flag.alias(cond.key)))
+    if not frames:
+        return None
+    result = frames[0]
+    for other in frames[1:]:
+        result = result.join(other, on="customer_id", how="full_outer")
+    return result
+
+
 __all__ = [
-    "CHANNELS", "OPERATORS", "Audience", "AllOf", "AnyOf", "AttributeCondition", "Destination",
-    "EventCondition", "NotOf", "PurchaseCondition", "SequenceCondition", "SizeCap",
-    "behaviour_conditions", "behaviour_flags", "compile_audience", "compile_condition",
-    "control_hash", "customer_frame", "events_by_customer", "parse_condition",
-    "purchases_by_customer", "referenced_columns", "select_members", "tag_names", "validate_audience",
+    "CHANNELS", "OPERATORS", "Audience", "AllOf", "AnyOf", "AttributeCondition", "AudienceChangeCondition",
+    "Destination", "EventCondition", "GoalCondition", "MessageCondition", "NotOf", "PurchaseCondition",
+    "SequenceCondition", "SizeCap", "behaviour_conditions", "behaviour_flags", "campaign_conditions",
+    "campaign_flags", "compile_audience", "compile_condition", "control_hash", "customer_frame",
+    "events_by_customer", "parse_condition", "purchases_by_customer", "referenced_columns",
+    "responses_by_customer", "select_members", "tag_names", "validate_audience", "validate_campaign_references",
 ]

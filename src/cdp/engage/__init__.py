@@ -13,7 +13,15 @@ from cdp.engage.measure import (
     group_totals,
     lift,
     member_outcomes,
+    rate_interval,
     window_end,
+)
+from cdp.engage.responses import (
+    LINK_KEYS,
+    MESSAGES_TABLE,
+    RESPONSE_EVENT_TYPES,
+    link_responses,
+    response_links,
 )
 
 
@@ -41,5 +49,5 @@ class EngageConfig:
         return cls(global_control_percent=float(percent))
 
 
-__all__ = ["EngageConfig", "Goal", "GroupTotals", "Lift", "goal_actions", "group_totals", "lift", "member_outcomes",
-           "window_end"]
+__all__ = ["LINK_KEYS", "MESSAGES_TABLE", "RESPONSE_EVENT_TYPES", "EngageConfig", "Goal", "GroupTotals", "Lift", "goal_actions", "group_totals",
+           "lift", "link_responses", "member_outcomes", "rate_interval", "response_links", "window_end"]

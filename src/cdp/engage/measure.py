@@ -14,7 +14,8 @@ Statistics (normal approximations, stated so a reader can check them):
 - relative lift p_t / p_c - 1 with the Katz log interval exp(log(p_t / p_c) +- z * sqrt((1 - p_t) /
   (n_t p_t) + (1 - p_c) / (n_c p_c))) - 1 (undefined when either group has no conversion);
 - revenue per member: group means, their difference with the Welch interval (sample variances);
-- ``conclusive`` only when the absolute-lift interval excludes zero.
+- ``conclusive`` only when the absolute-lift interval excludes zero;
+- one group's rate alone (the report's charts): the Wilson score interval (:func:`rate_interval`).
 """
 from __future__ import annotations
 
@@ -196,6 +197,21 @@ def lift(treatment: GroupTotals, control: GroupTotals, *, z: float = Z_95) -> Li
     rev_diff = mean_t - mean_c
     return Lift(p_t, p_c, diff, low, high, rel, rel_low, rel_high, mean_t, mean_c,
                 rev_diff - z * se_rev, rev_diff + z * se_rev, conclusive=(low > 0 or high < 0) and se > 0)
+
+
+def rate_interval(conversions: int, members: int, *, z: float = Z_95) -> tuple[float, float, float] | None:
+    """One group's conversion rate with its Wilson score interval: (rate, low, high); None without members.
+
+    Wilson rather than Wald for a single rate: it stays inside [0, 1] and keeps its width when a group
+    has no or every conversion, which small control groups often do.
+    """
+    if members <= 0:
+        return None
+    p = conversions / members
+    denominator = 1 + z * z / members
+    centre = (p + z * z / (2 * members)) / denominator
+    half = z * math.sqrt(p * (1 - p) / members + z * z / (4 * members * members)) / denominator
+    return p, max(0.0, centre - half), min(1.0, centre + half)
 
 
 def window_end(entered_at: datetime, goal: Goal) -> datetime:

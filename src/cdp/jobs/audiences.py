@@ -29,17 +29,25 @@ from pyspark.sql import functions as F
 from cdp.audiences.language import (
     TAG_PREFIX,
     Audience,
+    AudienceChangeCondition,
+    CampaignCondition,
+    GoalCondition,
+    MessageCondition,
     PurchaseCondition,
     behaviour_conditions,
     behaviour_flags,
+    campaign_conditions,
+    campaign_flags,
     compile_audience,
     customer_frame,
     events_by_customer,
     purchases_by_customer,
     referenced_columns,
+    responses_by_customer,
     select_members,
     tag_names,
     validate_audience,
+    validate_campaign_references,
 )
 from cdp.engage import EngageConfig
 from cdp.jobs.entry import JobFailed
@@ -53,15 +61,11 @@ from cdp.privacy import (
 )
 from cdp.runtime.config import ConfigError, JobContext, parse_file
 from cdp.runtime.gates import publish_with_gates
+from cdp.sources import EVENT_TYPES as SILVER_EVENT_TYPES
 
 logger = logging.getLogger(__name__)
 
-EVENT_TYPES = (
-    "page_view", "product_view", "search", "add_to_cart", "remove_from_cart", "checkout", "login",
-    "app_open", "mini_program_open", "email_sent", "email_open", "email_click", "email_bounce",
-    "email_unsubscribe", "sms_sent", "sms_click", "sms_bounce", "sms_unsubscribe", "wechat_follow",
-    "wechat_unfollow", "ticket_opened",
-)
+EVENT_TYPES = tuple(sorted(SILVER_EVENT_TYPES))  # conf/sources.yaml's mappings may only produce these
 MEMBER_COLUMNS = ("customer_id", "channel", "email", "phone", "wechat_openid", "device_id", "in_control",
                   "run_id", "published_at")
 CHANGES_TABLE = "audience_changes"
@@ -142,6 +146,57 @@ class Inputs:
     suppression: DataFrame
     events: DataFrame | None
     purchases: DataFrame | None
+    past: PastCampaigns | None = None  # inputs of the past-campaign conditions, when any audience has some
+
+
+@dataclass
+class PastCampaigns:
+    """What :func:`cdp.audiences.language.campaign_flags` reads, as of the last committed publishes."""
+
+    conditions: list[CampaignCondition]
+    changes: DataFrame | None = None
+    responses: DataFrame | None = None
+    entries: DataFrame | None = None
+    goal_actions: dict[tuple[str, str], tuple[Any, DataFrame]] = field(default_factory=dict)
+
+    def flags(self, as_of: datetime) -> DataFrame | None:
+        return campaign_flags(self.conditions, as_of=as_of, changes=self.changes, responses=self.responses,
+                              entries=self.entries, goal_actions=self.goal_actions)
+
+
+def read_past_campaigns(spark: SparkSession, lake: Any, conditions: Sequence[CampaignCondition],
+                        audiences: Sequence[Audience]) -> PastCampaigns | None:
+    """The audience changes (timed by each publish's as-of), response events and goal actions that
+    ``conditions`` need; None without conditions."""
+    from cdp.jobs.measure import publishes, read_goal_actions
+
+    if not conditions:
+        return None
+    past = PastCampaigns(conditions=list(conditions))
+    named = sorted({c.audience for c in conditions if isinstance(c, AudienceChangeCondition | GoalCondition)})
+    if named:
+        timed = [(name, version, entered_at) for name in named if lake.exists(audience_table(name))
+                 for version, entered_at in publishes(lake, audience_table(name))]
+        as_of = spark.createDataFrame(timed, "audience string, publish_version long, publish_as_of timestamp")
+        changes = (lake.read(CHANGES_TABLE).filter(F.col("audience").isin(*named)) if lake.exists(CHANGES_TABLE)
+                   else spark.createDataFrame([], "audience string, customer_id string, change string, "
+                                                  "publish_version long, changed_at timestamp"))
+        # a change happened when its publish's members were evaluated (its as-of), not when it was written
+        past.changes = (changes.join(F.broadcast(as_of), on=["audience", "publish_version"], how="left")
+                        .select("audience", "customer_id", "change",
+                                F.coalesce(F.col("publish_as_of"), F.col("changed_at")).alias("changed_at")))
+        past.entries = past.changes.filter(F.col("change") == "entered").select(
+            "audience", "customer_id", F.col("changed_at").alias("entered_at"))
+    if any(isinstance(c, MessageCondition) for c in conditions):
+        if not lake.exists("silver_events"):
+            raise JobFailed("an audience selects by message responses but silver_events is missing")
+        past.responses = responses_by_customer(lake.read("silver_events"), lake.read("customer_records"))
+    by_name = {a.name: a for a in audiences}
+    cache: dict[str, DataFrame | None] = {}
+    for cond in (c for c in conditions if isinstance(c, GoalCondition)):
+        goal = next(g for g in by_name[cond.audience].goals if g.name == cond.goal)  # checked by check_audiences
+        past.goal_actions[(cond.audience, cond.goal)] = (goal, read_goal_actions(lake, goal, cache))
+    return past
 
 
 def read_inputs(spark: SparkSession, lake: Any, *, need_events: bool, need_purchases: bool) -> Inputs:
@@ -172,11 +227,25 @@ def read_inputs(spark: SparkSession, lake: Any, *, need_events: bool, need_purch
                   events=events, purchases=purchases)
 
 
-def _read_for(spark: SparkSession, lake: Any, audiences: Sequence[Audience]) -> Inputs:
+def _read_for(spark: SparkSession, lake: Any, audiences: Sequence[Audience], conf_dir: Path) -> Inputs:
     conditions = behaviour_conditions(audiences)
-    return read_inputs(spark, lake,
-                       need_events=any(not isinstance(c, PurchaseCondition) for c in conditions),
-                       need_purchases=any(isinstance(c, PurchaseCondition) for c in conditions))
+    inputs = read_inputs(spark, lake,
+                         need_events=any(not isinstance(c, PurchaseCondition) for c in conditions),
+                         need_purchases=any(isinstance(c, PurchaseCondition) for c in conditions))
+    past = campaign_conditions(audiences)
+    if past:
+        _check_campaign_references(audiences, conf_dir)
+        inputs.past = read_past_campaigns(spark, lake, past, load_audiences(conf_dir))
+    return inputs
+
+
+def _check_campaign_references(audiences: Sequence[Audience], conf_dir: Path) -> None:
+    """Raise ConfigError naming file and key for a past-campaign condition on an unknown audience or goal."""
+    every = load_audiences(conf_dir)
+    problems = [f"{_file_of(conf_dir, audience)}: {problem}" for audience in audiences
+                for problem in validate_campaign_references(audience, every)]
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 # -- evaluation --------------------------------------------------------------------------------------
@@ -213,6 +282,9 @@ class Evaluator:
         self.global_control_percent = global_control_percent
         flags = behaviour_flags(behaviour_conditions(audiences), as_of=as_of, events=inputs.events,
                                 purchases=inputs.purchases)
+        past = inputs.past.flags(as_of) if inputs.past is not None else None
+        if past is not None:
+            flags = past if flags is None else flags.join(past, on="customer_id", how="full_outer")
         only = None if all_columns else {c for audience in audiences for c in referenced_columns(audience)}
         self.customers = customer_frame(inputs.profile, inputs.tags_wide, flags,
                                         only=only).persist(StorageLevel.MEMORY_AND_DISK)
@@ -336,7 +408,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, as_of: date |
     if not audiences:
         logger.warning("no audiences in %s", ctx.conf_dir / "audiences")
         return result
-    inputs = _read_for(spark, lake, audiences)
+    inputs = _read_for(spark, lake, audiences, ctx.conf_dir)
     check_audiences(audiences, ctx.conf_dir,
                     tags=tag_names(inputs.tags_wide) if inputs.tags_wide is not None else [],
                     profile_attributes=[c for c in inputs.profile.columns if c != "customer_id"])
@@ -378,7 +450,7 @@ def preview(spark: SparkSession, ctx: JobContext, name: str, *, lake: Any = None
     by_name = {a.name: a for a in audiences}
     if name not in by_name:
         raise ConfigError(f"{ctx.conf_dir / 'audiences'}: no audience named {name!r} (known: {sorted(by_name)})")
-    inputs = _read_for(spark, lake, audiences)
+    inputs = _read_for(spark, lake, audiences, ctx.conf_dir)
     check_audiences(audiences, ctx.conf_dir,
                     tags=tag_names(inputs.tags_wide) if inputs.tags_wide is not None else [],
                     profile_attributes=[c for c in inputs.profile.columns if c != "customer_id"])

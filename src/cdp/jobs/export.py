@@ -8,6 +8,11 @@ Per audience and destination, for the audience's current publish version ``v``::
         removed.<ext>    left since the previous export (to take out of the platform's list)
         manifest.json    counts and SHA-256 checksums of the files (written last: marks completion)
 
+Every file row and the manifest carry ``message_id`` (``<audience>.<destination>.v<version>``,
+:func:`cdp.audiences.activation.message_id`): the id channels echo in their delivery and response
+files, by which ``cdp standardize`` links a response to the send. ``export_messages`` (appended, one
+row per send) maps each message id to its audience, destination, channel and publish version.
+
 plus the ``export_<audience>`` Delta table (partitioned by destination) holding the current snapshot
 for reverse-ETL tools. Files never carry the internal customer id; hashed destinations get SHA-256 of
 the normalised e-mail (trimmed, lower case) and phone (E.164). Control-group members are not sent.
@@ -32,8 +37,9 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from cdp.audiences.activation import export_frame
+from cdp.audiences.activation import export_frame, message_id
 from cdp.audiences.language import Audience, Destination
+from cdp.engage import MESSAGES_TABLE
 from cdp.jobs.audiences import audience_table, select_audiences
 from cdp.jobs.entry import JobFailed
 from cdp.lake.paths import is_local, local_path
@@ -43,6 +49,8 @@ from cdp.runtime.config import JobContext
 logger = logging.getLogger(__name__)
 
 EXPORTS_DIR = "_exports"
+MESSAGES_SCHEMA = ("message_id string, audience string, destination string, channel string, publish_version long, "
+                   "recipients long, run_id string")
 EXTENSIONS = {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl"}
 EXPORT_COLUMNS = ("destination", "customer_id", "email", "email_sha256", "phone", "phone_sha256",
                   "wechat_openid", "device_id", "publish_version", "run_id", "exported_at")
@@ -180,6 +188,7 @@ def export_destination(lake: Any, audience: Audience, destination: Destination, 
         logger.info("%s -> %s: publish version %d already exported, nothing to do", audience.name,
                     destination.name, version)
         return DestinationExport(audience.name, destination.name, version, folder, 0, 0, 0, skipped=True)
+    message = message_id(audience.name, destination.name, version)
     rows = export_frame(members, audience.channel, hashed=destination.hashed,
                         default_region=destination.default_region).persist()
     previous = (lake.read(table).filter(F.col("destination") == destination.name).select("customer_id", *[
@@ -196,7 +205,7 @@ def export_destination(lake: Any, audience: Audience, destination: Destination, 
     ext = EXTENSIONS[destination.format]
     files = []
     for kind, frame in (("snapshot", rows), ("added", added), ("removed", removed)):
-        ordered = frame.select(*file_columns).orderBy(*file_columns)
+        ordered = frame.select(*file_columns).orderBy(*file_columns).withColumn("message_id", F.lit(message))
         count = frame.count()
         path = _write_single_file(ordered, destination.format, filesystem, folder, uri_folder, f"{kind}.{ext}")
         checksum, size = _sha256(filesystem, path)
@@ -206,11 +215,17 @@ def export_destination(lake: Any, audience: Audience, destination: Destination, 
                partition_by=["destination"], replace_where={"destination": destination.name},
                app_id=f"export_{audience.name}_{destination.name}", app_version=version,
                metadata={"run_id": run_id, "publish_version": version})
+    sent = lake.spark.createDataFrame(
+        [(message, audience.name, destination.name, audience.channel, version, counts["snapshot"], run_id)],
+        MESSAGES_SCHEMA).withColumn("exported_at", F.current_timestamp())
+    lake.write(sent, MESSAGES_TABLE, mode="append", app_id=f"export_messages_{audience.name}_{destination.name}",
+               app_version=version, metadata={"run_id": run_id, "message_id": message})
     manifest = {
         "audience": audience.name, "destination": destination.name, "channel": audience.channel,
         "format": destination.format, "hashed": destination.hashed,
         "hashing": "sha256 hex of trimmed lower-case email / E.164 phone" if destination.hashed else None,
-        "columns": file_columns, "publish_version": version, "run_id": run_id,
+        "columns": [*file_columns, "message_id"], "message_id": message, "publish_version": version,
+        "run_id": run_id,
         "exported_at": datetime.now(UTC).isoformat(), "files": files,
     }
     with filesystem.open_output_stream(manifest_path) as out:

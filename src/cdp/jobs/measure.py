@@ -44,7 +44,7 @@ class MeasureResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _publishes(lake: Any, table: str) -> list[tuple[int, datetime]]:
+def publishes(lake: Any, table: str) -> list[tuple[int, datetime]]:
     """(version, as_of) of each publish of an audience table that recorded its as-of instant, oldest first."""
     found = []
     for entry in lake.history(table):
@@ -61,7 +61,9 @@ def _measured(lake: Any) -> set[tuple[str, int, str]]:
     return {(r["audience"], int(r["publish_version"]), r["goal"]) for r in rows}
 
 
-def _actions(spark: SparkSession, lake: Any, goal: Goal, cache: dict[str, DataFrame | None]) -> DataFrame:
+def read_goal_actions(lake: Any, goal: Goal, cache: dict[str, DataFrame | None]) -> DataFrame:
+    """The goal's actions (:func:`cdp.engage.goal_actions`) over silver, with customer ids; ``cache`` keeps
+    the silver frames read for earlier goals."""
     from cdp.identity.records import with_customer_id
 
     def table(name: str, *, with_customer: bool) -> DataFrame | None:
@@ -95,7 +97,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, as_of: date |
         table = audience_table(audience.name)
         if not audience.goals or not lake.exists(table):
             continue
-        for version, entered_at in _publishes(lake, table):
+        for version, entered_at in publishes(lake, table):
             members = lake.read(table, version=version).select("customer_id", "in_control")
             for goal in audience.goals:
                 if (audience.name, version, goal.name) in done:
@@ -110,7 +112,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, as_of: date |
                                conclusive=False)
                     result.open += 1
                 else:
-                    outcomes = member_outcomes(members, _actions(spark, lake, goal, cache), entered_at=entered_at,
+                    outcomes = member_outcomes(members, read_goal_actions(lake, goal, cache), entered_at=entered_at,
                                                window_end=end)
                     totals = group_totals(outcomes)
                     measured = lift(totals[False], totals[True])

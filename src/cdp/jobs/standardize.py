@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cdp.contracts import schema_of
+from cdp.engage import MESSAGES_TABLE, link_responses, response_links
 from cdp.identity.normalize import NORMALIZERS, PYTHON_NORMALIZERS, qualified_column
 from cdp.jobs.entry import JobFailed
 from cdp.jobs.land import QUARANTINE, QUARANTINE_SCHEMA, load_sources
@@ -56,6 +57,8 @@ class StandardizeResult:
     sources: list[str] = field(default_factory=list)
     # per source: rows, missing_id, exact_duplicates, superseded, collision_keys, collision_rows
     duplicates: dict[str, dict[str, int]] = field(default_factory=dict)
+    # per source of response events: linked (answer a send of export_messages) and unlinked
+    responses: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def load_normalizers(path: Path) -> dict[str, str]:
@@ -306,6 +309,9 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
         normalized = normalized.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         tables, quarantine = build_silver(spark, records, normalized, normalizers, now)
+        # channel responses name the send they answer: link them to its audience and publish version
+        messages = lake.read(MESSAGES_TABLE) if lake.exists(MESSAGES_TABLE) else None
+        tables["silver_events"] = link_responses(tables["silver_events"], messages)
         for frame in rejected:  # records without an id, key collisions: quarantined with the reason
             quarantine = quarantine.unionByName(frame)
         if lake.exists("suppression_list"):
@@ -315,6 +321,11 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
         for name, table in tables.items():
             lake.write(table, name, "overwrite", metadata=metadata)
             result.rows[name] = _row_count(lake, name)
+        if messages is not None:
+            for row in response_links(lake.read("silver_events")).collect():
+                result.responses[row["source"]] = {"linked": row["linked"], "unlinked": row["unlinked"]}
+                logger.info("%s: %d response events linked to an export, %d name a message no export sent",
+                            row["source"], row["linked"], row["unlinked"])
         quarantine = quarantine.persist(StorageLevel.MEMORY_AND_DISK)
         for row in quarantine.groupBy("source", "field").count().collect():
             key = f"{row['source']}.{row['field']}"

@@ -83,7 +83,7 @@ class _Collector:
 
 def validate_conf(conf_dir: Path) -> ConfigReport:
     """Parse every config file under ``conf_dir`` and cross-check them; no Spark session is started."""
-    from cdp.audiences.language import Audience, validate_audience
+    from cdp.audiences.language import Audience, validate_audience, validate_campaign_references
     from cdp.expectations.quality import QualityConfig
     from cdp.features.config import FeatureConfig
     from cdp.identity.config import PROFILE_ATTRIBUTES, IdentityConfig
@@ -123,6 +123,9 @@ def validate_conf(conf_dir: Path) -> ConfigReport:
             for problem in validate_audience(audience, tags=tag_names, profile_attributes=PROFILE_ATTRIBUTES,
                                              event_types=EVENT_TYPES):
                 found.problems.append(f"{path}: {problem}")
+    for audience in audiences:  # past-campaign conditions name other audiences and their goals
+        for problem in validate_campaign_references(audience, audiences):
+            found.problems.append(f"{conf_dir / 'audiences' / f'{audience.name}.yaml'}: {problem}")
 
     if (conf_dir / "engage.yaml").exists():
         from cdp.engage import EngageConfig

@@ -3,7 +3,8 @@
 ``<lake>/_reports/runs/<run_id>/index.html`` (and the same under ``_reports/runs/latest/``) with
 sections for the run's steps and timings, source volumes, quarantine reasons, silver volumes,
 identity component sizes, merges and splits, tag coverage, model metrics, audience sizes and
-changes, and quality gate results. Each section reads the tables it needs through the lake; when a
+changes, audience performance (treatment vs control per publish, from ``audience_performance``), and
+quality gate results. Each section reads the tables it needs through the lake; when a
 table is absent the section says so instead of failing, so a partial pipeline still gets a report.
 
 ``python -m cdp.jobs.report [--for-run ID]`` (or ``spark-submit jobs/report.py``) renders it for a run
@@ -602,6 +603,90 @@ def section_audiences(inp: _Inputs) -> Section:
     return section
 
 
+def rate_chart(out: Path, name: str, versions: Sequence[int], groups: dict[str, Sequence[tuple[float, float, float]]],
+               *, title: str, colors: Sequence[str]) -> str:
+    """Conversion rate per publish version, one series per group, each point with its interval bar."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.8, 2.8))
+    offset = 0.08 * max(1, len(versions) / 4)
+    for index, (group, points) in enumerate(groups.items()):
+        xs = [v + (index - (len(groups) - 1) / 2) * offset for v in versions]
+        rates = [100 * rate for rate, _, _ in points]
+        below = [100 * (rate - low) for rate, low, _ in points]
+        above = [100 * (high - rate) for rate, _, high in points]
+        ax.errorbar(xs, rates, yerr=[below, above], fmt="o-" if len(versions) > 1 else "o", capsize=3,
+                    color=colors[index], label=group, markersize=4, linewidth=1)
+    ax.set_xticks(list(versions), [f"v{v}" for v in versions], fontsize=8)
+    ax.set_xlabel("publish version")
+    ax.set_ylabel("conversion rate (%)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.legend(fontsize=8)
+    ax.margins(x=0.15)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _save(fig, out, name)
+
+
+def _lift_text(row: Any) -> str:
+    if row["abs_lift"] is None:
+        return "n/a"
+    return (f"{100 * row['abs_lift']:+.2f} pp [{100 * row['abs_lift_low']:+.2f}, "
+            f"{100 * row['abs_lift_high']:+.2f}]")
+
+
+def _group_text(row: Any, group: str) -> str:
+    """conversions / members of a closed result; an open one has members only (nothing counted yet)."""
+    members = row[f"members_{group}"] or 0
+    if row["status"] != "closed":
+        return f"{members:,} members"
+    return f"{row[f'conversions_{group}'] or 0:,} / {members:,}"
+
+
+def section_performance(inp: _Inputs) -> Section:
+    """Per audience and goal: the conversion rate of treatment and control over publishes (cdp measure)."""
+    section = Section("performance", "Audience performance: treatment vs control")
+    if absent := inp.has("audience_performance"):
+        section.absent = absent
+        return section
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from cdp.engage import rate_interval
+
+    performance = inp.lake.read("audience_performance")
+    # a closed result is written once; an open one again on every run until it closes: keep the newest
+    newest = Window.partitionBy("audience", "publish_version", "goal").orderBy(
+        F.when(F.col("status") == "closed", 0).otherwise(1), F.col("measured_at").desc())
+    rows = (performance.withColumn("_n", F.row_number().over(newest)).filter(F.col("_n") == 1)
+            .orderBy("audience", "goal", "publish_version").collect())
+    if not rows:
+        section.absent = "audience_performance is empty"
+        return section
+    closed = [r for r in rows if r["status"] == "closed"]
+    pairs = sorted({(r["audience"], r["goal"]) for r in closed})
+    for audience, goal in pairs:
+        points = [r for r in closed if (r["audience"], r["goal"]) == (audience, goal)
+                  and r["members_treatment"] and r["members_control"]]
+        if not points:
+            continue
+        groups = {"treatment": [rate_interval(r["conversions_treatment"], r["members_treatment"]) for r in points],
+                  "control": [rate_interval(r["conversions_control"], r["members_control"]) for r in points]}
+        section.charts.append(rate_chart(
+            inp.out, f"performance_{audience}_{goal}.png", [r["publish_version"] for r in points], groups,
+            title=f"{audience} · {goal}: conversion rate, 95% interval", colors=[_BLUE, _GREY]))
+    opened = len(rows) - len(closed)
+    section.lead = _p(f"{len(closed)} closed and {opened} open results (a result closes when its conversion "
+                      "window has passed); rates with Wilson 95% intervals, absolute lift with the Wald interval.")
+    section.body = _table(
+        ["audience", "goal", "version", "status", "treatment", "control", "absolute lift [95%]", "conclusive"],
+        [[r["audience"], r["goal"], r["publish_version"],
+          r["status"] if r["status"] == "closed" else f"open until {r['window_end']:%Y-%m-%d}",
+          *[_group_text(r, group) for group in ("treatment", "control")],
+          _lift_text(r) if r["status"] == "closed" else "", "yes" if r["conclusive"] else "no"] for r in rows],
+        numeric=(2,))
+    return section
+
+
 def _read_quality_reports(root: str, run_id: str) -> tuple[str | None, list[dict[str, Any]]]:
     """The gate JSON reports of ``run_id`` (else of the newest run that has some)."""
     if not is_local(root):
@@ -681,7 +766,7 @@ def draw_identity_graph(edges: Any, *, title: str = "identity graph", ax: Any = 
 
 SECTIONS: tuple[Callable[[_Inputs], Section], ...] = (
     section_run, section_sources, section_quarantine, section_silver, section_identity, section_merges,
-    section_tags, section_models, section_audiences, section_gates,
+    section_tags, section_models, section_audiences, section_performance, section_gates,
 )
 
 @lru_cache(maxsize=1)

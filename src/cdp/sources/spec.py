@@ -31,6 +31,8 @@ EVENT_TYPES = frozenset({
     "app_open", "mini_program_open", "email_sent", "email_open", "email_click", "email_bounce",
     "email_unsubscribe", "sms_sent", "sms_click", "sms_bounce", "sms_unsubscribe", "wechat_follow",
     "wechat_unfollow", "ticket_opened",
+    # delivery and response files of campaign sends (sources email_responses, sms_responses)
+    "email_delivered", "email_conversion", "sms_delivered", "sms_conversion",
 })
 EVENT_CHANNELS = frozenset({"web", "app", "mini_program", "email", "sms", "wechat", "service"})
 ORDER_CHANNELS = frozenset({"online", "pos", "mini_program", "app"})

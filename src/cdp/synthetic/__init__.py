@@ -17,8 +17,14 @@ Layout under ``--out`` (one folder per source, declared in ``conf/sources.yaml``
     orders/<YYYY-MM>/part-<chunk>.jsonl          returns/<YYYY-MM>/part-<chunk>.jsonl
     events/<YYYY-MM>/part-<chunk>.jsonl          wechat/followers_<chunk>.csv
     service/tickets_<chunk>.csv (GBK)            email/<YYYY-MM>/part-<chunk>.jsonl
-    sms/<YYYY-MM>/report_<chunk>.csv
+    sms/<YYYY-MM>/report_<chunk>.csv              responses/<email|sms>/<YYYY-MM>/responses_<chunk>.csv
     _truth/records.csv  (source, record_id, person_id)  _truth/persons.csv  _truth/broken.csv
+    _truth/campaigns.csv  _truth/campaign_members.csv   (simulated sends: groups, outcomes, true lift)
+
+Campaign sends (:data:`CAMPAIGNS`) are simulated by the generator itself rather than read from a
+lake's exports: its output must depend on its parameters only (``cdp run --generate`` writes the raw
+files before anything is exported), and the truth must know the control group, which an export never
+contains. Their response files use the message-id shape ``cdp export`` writes.
 
 ``_truth`` is kept apart: no job reads it; benchmarks and tests do.
 """
@@ -94,7 +100,45 @@ MP_APPID = "wx1a2b3c4d5e6f7a8b"
 TICKET_CATEGORIES = ["delivery", "quality", "return", "inquiry", "billing", "account"]
 PAYMENT = ["alipay", "wechat_pay", "unionpay", "card", "cash"]
 SOURCES_WITH_TRUTH = ("crm_members", "orders", "returns", "events", "wechat_followers", "service_tickets",
-                      "email_events", "sms_reports")
+                      "email_events", "sms_reports", "email_responses", "sms_responses")
+
+
+@dataclass(frozen=True)
+class SimulatedCampaign:
+    """A campaign send the generator simulates, with a known effect (recorded in ``_truth``).
+
+    ``uplift``: the chance that a treated member who would not have bought within the window, whose
+    message was delivered and who has not churned, buys because of the message. The lift a
+    measurement should find is in ``_truth/campaigns.csv`` (``true_abs_lift``: the members' mean of
+    Y1 - Y0, both potential outcomes being known to the generator).
+    """
+
+    name: str
+    channel: str        # email | sms
+    week: int           # the send's week in the two-year history
+    uplift: float
+    target_share: float = 0.6    # of the channel's opted-in registered persons
+    control_share: float = 0.3   # of the targeted: held out, never sent
+    bounce_rate: float = 0.03
+    window_days: int = 7         # conversion: a non-cancelled order within this many days after the send
+
+    @property
+    def message_id(self) -> str:
+        # the shape cdp export writes (<audience>.<destination>.v<version>); no export of a lake sent it,
+        # so cdp standardize leaves these responses unlinked
+        return f"{self.name}.simulated.v1"
+
+    def sent_at(self, start_ts: float) -> int:
+        """Tuesday 10:00 China time of the send week, in epoch seconds."""
+        return int(start_ts + self.week * 7 * 86400 + 86400 + 2 * 3600)
+
+
+CAMPAIGNS: tuple[SimulatedCampaign, ...] = (
+    SimulatedCampaign("spring_newsletter", "email", WEEKS - 30, uplift=0.06),
+    SimulatedCampaign("flash_sale_sms", "sms", WEEKS - 22, uplift=0.05),
+    SimulatedCampaign("summer_launch", "email", WEEKS - 12, uplift=0.10),
+    SimulatedCampaign("members_day_sms", "sms", WEEKS - 5, uplift=0.04),
+)
 
 
 @dataclass(frozen=True)
@@ -237,6 +281,8 @@ class _Chunk:
         self.broken: list[tuple[str, str, int, str]] = []
         self.seq = 0
         self._periods: dict[int, str] = {}
+        # (message_id, person_id, group, converted_without, converted_with) of every campaign member
+        self.campaign_truth: list[tuple[str, str, str, int, int]] = []
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def emit(self, source: str, relpath: str, line: str, record_id: str | None, person: str | None) -> None:
@@ -389,6 +435,7 @@ class _Chunk:
         self.write_tickets(p, sim)
         self.write_email(p, sim)
         self.write_sms(p, sim)
+        orders += self.write_campaigns(p, sim, orders)
         self.persons_truth = self.person_rows(p, sim, orders)
 
     def devices(self, p: dict[str, Any]) -> None:
@@ -821,6 +868,116 @@ class _Chunk:
                               f"{report_id},{mobile},{status},{local_cst(at, '%Y%m%d%H%M%S')},TPL{w:03d}",
                               report_id, person)
 
+    # -- campaign sends with a known effect ------------------------------------------------------
+    def write_campaigns(self, p: dict[str, Any], sim: dict[str, np.ndarray],
+                        organic: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Simulated campaign sends (:data:`CAMPAIGNS`): delivery and response files for the treated,
+        incremental orders caused by the message, and each member's two potential outcomes in the truth.
+
+        Per campaign, the channel's opted-in, registered persons are targeted at random and split at
+        random into treatment and control (the generator assigns them, so the truth knows the groups).
+        Every member has a baseline outcome Y0 (a non-cancelled organic order within the window) and an
+        outcome under treatment Y1 = Y0 or (delivered, not churned and an uplift draw); only treated
+        members get Y1 written as an order. Draws come from their own generator, so every other source's
+        bytes are those of a generator without campaigns.
+
+        Returns:
+            the incremental orders (same shape as :meth:`write_orders`' items).
+        """
+        rng = np.random.default_rng([self.params.seed, self.chunk, 29])
+        header = _csv_line(["response_id", "message_id", "campaign", "recipient", "event", "event_time",
+                            "order_no", "amount"])
+        cancelled = np.array([o["record"]["status"] == "CANCELLED" for o in organic], dtype=bool)
+        buyer = np.array([o["i"] for o in organic], dtype=np.int64)
+        created = np.array([int(o["ts"]) for o in organic], dtype=np.int64)  # files hold whole seconds
+        extra_orders: list[dict[str, Any]] = []
+        for campaign in CAMPAIGNS:
+            sent_at = campaign.sent_at(self.start_ts)
+            ends = sent_at + campaign.window_days * 86400
+            if campaign.channel == "email":
+                reachable = self.email_opt_in.copy()
+            else:
+                reachable = self.sms_opt_in & p["member"]
+            eligible = reachable & (p["registered_week"] <= campaign.week) & (p["first_week"] <= campaign.week)
+            members = np.nonzero(eligible & (rng.random(self.n) < campaign.target_share))[0]
+            m = len(members)
+            u = rng.random((m, 8))
+            control = u[:, 0] < campaign.control_share
+            in_window = ~cancelled & (created > sent_at) & (created <= ends)
+            converted_without = np.isin(members, buyer[in_window])
+            alive = (sim["churn_week"][members] < 0) | (sim["churn_week"][members] > campaign.week)
+            delivered = u[:, 1] >= campaign.bounce_rate
+            caused = ~converted_without & delivered & alive & (u[:, 2] < campaign.uplift)
+            converted_with = converted_without | caused
+            eng = sim["engagement"][members, campaign.week]
+            affinity = p["email_affinity"][members] if campaign.channel == "email" else np.full(m, 0.3)
+            opened = delivered & (campaign.channel == "email") & (u[:, 3] < affinity * (0.15 + eng) + caused)
+            clicked = delivered & (caused | (u[:, 4] < (0.25 if campaign.channel == "email" else 0.08)
+                                             * np.where(campaign.channel == "email", opened, 0.3 + eng)))
+            unsubscribed = delivered & ~caused & (u[:, 5] < 0.004 + 0.02 * (1 - eng))
+            path = f"responses/{campaign.channel}/{self.period(sent_at)}/responses_{self.chunk:05d}.csv"
+            source = f"{campaign.channel}_responses"
+            if (source, path) not in self.files:
+                self.files[(source, path)] = [(header, "header")]
+            for k, i in enumerate(members.tolist()):
+                person = f"P{int(p['gidx'][i]):08d}"
+                group = "control" if control[k] else "treatment"
+                self.campaign_truth.append((campaign.message_id, person, group, int(converted_without[k]),
+                                            int(converted_with[k])))
+                if control[k]:
+                    continue  # held out: never sent, so no response and no message-caused order
+                recipient = p["emails"][i] if campaign.channel == "email" else "+86" + p["phones"][i]
+                at = sent_at + int(u[k, 6] * 1800)
+                responses = [("sent", at)]
+                if not delivered[k]:
+                    responses.append(("bounced", at + 20))
+                else:
+                    responses.append(("delivered", at + 20))
+                    seen = at + 600 + int(u[k, 7] * 3 * 3600)
+                    if opened[k]:
+                        responses.append(("opened", seen))
+                    if clicked[k]:
+                        responses.append(("clicked", seen + 45))
+                    if unsubscribed[k]:
+                        responses.append(("unsubscribed", seen + 90))
+                order = None
+                if caused[k]:
+                    bought = int(seen + 300 + rng.integers(0, campaign.window_days * 86400 - 4 * 3600 - 1200))
+                    order = self._caused_order(p, i, person, bought, rng)
+                    extra_orders.append(order)
+                    responses.append(("converted", bought))
+                for event, moment in responses:
+                    response_id = self.next_id("RS")
+                    order_no = order["record"]["order_no"] if event == "converted" and order else ""
+                    amount = f"{order['record']['pay_amount']:.2f}" if event == "converted" and order else ""
+                    line = _csv_line([response_id, campaign.message_id, campaign.name, recipient, event,
+                                      datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                      order_no, amount])
+                    self.emit(source, path, line, response_id, person)
+        return extra_orders
+
+    def _caused_order(self, p: dict[str, Any], i: int, person: str, at: int,
+                      rng: np.random.Generator) -> dict[str, Any]:
+        """An online order the message caused: one line of the person's favourite category, paid."""
+        category = list(CATEGORIES)[int(np.argmax(p["prefs"][i]))]
+        product = self.products_by_category[category][int(rng.integers(0, 120))]
+        order_no = self.next_id("SO")
+        created = iso_cst(at)
+        buyer: dict[str, Any] = {"phone": p["phones"][i]}
+        if p["member"][i]:
+            buyer["member_no"] = p["member_no"][i]
+        if p["emails"][i]:
+            buyer["email"] = p["emails"][i]
+        record = {"order_no": order_no, "channel": "online", "store_id": None, "created_at": created,
+                  "updated_at": created, "status": "PAID", "buyer": buyer,
+                  "items": [{"sku": product["sku"], "category": category, "qty": 1, "price": product["price"],
+                             "discount": 0.0}],
+                  "coupon_code": None, "pay_amount": product["price"], "discount_amount": 0.0,
+                  "payment_method": PAYMENT[int(rng.integers(0, len(PAYMENT)))], "currency": "CNY"}
+        self.emit("orders", f"orders/{self.period(at)}/part-{self.chunk:05d}.jsonl",
+                  json.dumps(record, ensure_ascii=False), order_no, person)
+        return {"record": record, "ts": float(at), "person": person, "i": i, "channel": "online"}
+
     def person_rows(self, p: dict[str, Any], sim: dict[str, np.ndarray], orders: list[dict[str, Any]]) -> list[list[Any]]:
         spend = np.zeros(self.n)
         count = np.zeros(self.n, dtype=int)
@@ -939,6 +1096,81 @@ PERSON_HEADER = ["person_id", "household_id", "name", "gender", "birth_date", "c
                  "paid_spend"]
 
 
+CAMPAIGN_MEMBER_HEADER = ["message_id", "person_id", "group", "converted_without", "converted_with"]
+CAMPAIGN_HEADER = ["message_id", "campaign", "channel", "sent_at", "window_days", "uplift", "members",
+                   "treatment", "control", "true_rate_without", "true_rate_with", "true_abs_lift"]
+
+
+def _write_campaign_truth(members_file: Path, target: Path, start_ts: float) -> None:
+    """Per campaign: its parameters, group sizes and the true lift over its members (mean of Y1 - Y0)."""
+    totals: dict[str, list[int]] = {c.message_id: [0, 0, 0, 0] for c in CAMPAIGNS}  # members, control, Y0, Y1
+    with members_file.open(encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            total = totals[row["message_id"]]
+            total[0] += 1
+            total[1] += row["group"] == "control"
+            total[2] += int(row["converted_without"])
+            total[3] += int(row["converted_with"])
+    rows = []
+    for c in CAMPAIGNS:
+        members, control, without, with_ = totals[c.message_id]
+        rate_without, rate_with = (without / members, with_ / members) if members else (0.0, 0.0)
+        rows.append([c.message_id, c.name, c.channel,
+                     datetime.fromtimestamp(c.sent_at(start_ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), c.window_days,
+                     c.uplift, members, members - control, control, f"{rate_without:.6f}", f"{rate_with:.6f}",
+                     f"{rate_with - rate_without:.6f}"])
+    with target.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, lineterminator="\n").writerows([CAMPAIGN_HEADER, *rows])
+
+
+def read_campaign_truth(out: Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """``_truth/campaigns.csv`` and ``_truth/campaign_members.csv`` of a generated folder (for benchmarks
+    and tests: no job reads the truth)."""
+    with (out / "_truth" / "campaigns.csv").open(encoding="utf-8") as handle:
+        campaigns = list(csv.DictReader(handle))
+    with (out / "_truth" / "campaign_members.csv").open(encoding="utf-8") as handle:
+        members = list(csv.DictReader(handle))
+    return campaigns, members
+
+
+ORDER_STATUSES = {"PAID": "paid", "CANCELLED": "cancelled", "REFUNDED": "returned", "PARTIAL_REFUND": "partially_returned"}
+
+
+def read_orders(out: Path) -> list[tuple[str, str, int, str, str, float]]:
+    """Every valid order of a generated folder as ``cdp standardize`` would see it, with its true person.
+
+    For benchmarks and tests that check a measurement against the truth without running the pipeline:
+    broken copies are left out (they are not in ``_truth/records.csv``), a re-exported order keeps its
+    latest status (as ``on_duplicate_key: latest`` does), times are whole seconds (online systems write
+    +08:00 offsets, tills China local time without one), statuses are mapped as ``conf/sources.yaml``
+    maps them.
+
+    Returns:
+        (person_id, order_no, created epoch seconds, channel, status, pay_amount) per order.
+    """
+    with (out / "_truth" / "records.csv").open(encoding="utf-8") as handle:
+        person_of = {row["record_id"]: row["person_id"] for row in csv.DictReader(handle) if row["source"] == "orders"}
+    latest: dict[str, dict[str, Any]] = {}
+    for path in sorted((out / "orders").rglob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a deliberately broken line
+            order_no = record.get("order_no")
+            if order_no in person_of and (order_no not in latest
+                                          or record["updated_at"] >= latest[order_no]["updated_at"]):
+                latest[order_no] = record
+    rows = []
+    for order_no, record in sorted(latest.items()):
+        created = record["created_at"]
+        moment = (datetime.fromisoformat(created) if "+" in created
+                  else datetime.strptime(created, "%Y-%m-%d %H:%M:%S").replace(tzinfo=CST))
+        rows.append((person_of[order_no], order_no, int(moment.timestamp()), record["channel"],
+                     ORDER_STATUSES[record["status"]], float(record["pay_amount"])))
+    return rows
+
+
 def _run_chunk(args: tuple[GenerateParams, int, list[dict[str, Any]]]) -> tuple[int, dict[str, int], dict[str, int]]:
     params, chunk, products = args
     state = _Chunk(params, chunk, products)
@@ -953,6 +1185,8 @@ def _run_chunk(args: tuple[GenerateParams, int, list[dict[str, Any]]]) -> tuple[
         csv.writer(handle, lineterminator="\n").writerows(state.persons_truth)
     with (parts / f"broken-{chunk:05d}.csv").open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle, lineterminator="\n").writerows(state.broken)
+    with (parts / f"campaign_members-{chunk:05d}.csv").open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(state.campaign_truth)
     broken: dict[str, int] = {}
     for source, *_ in state.broken:
         broken[source] = broken.get(source, 0) + 1
@@ -1003,6 +1237,8 @@ def generate(params: GenerateParams) -> GenerateResult:
     _concat(sorted(parts.glob("broken-*.csv")), truth / "broken.csv", ["source", "file", "line", "reason"])
     with (truth / "broken.csv").open("a", encoding="utf-8") as handle:
         handle.write("products,products/catalogue.csv,8,price\n")
+    _concat(sorted(parts.glob("campaign_members-*.csv")), truth / "campaign_members.csv", CAMPAIGN_MEMBER_HEADER)
+    _write_campaign_truth(truth / "campaign_members.csv", truth / "campaigns.csv", params.start.timestamp())
     shutil.rmtree(parts)
     (truth / "params.json").write_text(json.dumps({
         "customers": params.customers, "seed": params.seed, "end": params.end.isoformat(),
