@@ -35,6 +35,8 @@ from cdp.audiences.language import (
     compile_audience,
     customer_frame,
     events_by_customer,
+    journey_conditions,
+    journey_flags,
     purchases_by_customer,
     referenced_columns,
     select_members,
@@ -107,10 +109,13 @@ def load_audiences(conf_dir: Path) -> list[Audience]:
 def check_audiences(audiences: Sequence[Audience], conf_dir: Path, *, tags: Sequence[str],
                     profile_attributes: Sequence[str]) -> None:
     """Raise ConfigError naming file and key for unknown tags, attributes and event types."""
+    from cdp.jobs.journeys import journey_steps
+
     problems = []
+    journeys = journey_steps(conf_dir) if journey_conditions(audiences) else None
     for audience in audiences:
         for problem in validate_audience(audience, tags=tags, profile_attributes=profile_attributes,
-                                         event_types=EVENT_TYPES):
+                                         event_types=EVENT_TYPES, journeys=journeys):
             problems.append(f"{_file_of(conf_dir, audience)}: {problem}")
     if problems:
         raise ConfigError("; ".join(problems))
@@ -142,9 +147,14 @@ class Inputs:
     suppression: DataFrame
     events: DataFrame | None
     purchases: DataFrame | None
+    journey_state: DataFrame | None = None
 
 
-def read_inputs(spark: SparkSession, lake: Any, *, need_events: bool, need_purchases: bool) -> Inputs:
+JOURNEY_STATE_TABLE = "journey_state"
+
+
+def read_inputs(spark: SparkSession, lake: Any, *, need_events: bool, need_purchases: bool,
+                need_journeys: bool = False) -> Inputs:
     for table in ("customer_profile", "identity_map", "customer_records"):
         if not lake.exists(table):
             raise JobFailed(f"table {table} is missing: run cdp stitch first")
@@ -166,17 +176,26 @@ def read_inputs(spark: SparkSession, lake: Any, *, need_events: bool, need_purch
         if not (lake.exists("silver_orders") and lake.exists("silver_order_lines")):
             raise JobFailed("an audience uses bought conditions but silver_orders / silver_order_lines are missing")
         purchases = purchases_by_customer(lake.read("silver_orders"), lake.read("silver_order_lines"), records)
+    journey_state = None
+    if need_journeys:
+        if lake.exists(JOURNEY_STATE_TABLE):
+            journey_state = lake.read(JOURNEY_STATE_TABLE)
+        else:
+            logger.warning("an audience selects by journey but journey_state is missing: nobody is in a journey yet")
+            journey_state = spark.createDataFrame([], "journey string, customer_id string, step string, "
+                                                      "status string, entered_at timestamp")
     return Inputs(profile=lake.read("customer_profile"),
                   tags_wide=lake.read("tags_wide") if lake.exists("tags_wide") else None,
                   identity_map=lake.read("identity_map"), consent=consent, suppression=suppression,
-                  events=events, purchases=purchases)
+                  events=events, purchases=purchases, journey_state=journey_state)
 
 
 def _read_for(spark: SparkSession, lake: Any, audiences: Sequence[Audience]) -> Inputs:
     conditions = behaviour_conditions(audiences)
     return read_inputs(spark, lake,
                        need_events=any(not isinstance(c, PurchaseCondition) for c in conditions),
-                       need_purchases=any(isinstance(c, PurchaseCondition) for c in conditions))
+                       need_purchases=any(isinstance(c, PurchaseCondition) for c in conditions),
+                       need_journeys=bool(journey_conditions(audiences)))
 
 
 # -- evaluation --------------------------------------------------------------------------------------
@@ -204,15 +223,25 @@ class Evaluator:
     """Builds the shared customer frame once and evaluates audiences over it."""
 
     def __init__(self, inputs: Inputs, audiences: Sequence[Audience], *, as_of: datetime, run_id: str,
-                 all_columns: bool = False, global_control_percent: float = 0.0) -> None:
+                 all_columns: bool = False, global_control_percent: float = 0.0,
+                 journey_state: DataFrame | None = None) -> None:
         """``all_columns``: keep every tag and profile column in the customer frame (the preview's tag
-        composition reads them); otherwise only the columns the audiences refer to are kept."""
+        composition reads them); otherwise only the columns the audiences refer to are kept.
+        ``journey_state``: the state the audiences' journey conditions read (default: the inputs'
+        ``journey_state``; ``cdp journeys`` passes each run's due sends here)."""
         self.inputs = inputs
         self.run_id = run_id
         self.as_of = as_of
         self.global_control_percent = global_control_percent
         flags = behaviour_flags(behaviour_conditions(audiences), as_of=as_of, events=inputs.events,
                                 purchases=inputs.purchases)
+        in_journeys = journey_conditions(audiences)
+        state = journey_state if journey_state is not None else inputs.journey_state
+        if in_journeys:
+            if state is None:
+                raise ValueError("audiences with journey conditions need the journey state")
+            journeys = journey_flags(in_journeys, state, as_of=as_of)
+            flags = journeys if flags is None else flags.join(journeys, on="customer_id", how="full_outer")
         only = None if all_columns else {c for audience in audiences for c in referenced_columns(audience)}
         self.customers = customer_frame(inputs.profile, inputs.tags_wide, flags,
                                         only=only).persist(StorageLevel.MEMORY_AND_DISK)
@@ -261,14 +290,19 @@ class AudiencesResult:
     reports: dict[str, str] = field(default_factory=dict)
 
 
-def _publish_one(lake: Any, ctx: JobContext, evaluated: Evaluated, consent: DataFrame,
-                 result: AudiencesResult, as_of: datetime) -> None:
+def publish_evaluated(lake: Any, ctx: JobContext, evaluated: Evaluated, consent: DataFrame,
+                      result: AudiencesResult, as_of: datetime, *, suite: str = "audience") -> None:
+    """Gate and publish one evaluated audience as ``audience_<name>``; record its changes and counts.
+
+    A failed gate is recorded in ``result.failed`` (nothing published); the caller decides to fail.
+    ``suite``: the quality suite (``cdp journeys`` publishes its send batches with ``journey_send``).
+    """
     audience = evaluated.audience
     table = audience_table(audience.name)
     previous_version = lake.version(table) if lake.exists(table) else None
     try:
         outcome = publish_with_gates(
-            lake, evaluated.members.select(*MEMBER_COLUMNS), table, "audience", ctx,
+            lake, evaluated.members.select(*MEMBER_COLUMNS), table, suite, ctx,
             inputs={"consent_current": consent, "forgotten": evaluated.suppressed},
             params={"audience_compliance": {"channel": audience.channel}},
             # as_of: when the members entered, for cdp measure's conversion windows
@@ -349,7 +383,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, as_of: date |
                           global_control_percent=load_engage_config(ctx.conf_dir).global_control_percent)
     try:
         for audience in audiences:
-            _publish_one(lake, ctx, evaluator.evaluate(audience), consent, result, evaluator.as_of)
+            publish_evaluated(lake, ctx, evaluator.evaluate(audience), consent, result, evaluator.as_of)
     finally:
         evaluator.close()
     if result.failed:

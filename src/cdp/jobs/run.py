@@ -1,7 +1,7 @@
 """``cdp run``: the whole pipeline in dependency order, under a lake lock, with a run record.
 
 Steps: generate (only when asked) -> land -> standardize -> stitch -> features -> train (when due)
--> tag -> audiences (quality gates run inside) -> export. Every step is the job module's own
+-> tag -> audiences (quality gates run inside) -> journeys -> export -> measure. Every step is the job module's own
 ``run(spark, ctx, ...)``, called through a small adapter that hands it the arguments its signature
 asks for, so the runner never copies a job's logic.
 
@@ -115,6 +115,8 @@ STEPS: tuple[Step, ...] = (
          _offer_train),
     Step("tag", "cdp.jobs.tag", "compute every tag in the catalogue", ("features_daily",), _offer_as_of),
     Step("audiences", "cdp.jobs.audiences", "evaluate, gate and publish audiences", ("tags_wide",), _offer_as_of),
+    Step("journeys", "cdp.jobs.journeys", "advance journeys, publish each send step's due members",
+         ("journey_state", "audience_changes"), _offer_as_of),
     Step("export", "cdp.jobs.export", "write published audiences for their destinations",
          ("audience_*", "!audience_changes", "!audience_stats", "!audience_performance")),
     Step("measure", "cdp.jobs.measure", "measure audience publishes against their control groups",
