@@ -75,6 +75,19 @@ def test_unknown_tags_events_and_audiences_are_problems_naming_the_key():
                         "entry.audience: unknown audience 'nobody' (conf/audiences defines ['vip'])"]
 
 
+def test_journey_conditions_in_the_audience_language():
+    from cdp.audiences.language import JourneyCondition, parse_condition
+
+    assert parse_condition({"journey": "cart", "step": "grace"}, "where") == JourneyCondition(
+        journey="cart", path="where", step="grace")
+    entered = parse_condition({"journey": "welcome", "entered": True, "within_days": 30}, "where")
+    assert (entered.entered, entered.within_days, entered.step) == (True, 30, None)
+    with pytest.raises(ValueError, match=r"where: 'entered' and 'step' do not combine"):
+        parse_condition({"journey": "cart", "step": "grace", "entered": True}, "where")
+    with pytest.raises(ValueError, match=r"where\.within_days: only with 'entered: true'"):
+        parse_condition({"journey": "cart", "within_days": 3}, "where")
+
+
 def test_policy_parses_caps_and_quiet_days():
     policy = JourneyPolicy.from_dict({"frequency_caps": {"email": [{"sends": 2, "days": 7}]},
                                       "quiet_days": {"weekdays": ["sunday"], "dates": ["2026-11-05"]}})
