@@ -6,8 +6,9 @@ from pyspark.testing import assertDataFrameEqual
 
 from cdp import contracts
 from cdp.features.schemas import INPUT_SCHEMAS
-from cdp.jobs import export, forget, land, stitch
+from cdp.jobs import export, forget, journeys, land, stitch
 from cdp.jobs.standardize import SILVER_SCHEMAS
+from cdp.journeys import engine as journey_engine
 from cdp.privacy import CONSENT_SCHEMA, DEFAULT_PII_COLUMNS, SUPPRESSION_SCHEMA, mask_pii
 from cdp.tagging.compute import TAGS_LONG_SCHEMA
 
@@ -30,6 +31,9 @@ def test_schemas_are_the_ones_the_jobs_write(spark):
         "privacy_audit": _schema(spark, forget.AUDIT_SCHEMA),
         "export_messages": _schema(spark, export.MESSAGES_SCHEMA + ", exported_at timestamp"),
         **{name: _schema(spark, ddl) for name, ddl in SILVER_SCHEMAS.items()},
+        "journey_state": _schema(spark, journey_engine.STATE_SCHEMA),
+        "journey_events": _schema(spark, journey_engine.EVENTS_SCHEMA + ", recorded_at timestamp"),
+        "journey_runs": _schema(spark, journeys.RUNS_SCHEMA + ", recorded_at timestamp"),
     }
     assert {name: _schema(spark, contracts.schema_of(name)).simpleString() for name in written} == {
         name: schema.simpleString() for name, schema in written.items()}

@@ -52,8 +52,8 @@ def _job(tmp_path, job="land", outcome=None, extra=()):
 
 
 def test_every_writing_command_holds_the_lock_while_it_runs(tmp_path):
-    assert LAKE_WRITERS == {"land", "standardize", "stitch", "features", "train", "tag", "audiences", "export",
-                            "forget"}
+    assert LAKE_WRITERS == {"land", "standardize", "stitch", "features", "train", "tag", "audiences", "journeys",
+                            "export", "forget", "measure"}
     for job in sorted(LAKE_WRITERS):
         code, holder = _job(tmp_path, job)
         assert (code, holder.run_id, holder.command) == (EXIT_OK, "r-1", job)

@@ -34,7 +34,8 @@ def names(plan):
 
 def test_default_plan_is_the_pipeline_in_dependency_order_without_generate():
     assert [p.name for p in runner.select_steps()] == [
-        "land", "standardize", "stitch", "features", "train", "tag", "audiences", "export", "measure"]
+        "land", "standardize", "stitch", "features", "train", "tag", "audiences", "journeys", "export",
+        "measure"]
 
 
 def test_generate_joins_the_plan_only_when_asked():

@@ -144,6 +144,18 @@ CONTRACTS: tuple[TableContract, ...] = (
     TableContract("export_messages", "message_id string, audience string, destination string, channel string, "
                                      "publish_version long, recipients long, run_id string, exported_at timestamp",
                   ("message_id",)),
+    # -- journeys (cdp journeys) -----------------------------------------------------------------
+    TableContract("journey_state", "journey string, customer_id string, step string, entered_step_at timestamp, "
+                                   "path array<string>, version string, status string, entered_at timestamp, "
+                                   "exited_at timestamp, exit_reason string, entries int, updated_at timestamp",
+                  ("journey", "customer_id"), forget_keys=(("customer_id",),)),
+    TableContract("journey_events", "journey string, customer_id string, as_of timestamp, seq int, event string, "
+                                    "from_step string, to_step string, detail string, channel string, "
+                                    "message string, version string, run_id string, recorded_at timestamp",
+                  ("journey", "customer_id", "as_of", "seq"), forget_keys=(("customer_id",),)),
+    TableContract("journey_runs", "journey string, as_of date, version string, run_id string, "
+                                  "counts map<string,bigint>, active long, recorded_at timestamp",
+                  ("journey", "as_of")),
     TableContract("runs", None, ("run_id", "step")),
     # -- privacy (cdp forget) --------------------------------------------------------------------
     TableContract("suppression_list", "id_type string, id_hash string, list string, added_at timestamp, "

@@ -33,6 +33,9 @@ Leaf conditions:
     or after the latest X (e.g. cart abandonment).
     ``{bought: {category: C | [C...], within_days: d, at_least: n}}``: at least n paid orders with a
     line in category C in the last d days.
+    ``{journey: J}`` / ``{journey: J, step: S}``: in journey J now (at step S), by ``journey_state``
+    (``conf/journeys``; exited members are in no step). ``{journey: J, entered: true, within_days: d}``:
+    entered journey J (in the last d days when given; still in it or not).
 
 Past campaigns (:func:`campaign_flags`; inputs built by ``cdp audiences`` from the last committed
 publishes, exports and responses):
@@ -77,6 +80,7 @@ EXPORT_FORMATS: tuple[str, ...] = ("csv", "parquet", "jsonl")
 TAG_PREFIX = "tag__"
 PROFILE_PREFIX = "profile__"
 BEHAVIOUR_PREFIX = "beh__"
+JOURNEY_PREFIX = "jrn__"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -127,6 +131,24 @@ class PurchaseCondition:
     @property
     def key(self) -> str:
         return _behaviour_key("bought", sorted(self.categories), self.within_days, self.at_least)
+
+
+@dataclass(frozen=True)
+class JourneyCondition:
+    """In journey ``journey`` now (at ``step`` when given), or, with ``entered``, ever entered it (in the
+    last ``within_days`` days when given)."""
+
+    journey: str
+    path: str
+    step: str | None = None
+    entered: bool = False
+    within_days: int | None = None
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.sha1(json.dumps(["journey", self.journey, self.step, self.entered, self.within_days]
+                                         ).encode()).hexdigest()[:12]
+        return f"{JOURNEY_PREFIX}{digest}"
 
 
 @dataclass(frozen=True)
@@ -190,12 +212,12 @@ class GoalCondition(_KeyedByFields):
     path: str
 
 
-Condition = (AttributeCondition | EventCondition | SequenceCondition | PurchaseCondition | AudienceChangeCondition
-             | MessageCondition | GoalCondition | AllOf | AnyOf | NotOf)
+Condition = (AttributeCondition | EventCondition | SequenceCondition | PurchaseCondition | JourneyCondition
+             | AudienceChangeCondition | MessageCondition | GoalCondition | AllOf | AnyOf | NotOf)
 BehaviourCondition = EventCondition | SequenceCondition | PurchaseCondition
 CampaignCondition = AudienceChangeCondition | MessageCondition | GoalCondition
-_FLAG_CONDITIONS = (EventCondition, SequenceCondition, PurchaseCondition, AudienceChangeCondition, MessageCondition,
-                    GoalCondition)  # compiled to the boolean column named by their key
+_FLAG_CONDITIONS = (EventCondition, SequenceCondition, PurchaseCondition, JourneyCondition, AudienceChangeCondition,
+                    MessageCondition, GoalCondition)  # compiled to the boolean column named by their key
 
 
 def _behaviour_key(*parts: Any) -> str:
@@ -275,7 +297,7 @@ class Audience:
         destinations_raw = data.get("destinations") or []
         if not isinstance(destinations_raw, list):
             raise ValueError("destinations: expected a list")
-        destinations = tuple(_parse_destination(d, f"destinations[{i}]")
+        destinations = tuple(parse_destination(d, f"destinations[{i}]")
                              for i, d in enumerate(destinations_raw))
         names = [d.name for d in destinations]
         if len(set(names)) != len(names):
@@ -351,7 +373,8 @@ def _parse_control(data: Any, path: str) -> float:
     return float(percent)
 
 
-def _parse_destination(data: Any, path: str) -> Destination:
+def parse_destination(data: Any, path: str) -> Destination:
+    """One destination mapping (name, format, hashed, default_region); ValueError naming the key path."""
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: expected a mapping with name and format")
     _no_unknown_keys(data, {"name", "format", "hashed", "default_region"}, path)
@@ -413,6 +436,8 @@ def parse_condition(data: Any, path: str) -> Condition:
         return EventCondition(event_type=event, at_least=_positive_int(data.get("at_least", 1), f"{path}.at_least"),
                               within_days=_positive_int(data.get("within_days"), f"{path}.within_days"),
                               path=path, channel=channel)
+    if "journey" in data:
+        return _parse_journey_condition(data, path)
     if "did" in data:
         _no_unknown_keys(data, {"did", "not_followed_by", "within_days"}, path)
         did, nxt = data.get("did"), data.get("not_followed_by")
@@ -439,8 +464,28 @@ def parse_condition(data: Any, path: str) -> Condition:
                                  at_least=_positive_int(spec.get("at_least", 1), f"{spec_path}.at_least"),
                                  path=path)
     raise ValueError(f"{path}: unknown condition with keys {sorted(data)}; expected one of "
-                     "all, any, not, tag, profile, event, did, bought, entered_audience, exited_audience, "
+                     "all, any, not, tag, profile, event, did, bought, journey, entered_audience, exited_audience, "
                      "message, goal")
+
+
+def _parse_journey_condition(data: Mapping[str, Any], path: str) -> JourneyCondition:
+    _no_unknown_keys(data, {"journey", "step", "entered", "within_days"}, path)
+    journey = data["journey"]
+    if not isinstance(journey, str) or not _NAME.match(journey):
+        raise ValueError(f"{path}.journey: expected a journey name, got {journey!r}")
+    entered = data.get("entered", False)
+    if entered is not True and entered is not False:
+        raise ValueError(f"{path}.entered: expected true or false, got {entered!r}")
+    step = data.get("step")
+    if step is not None and (not isinstance(step, str) or not step):
+        raise ValueError(f"{path}.step: expected a step id, got {step!r}")
+    if entered and step is not None:
+        raise ValueError(f"{path}: 'entered' and 'step' do not combine (entered counts every step)")
+    within = data.get("within_days")
+    if within is not None and not entered:
+        raise ValueError(f"{path}.within_days: only with 'entered: true'")
+    return JourneyCondition(journey=journey, path=path, step=step, entered=entered,
+                            within_days=None if within is None else _positive_int(within, f"{path}.within_days"))
 
 
 def _scalar(value: Any) -> bool:
@@ -477,22 +522,54 @@ def iter_conditions(condition: Condition) -> Iterable[Condition]:
 
 def behaviour_conditions(audiences: Iterable[Audience]) -> list[BehaviourCondition]:
     """Every distinct behaviour condition in ``audiences`` (by key), in first-seen order."""
-    seen: dict[str, BehaviourCondition] = {}
-    for audience in audiences:
-        for root in audience.conditions():
-            for node in iter_conditions(root):
-                if isinstance(node, (EventCondition, SequenceCondition, PurchaseCondition)):
-                    seen.setdefault(node.key, node)
+    return conditions_of_kind([root for audience in audiences for root in audience.conditions()],
+                              (EventCondition, SequenceCondition, PurchaseCondition))
+
+
+def journey_conditions(audiences: Iterable[Audience]) -> list[JourneyCondition]:
+    """Every distinct journey condition in ``audiences`` (by key), in first-seen order."""
+    return conditions_of_kind([root for audience in audiences for root in audience.conditions()], (JourneyCondition,))
+
+
+def conditions_of_kind(roots: Iterable[Condition], kinds: tuple[type, ...]) -> list[Any]:
+    """The distinct nodes (by key) of ``kinds`` in the condition trees ``roots``, in first-seen order."""
+    seen: dict[str, Any] = {}
+    for root in roots:
+        for node in iter_conditions(root):
+            if isinstance(node, kinds):
+                seen.setdefault(node.key, node)
     return list(seen.values())
 
 
 def validate_audience(audience: Audience, *, tags: Iterable[str], profile_attributes: Iterable[str],
-                      event_types: Iterable[str] | None = None) -> list[str]:
-    """Problems with names used by ``audience`` (unknown tag, attribute, event type), by key path."""
+                      event_types: Iterable[str] | None = None,
+                      journeys: Mapping[str, Collection[str]] | None = None) -> list[str]:
+    """Problems with names used by ``audience`` (unknown tag, attribute, event type, journey or journey
+    step; journeys maps each journey to its step ids, None skips that check), by key path."""
+    problems = validate_conditions(audience.conditions(), tags=tags, profile_attributes=profile_attributes,
+                                   event_types=event_types, journeys=journeys)
+    tags, attrs = set(tags), set(profile_attributes)
+    events = set(event_types) if event_types is not None else None
+    if events is not None:
+        for i, goal in enumerate(audience.goals):
+            if goal.kind == "event" and goal.event_type not in events:
+                problems.append(f"goals[{i}].event_type: unknown event type {goal.event_type!r}")
+    if audience.cap:
+        for key in audience.cap.order_by:
+            known = tags if key.source == "tag" else attrs
+            if key.name not in known:
+                problems.append(f"{key.path}: unknown {key.source} {key.name!r}")
+    return problems
+
+
+def validate_conditions(roots: Iterable[Condition], *, tags: Iterable[str], profile_attributes: Iterable[str],
+                        event_types: Iterable[str] | None = None,
+                        journeys: Mapping[str, Collection[str]] | None = None) -> list[str]:
+    """Problems with the names the condition trees ``roots`` use, each with its key path."""
     tags, attrs = set(tags), set(profile_attributes)
     events = set(event_types) if event_types is not None else None
     problems: list[str] = []
-    for root in audience.conditions():
+    for root in roots:
         for node in iter_conditions(root):
             if isinstance(node, AttributeCondition):
                 known = tags if node.source == "tag" else attrs
@@ -504,16 +581,41 @@ def validate_audience(audience: Audience, *, tags: Iterable[str], profile_attrib
                 for key, value in (("did", node.did), ("not_followed_by", node.not_followed_by)):
                     if value not in events:
                         problems.append(f"{node.path}.{key}: unknown event type {value!r}")
-    if events is not None:
-        for i, goal in enumerate(audience.goals):
-            if goal.kind == "event" and goal.event_type not in events:
-                problems.append(f"goals[{i}].event_type: unknown event type {goal.event_type!r}")
-    if audience.cap:
-        for key in audience.cap.order_by:
-            known = tags if key.source == "tag" else attrs
-            if key.name not in known:
-                problems.append(f"{key.path}: unknown {key.source} {key.name!r}")
+            elif journeys is not None and isinstance(node, JourneyCondition):
+                if node.journey not in journeys:
+                    problems.append(f"{node.path}.journey: unknown journey {node.journey!r}")
+                elif node.step is not None and node.step not in journeys[node.journey]:
+                    problems.append(f"{node.path}.step: journey {node.journey!r} has no step {node.step!r}")
     return problems
+
+
+def journey_flags(conditions: Sequence[JourneyCondition], journey_state: DataFrame, *, as_of: datetime) -> DataFrame:
+    """One boolean column per journey condition, from one aggregation over ``journey_state``.
+
+    Args:
+        conditions: from :func:`journey_conditions`.
+        journey_state: journey, customer_id, step, status (``active`` | ``exited``), entered_at.
+        as_of: the evaluation time (``entered`` within d days: entered_at in ``[as_of - d days, as_of]``).
+
+    Returns:
+        customer_id + one ``jrn__*`` boolean column per condition (keyed by ``condition.key``), for the
+        customers with a state row in a named journey.
+    """
+    names = sorted({c.journey for c in conditions})
+    active = F.col("status") == F.lit("active")
+    aggs = []
+    for cond in conditions:
+        hit = F.col("journey") == F.lit(cond.journey)
+        if cond.entered:
+            hit = hit & F.col("entered_at").isNotNull() & (F.col("entered_at") <= F.lit(as_of))
+            if cond.within_days is not None:
+                hit = hit & (F.col("entered_at") >= F.lit(as_of - timedelta(days=cond.within_days)))
+        else:
+            hit = hit & active
+            if cond.step is not None:
+                hit = hit & (F.col("step") == F.lit(cond.step))
+        aggs.append(F.max(hit).alias(cond.key))
+    return journey_state.filter(F.col("journey").isin(*names)).groupBy("customer_id").agg(*aggs)
 
 
 # -- customer frame ----------------------------------------------------------------------------------
@@ -742,15 +844,21 @@ def select_members(customers: DataFrame, audience: Audience, *,
 
 def referenced_columns(audience: Audience) -> list[str]:
     """Customer-frame columns the audience reads (for pruning and for error messages)."""
+    cols = condition_columns(audience.conditions())
+    if audience.cap:
+        cols += [(TAG_PREFIX if k.source == "tag" else PROFILE_PREFIX) + k.name for k in audience.cap.order_by]
+    return list(dict.fromkeys(cols))
+
+
+def condition_columns(roots: Iterable[Condition]) -> list[str]:
+    """Customer-frame columns the condition trees ``roots`` read, in first-seen order."""
     cols: list[str] = []
-    for root in audience.conditions():
+    for root in roots:
         for node in iter_conditions(root):
             if isinstance(node, AttributeCondition):
                 cols.append((TAG_PREFIX if node.source == "tag" else PROFILE_PREFIX) + node.name)
             elif isinstance(node, _FLAG_CONDITIONS):
                 cols.append(node.key)
-    if audience.cap:
-        cols += [(TAG_PREFIX if k.source == "tag" else PROFILE_PREFIX) + k.name for k in audience.cap.order_by]
     return list(dict.fromkeys(cols))
 
 
@@ -889,10 +997,12 @@ def campaign_flags(conditions: Sequence[CampaignCondition], *, as_of: datetime, 
 
 
 __all__ = [
-    "CHANNELS", "OPERATORS", "Audience", "AllOf", "AnyOf", "AttributeCondition", "AudienceChangeCondition",
-    "Destination", "EventCondition", "GoalCondition", "MessageCondition", "NotOf", "PurchaseCondition",
-    "SequenceCondition", "SizeCap", "behaviour_conditions", "behaviour_flags", "campaign_conditions",
-    "campaign_flags", "compile_audience", "compile_condition", "control_hash", "customer_frame",
-    "events_by_customer", "parse_condition", "purchases_by_customer", "referenced_columns",
-    "responses_by_customer", "select_members", "tag_names", "validate_audience", "validate_campaign_references",
+    "AllOf", "AnyOf", "AttributeCondition", "Audience", "AudienceChangeCondition", "CHANNELS", "Destination",
+    "EventCondition", "GoalCondition", "JourneyCondition", "MessageCondition", "NotOf", "OPERATORS",
+    "PurchaseCondition", "SequenceCondition", "SizeCap", "behaviour_conditions", "behaviour_flags",
+    "campaign_conditions", "campaign_flags", "compile_audience", "compile_condition", "condition_columns",
+    "conditions_of_kind", "control_hash", "customer_frame", "events_by_customer", "journey_conditions",
+    "journey_flags", "parse_condition", "parse_destination", "purchases_by_customer", "referenced_columns",
+    "responses_by_customer", "select_members", "tag_names", "validate_audience",
+    "validate_campaign_references", "validate_conditions",
 ]

@@ -41,6 +41,8 @@ from cdp.audiences.language import (
     compile_audience,
     customer_frame,
     events_by_customer,
+    journey_conditions,
+    journey_flags,
     purchases_by_customer,
     referenced_columns,
     responses_by_customer,
@@ -111,10 +113,13 @@ def load_audiences(conf_dir: Path) -> list[Audience]:
 def check_audiences(audiences: Sequence[Audience], conf_dir: Path, *, tags: Sequence[str],
                     profile_attributes: Sequence[str]) -> None:
     """Raise ConfigError naming file and key for unknown tags, attributes and event types."""
+    from cdp.jobs.journeys import journey_steps
+
     problems = []
+    journeys = journey_steps(conf_dir) if journey_conditions(audiences) else None
     for audience in audiences:
         for problem in validate_audience(audience, tags=tags, profile_attributes=profile_attributes,
-                                         event_types=EVENT_TYPES):
+                                         event_types=EVENT_TYPES, journeys=journeys):
             problems.append(f"{_file_of(conf_dir, audience)}: {problem}")
     if problems:
         raise ConfigError("; ".join(problems))
@@ -147,6 +152,7 @@ class Inputs:
     events: DataFrame | None
     purchases: DataFrame | None
     past: PastCampaigns | None = None  # inputs of the past-campaign conditions, when any audience has some
+    journey_state: DataFrame | None = None
 
 
 @dataclass
@@ -168,7 +174,7 @@ def read_past_campaigns(spark: SparkSession, lake: Any, conditions: Sequence[Cam
                         audiences: Sequence[Audience]) -> PastCampaigns | None:
     """The audience changes (timed by each publish's as-of), response events and goal actions that
     ``conditions`` need; None without conditions."""
-    from cdp.jobs.measure import publishes, read_goal_actions
+    from cdp.jobs.measure import goal_actions_in_lake, publishes
 
     if not conditions:
         return None
@@ -195,11 +201,15 @@ def read_past_campaigns(spark: SparkSession, lake: Any, conditions: Sequence[Cam
     cache: dict[str, DataFrame | None] = {}
     for cond in (c for c in conditions if isinstance(c, GoalCondition)):
         goal = next(g for g in by_name[cond.audience].goals if g.name == cond.goal)  # checked by check_audiences
-        past.goal_actions[(cond.audience, cond.goal)] = (goal, read_goal_actions(lake, goal, cache))
+        past.goal_actions[(cond.audience, cond.goal)] = (goal, goal_actions_in_lake(lake, goal, cache))
     return past
 
 
-def read_inputs(spark: SparkSession, lake: Any, *, need_events: bool, need_purchases: bool) -> Inputs:
+JOURNEY_STATE_TABLE = "journey_state"
+
+
+def read_inputs(spark: SparkSession, lake: Any, *, need_events: bool, need_purchases: bool,
+                need_journeys: bool = False) -> Inputs:
     for table in ("customer_profile", "identity_map", "customer_records"):
         if not lake.exists(table):
             raise JobFailed(f"table {table} is missing: run cdp stitch first")
@@ -221,17 +231,26 @@ def read_inputs(spark: SparkSession, lake: Any, *, need_events: bool, need_purch
         if not (lake.exists("silver_orders") and lake.exists("silver_order_lines")):
             raise JobFailed("an audience uses bought conditions but silver_orders / silver_order_lines are missing")
         purchases = purchases_by_customer(lake.read("silver_orders"), lake.read("silver_order_lines"), records)
+    journey_state = None
+    if need_journeys:
+        if lake.exists(JOURNEY_STATE_TABLE):
+            journey_state = lake.read(JOURNEY_STATE_TABLE)
+        else:
+            logger.warning("an audience selects by journey but journey_state is missing: nobody is in a journey yet")
+            journey_state = spark.createDataFrame([], "journey string, customer_id string, step string, "
+                                                      "status string, entered_at timestamp")
     return Inputs(profile=lake.read("customer_profile"),
                   tags_wide=lake.read("tags_wide") if lake.exists("tags_wide") else None,
                   identity_map=lake.read("identity_map"), consent=consent, suppression=suppression,
-                  events=events, purchases=purchases)
+                  events=events, purchases=purchases, journey_state=journey_state)
 
 
 def _read_for(spark: SparkSession, lake: Any, audiences: Sequence[Audience], conf_dir: Path) -> Inputs:
     conditions = behaviour_conditions(audiences)
     inputs = read_inputs(spark, lake,
                          need_events=any(not isinstance(c, PurchaseCondition) for c in conditions),
-                         need_purchases=any(isinstance(c, PurchaseCondition) for c in conditions))
+                         need_purchases=any(isinstance(c, PurchaseCondition) for c in conditions),
+                         need_journeys=bool(journey_conditions(audiences)))
     past = campaign_conditions(audiences)
     if past:
         _check_campaign_references(audiences, conf_dir)
@@ -273,9 +292,12 @@ class Evaluator:
     """Builds the shared customer frame once and evaluates audiences over it."""
 
     def __init__(self, inputs: Inputs, audiences: Sequence[Audience], *, as_of: datetime, run_id: str,
-                 all_columns: bool = False, global_control_percent: float = 0.0) -> None:
+                 all_columns: bool = False, global_control_percent: float = 0.0,
+                 journey_state: DataFrame | None = None) -> None:
         """``all_columns``: keep every tag and profile column in the customer frame (the preview's tag
-        composition reads them); otherwise only the columns the audiences refer to are kept."""
+        composition reads them); otherwise only the columns the audiences refer to are kept.
+        ``journey_state``: the state the audiences' journey conditions read (default: the inputs'
+        ``journey_state``; ``cdp journeys`` passes each run's due sends here)."""
         self.inputs = inputs
         self.run_id = run_id
         self.as_of = as_of
@@ -285,6 +307,13 @@ class Evaluator:
         past = inputs.past.flags(as_of) if inputs.past is not None else None
         if past is not None:
             flags = past if flags is None else flags.join(past, on="customer_id", how="full_outer")
+        in_journeys = journey_conditions(audiences)
+        state = journey_state if journey_state is not None else inputs.journey_state
+        if in_journeys:
+            if state is None:
+                raise ValueError("audiences with journey conditions need the journey state")
+            journeys = journey_flags(in_journeys, state, as_of=as_of)
+            flags = journeys if flags is None else flags.join(journeys, on="customer_id", how="full_outer")
         only = None if all_columns else {c for audience in audiences for c in referenced_columns(audience)}
         self.customers = customer_frame(inputs.profile, inputs.tags_wide, flags,
                                         only=only).persist(StorageLevel.MEMORY_AND_DISK)
@@ -333,14 +362,19 @@ class AudiencesResult:
     reports: dict[str, str] = field(default_factory=dict)
 
 
-def _publish_one(lake: Any, ctx: JobContext, evaluated: Evaluated, consent: DataFrame,
-                 result: AudiencesResult, as_of: datetime) -> None:
+def publish_evaluated(lake: Any, ctx: JobContext, evaluated: Evaluated, consent: DataFrame,
+                      result: AudiencesResult, as_of: datetime, *, suite: str = "audience") -> None:
+    """Gate and publish one evaluated audience as ``audience_<name>``; record its changes and counts.
+
+    A failed gate is recorded in ``result.failed`` (nothing published); the caller decides to fail.
+    ``suite``: the quality suite (``cdp journeys`` publishes its send batches with ``journey_send``).
+    """
     audience = evaluated.audience
     table = audience_table(audience.name)
     previous_version = lake.version(table) if lake.exists(table) else None
     try:
         outcome = publish_with_gates(
-            lake, evaluated.members.select(*MEMBER_COLUMNS), table, "audience", ctx,
+            lake, evaluated.members.select(*MEMBER_COLUMNS), table, suite, ctx,
             inputs={"consent_current": consent, "forgotten": evaluated.suppressed},
             params={"audience_compliance": {"channel": audience.channel}},
             # as_of: when the members entered, for cdp measure's conversion windows
@@ -421,7 +455,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, as_of: date |
                           global_control_percent=load_engage_config(ctx.conf_dir).global_control_percent)
     try:
         for audience in audiences:
-            _publish_one(lake, ctx, evaluator.evaluate(audience), consent, result, evaluator.as_of)
+            publish_evaluated(lake, ctx, evaluator.evaluate(audience), consent, result, evaluator.as_of)
     finally:
         evaluator.close()
     if result.failed:

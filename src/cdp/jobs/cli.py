@@ -15,6 +15,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "tag": ("cdp.jobs.tag", "compute every tag in the catalogue"),
     "tags": ("cdp.jobs.tags", "list / show the tag catalogue and lineage"),
     "audiences": ("cdp.jobs.audiences", "evaluate, gate and publish audiences; preview one"),
+    "journeys": ("cdp.jobs.journeys", "advance journeys by one run and publish their due sends"),
     "export": ("cdp.jobs.export", "write published audiences for their destinations"),
     "measure": ("cdp.jobs.measure", "measure audience publishes against their control groups"),
     "forget": ("cdp.jobs.forget", "erase a person from every layer"),

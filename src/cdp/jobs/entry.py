@@ -26,8 +26,8 @@ logger = logging.getLogger("cdp")
 
 # Commands that write to the lake: job_main holds the lake's lock around them (`cdp run` takes it once
 # for all its steps, which it calls directly, not through job_main).
-LAKE_WRITERS = frozenset({"land", "standardize", "stitch", "features", "train", "tag", "audiences", "export",
-                          "forget"})
+LAKE_WRITERS = frozenset({"land", "standardize", "stitch", "features", "train", "tag", "audiences", "journeys",
+                          "export", "forget", "measure"})
 
 
 def new_run_id() -> str:

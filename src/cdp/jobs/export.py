@@ -243,7 +243,14 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None,
     from cdp.lake import Lake
 
     lake = lake or Lake(spark, ctx.lake_root)
-    audiences = select_audiences(ctx.conf_dir, names)
+    from cdp.jobs.journeys import journey_send_audiences
+
+    # journeys' send steps are published as audiences (audience_journey_<journey>__<step>): exported alike
+    sends = journey_send_audiences(ctx.conf_dir)
+    send_names = {a.name for a in sends}
+    named = [n for n in names or () if n not in send_names]
+    audiences = [*(select_audiences(ctx.conf_dir, named) if named or not names else []),
+                 *[a for a in sends if not names or a.name in names]]
     result = ExportResult()
     todo = [a for a in audiences if a.destinations and lake.exists(audience_table(a.name))]
     for audience in audiences:

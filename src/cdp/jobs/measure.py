@@ -61,9 +61,9 @@ def _measured(lake: Any) -> set[tuple[str, int, str]]:
     return {(r["audience"], int(r["publish_version"]), r["goal"]) for r in rows}
 
 
-def read_goal_actions(lake: Any, goal: Goal, cache: dict[str, DataFrame | None]) -> DataFrame:
-    """The goal's actions (:func:`cdp.engage.goal_actions`) over silver, with customer ids; ``cache`` keeps
-    the silver frames read for earlier goals."""
+def goal_actions_in_lake(lake: Any, goal: Goal, cache: dict[str, DataFrame | None]) -> DataFrame:
+    """The lake's actions that satisfy ``goal`` (:func:`cdp.engage.goal_actions` over silver, with customer
+    ids); ``cache`` keeps the silver frames between goals. Also read by ``cdp journeys`` (exit goals)."""
     from cdp.identity.records import with_customer_id
 
     def table(name: str, *, with_customer: bool) -> DataFrame | None:
@@ -86,6 +86,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, as_of: date |
         ) -> MeasureResult:
     """Measure every audience publish whose goals are not yet measured closed; append the results."""
     from cdp.jobs.audiences import as_of_datetime, audience_table, load_audiences
+    from cdp.jobs.journeys import journey_send_audiences
     from cdp.lake import Lake
 
     lake = lake or Lake(spark, ctx.lake_root)
@@ -93,7 +94,8 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, as_of: date |
     done = _measured(lake)
     result = MeasureResult()
     cache: dict[str, DataFrame | None] = {}
-    for audience in load_audiences(ctx.conf_dir):
+    # journeys' send steps are published as audiences too: each batch is measured like a publish
+    for audience in [*load_audiences(ctx.conf_dir), *journey_send_audiences(ctx.conf_dir)]:
         table = audience_table(audience.name)
         if not audience.goals or not lake.exists(table):
             continue
@@ -112,7 +114,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, as_of: date |
                                conclusive=False)
                     result.open += 1
                 else:
-                    outcomes = member_outcomes(members, read_goal_actions(lake, goal, cache), entered_at=entered_at,
+                    outcomes = member_outcomes(members, goal_actions_in_lake(lake, goal, cache), entered_at=entered_at,
                                                window_end=end)
                     totals = group_totals(outcomes)
                     measured = lift(totals[False], totals[True])

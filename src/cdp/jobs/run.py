@@ -1,7 +1,7 @@
 """``cdp run``: the whole pipeline in dependency order, under a lake lock, with a run record.
 
 Steps: generate (only when asked) -> land -> standardize -> stitch -> features -> train (when due)
--> tag -> audiences (quality gates run inside) -> export -> measure. The steps are the registry of
+-> tag -> audiences (quality gates run inside) -> journeys -> export -> measure. The steps are the registry of
 :mod:`cdp.jobs.steps`: each names its job's function and a typed parameters object the runner builds
 from its own options, so the runner never copies a job's logic.
 

@@ -113,6 +113,10 @@ class AudiencesParams(_AsOf):
     """``cdp.jobs.audiences.run``: evaluate every audience as of ``as_of`` (None: now)."""
 
 
+class JourneysParams(_AsOf):
+    """``cdp.jobs.journeys.run``: advance every journey as of ``as_of`` (None: now)."""
+
+
 class MeasureParams(_AsOf):
     """``cdp.jobs.measure.run``: measure publishes as of ``as_of`` (None: now)."""
 
@@ -185,6 +189,8 @@ STEPS: tuple[Step, ...] = (
          lambda o: TagParams(lake=o.lake, as_of=o.as_of), reads=("features_daily",)),
     Step("audiences", "evaluate, gate and publish audiences", "cdp.jobs.audiences",
          lambda o: AudiencesParams(lake=o.lake, as_of=o.as_of), reads=("tags_wide",)),
+    Step("journeys", "advance journeys, publish each send step's due members", "cdp.jobs.journeys",
+         lambda o: JourneysParams(lake=o.lake, as_of=o.as_of), reads=("journey_state", "audience_changes")),
     Step("export", "write published audiences for their destinations", "cdp.jobs.export",
          lambda o: ExportParams(lake=o.lake),
          reads=("audience_*", "!audience_changes", "!audience_stats", "!audience_performance")),

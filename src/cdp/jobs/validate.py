@@ -10,7 +10,10 @@ job), then the files are checked against each other:
   cannot parse are refused by the sources loader itself, naming ``sources.<source>.fields.<field>.format``);
 - tags read features of ``features.yaml`` or other tags; rule and model-population SQL parses
   (Spark's dialect, with sqlglot) and names only known columns; models read known features;
-- audiences read known tags, profile attributes and event types;
+- audiences read known tags, profile attributes, event types and journey steps;
+- journeys (``conf/journeys/*.yaml``) are checked on load (unknown step kinds and next steps,
+  unreachable steps, cycles without a wait, sends to a channel without a destination), then read known
+  tags, profile attributes, event types and entry audiences; ``conf/journeys/_policy.yaml`` parses;
 - quality suites' identifier types and format patterns are those of ``identity.yaml``.
 
 Problems are collected, not raised one at a time: a person fixes them all in one go.
@@ -87,6 +90,7 @@ def validate_conf(conf_dir: Path) -> ConfigReport:
     from cdp.expectations.quality import QualityConfig
     from cdp.features.config import FeatureConfig
     from cdp.identity.config import PROFILE_ATTRIBUTES, IdentityConfig
+    from cdp.journeys import validate_journey
     from cdp.sources import EVENT_TYPES, SourcesConfig
 
     found = _Collector()
@@ -117,11 +121,18 @@ def validate_conf(conf_dir: Path) -> ConfigReport:
         audience = found.parse(path, lambda data, stem=path.stem: Audience.from_dict(data, default_name=stem))
         if audience is not None:
             audiences.append(audience)
+    journeys = _parse_journeys(found, conf_dir)
+    steps = {journey.name: journey.step_ids for _, journey in journeys}
     if tag_names is not None:
         for audience in audiences:
             path = conf_dir / "audiences" / f"{audience.name}.yaml"
             for problem in validate_audience(audience, tags=tag_names, profile_attributes=PROFILE_ATTRIBUTES,
-                                             event_types=EVENT_TYPES):
+                                             event_types=EVENT_TYPES, journeys=steps):
+                found.problems.append(f"{path}: {problem}")
+        for path, journey in journeys:
+            for problem in validate_journey(journey, tags=tag_names, profile_attributes=PROFILE_ATTRIBUTES,
+                                            event_types=EVENT_TYPES, audiences={a.name for a in audiences},
+                                            journeys=steps):
                 found.problems.append(f"{path}: {problem}")
     for audience in audiences:  # past-campaign conditions name other audiences and their goals
         for problem in validate_campaign_references(audience, audiences):
@@ -136,6 +147,29 @@ def validate_conf(conf_dir: Path) -> ConfigReport:
     if found.parse(quality_path, lambda data: QualityConfig.from_dict(data, "local")) is not None and id_types:
         _check_quality_types(found, quality_path, load_yaml(quality_path), id_types)
     return ConfigReport(problems=tuple(found.problems), checked=tuple(found.checked))
+
+
+def _parse_journeys(found: _Collector, conf_dir: Path) -> list[tuple[Path, Any]]:
+    """Every journey file parsed (with its load-time checks) and the policy file; duplicate names refused."""
+    from cdp.journeys import POLICY_FILE, Journey, JourneyPolicy
+
+    folder = conf_dir / "journeys"
+    if (folder / POLICY_FILE).exists():
+        found.parse(folder / POLICY_FILE, JourneyPolicy.from_dict)
+    journeys: list[tuple[Path, Any]] = []
+    seen: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        if path.name.startswith("_"):
+            continue
+        journey = found.parse(path, lambda data, stem=path.stem: Journey.from_dict(data, default_name=stem))
+        if journey is None:
+            continue
+        if journey.name in seen:
+            found.add(path, "name", f"journey {journey.name!r} is also defined in {seen[journey.name]}")
+            continue
+        seen[journey.name] = path
+        journeys.append((path, journey))
+    return journeys
 
 
 def _check_tags(found: _Collector, conf_dir: Path, features: Any, feature_names: set[str] | None) -> set[str] | None:
