@@ -228,6 +228,7 @@ def rows_by_customer(lake: Lake) -> dict[str, DataFrame]:
 
 
 @needs_delta_spark
+@pytest.mark.crash_chain
 def test_forgetting_one_person_leaves_every_other_customer_as_they_were(spark, first_run):
     """`cdp forget` on delta-spark (merge-delete by hashed keys) of a person whose orders were refunded:
     every other customer's orders, returns, features and tags are as they were; after a run through tag
@@ -273,6 +274,7 @@ def chain_backend(number: int) -> str:
     return ("embedded", "delta-spark")[number % 2]
 
 
+@pytest.mark.crash_chain
 def test_a_run_killed_anywhere_recovers_to_what_an_uninterrupted_run_publishes(spark, first_run, reference):
     held = first_run / "held"
     crashed, crashed_raw = copy_of(first_run, "crashed")
