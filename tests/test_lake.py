@@ -532,7 +532,9 @@ def test_a_table_continues_on_the_other_backend_with_time_travel(spark, tmp_path
     carol = ("c3", "Hangzhou", None, None)
     root = str(tmp_path / "lake")
     one, other = Lake(spark, root, backend=first), Lake(spark, root, backend=second)
-    one.write(_people(spark, [ALICE, BOB]), "people", partition_by=["city"], metadata={"run_id": "r0"})
+    # `job` as the jobs write it: a struct field of Delta's own commitInfo, which delta-spark's log parser
+    # refused as a top-level string (the embedded backend keeps metadata in userMetadata, as delta-spark does)
+    one.write(_people(spark, [ALICE, BOB]), "people", partition_by=["city"], metadata={"run_id": "r0", "job": "stitch"})
     other.write(_people(spark, [carol]), "people", metadata={"run_id": "r1"})
     merged = other.merge(_people(spark, [("c2", "Beijing", 30.0, T0)]), "people", ["customer_id"])
     assert (merged.inserted, merged.updated) == (0, 1)
@@ -554,6 +556,7 @@ def test_a_table_continues_on_the_other_backend_with_time_travel(spark, tmp_path
     # each commit's metadata reads back on both, whichever wrote it (identity's config fingerprint rides on it)
     assert [one.history("people")[i].get("run_id") for i in (-1, -2)] == ["r0", "r1"]
     assert [other.history("people")[i].get("run_id") for i in (-1, -2)] == ["r0", "r1"]
+    assert one.history("people")[-1]["job"] == other.history("people")[-1]["job"] == "stitch"
     # and after the other backend vacuums, only the latest version is left to read
     other.vacuum("people", retention_hours=0)
     assertDataFrameEqual(one.read("people"), _people(spark, expected[4]))

@@ -101,10 +101,16 @@ def job_main(
     *,
     description: str | None = None,
     needs_spark: bool = True,
+    while_spark_starts: Callable[[JobContext], Any] | None = None,
 ) -> int:
     """Parse arguments, set up logging, take the lake's lock (commands in :data:`LAKE_WRITERS`), start
     the session, run the job; return a process exit code (README "Exit codes"): 0 ok, 1 the job failed,
-    2 bad configuration or usage, 75 the lake is locked (retry later)."""
+    2 bad configuration or usage, 75 the lake is locked (retry later).
+
+    ``while_spark_starts(ctx)`` runs in a thread while the JVM starts (seconds the driver otherwise
+    waits): work the job needs anyway and caches, such as ``cdp run``'s validation of the config files.
+    Its failures are left to the job, which does the same work again and reports them.
+    """
     parser = base_parser(job, description)
     if add_arguments is not None:
         add_arguments(parser)
@@ -126,6 +132,8 @@ def job_main(
             if needs_spark:
                 from cdp.runtime.session import build_session
 
+                if while_spark_starts is not None:
+                    _start_beside(while_spark_starts, ctx)
                 spark = build_session(ctx.profile, f"cdp-{job}", remote=args.remote)
             result = _run_as_step(spark, ctx, job, args, run_from_args)
         finally:
@@ -168,6 +176,19 @@ def as_of_job_main(job: str, argv: list[str] | None, run: Callable[..., Any], *,
         return 0
 
     return job_main(job, argv, run_from_args, add, description=description)
+
+
+def _start_beside(work: Callable[[JobContext], Any], ctx: JobContext) -> None:
+    """Run ``work(ctx)`` in a daemon thread; an exception is logged at debug level only (the job redoes it)."""
+    import threading
+
+    def guarded() -> None:
+        try:
+            work(ctx)
+        except Exception:  # noqa: BLE001 - the job does the same work and reports the failure itself
+            logger.debug("%s while the session started failed; the job does it again", work.__name__, exc_info=True)
+
+    threading.Thread(target=guarded, name=f"cdp-{work.__name__}", daemon=True).start()
 
 
 def _run_as_step(spark: Any, ctx: JobContext, job: str, args: argparse.Namespace,

@@ -475,6 +475,21 @@ def _rows_per_file(frame: DataFrame, file_column: str) -> dict[str, int]:
             frame.groupBy(file_column).agg(F.count(F.lit(1)).alias("n")).collect()}
 
 
+def _landed_per_file(lake: Any, source: SourceSpec, load_id: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Rows the load's id holds per file in bronze and in quarantine, counted back from both tables in
+    one Spark job (a job per table and source was most of a small land's fixed cost)."""
+    landed = lake.read(source.bronze_table).filter(F.col("_load_id") == load_id).select(
+        F.col("_source_file").alias("file"), F.lit("bronze").alias("table"))
+    if lake.exists(QUARANTINE):
+        landed = landed.unionByName(
+            lake.read(QUARANTINE).filter((F.col("stage") == "land") & (F.col("load_id") == load_id))
+            .select("file", F.lit(QUARANTINE).alias("table")))
+    counts: dict[str, dict[str, int]] = {"bronze": {}, QUARANTINE: {}}
+    for row in landed.groupBy("table", "file").agg(F.count(F.lit(1)).alias("n")).collect():
+        counts[row["table"]][row["file"]] = int(row["n"])
+    return counts["bronze"], counts[QUARANTINE]
+
+
 def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: str | os.PathLike[str],
                 conf_file: Path, run_id: str, store: ObjectStore | None = None) -> SourceLoad:
     result = SourceLoad(source=source.name)
@@ -504,7 +519,12 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: st
               .withColumn("_ingested_at", F.lit(now).cast("timestamp"))
               .persist(StorageLevel.MEMORY_AND_DISK))
     try:
-        raw_per_file = _rows_per_file(parsed, "_source_file")
+        # raw records per file, and whether any goes to quarantine, in one pass over the parsed records
+        raw_per_file, meant_quarantined = {}, 0
+        for row in (parsed.groupBy("_source_file")
+                    .agg(F.count(F.lit(1)).alias("n"), F.count("_reason").alias("bad")).collect()):
+            raw_per_file[row["_source_file"]] = int(row["n"])
+            meant_quarantined += int(row["bad"])
         suppressed_per_file: dict[str, int] = {}
         if suppression is not None:
             kept, dropped = drop_forgotten(parsed, source, suppression, conf_file.parent / "identity.yaml")
@@ -514,8 +534,8 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: st
                 suppressed_per_file = {name: raw - kept_per_file.get(name, 0) for name, raw in raw_per_file.items()}
                 parsed.unpersist()
                 parsed = kept
+                meant_quarantined = parsed.filter(F.col("_reason").isNotNull()).limit(1).count()
                 logger.info("%s: %d records carry a forgotten identifier: dropped", source.name, dropped)
-        meant_quarantined = parsed.filter(F.col("_reason").isNotNull()).limit(1).count()
         metadata = {"run_id": run_id, "load_id": load_id, "files": len(new_files)}
         bronze = parsed.filter(F.col("_reason").isNull()).select(*bronze_schema(source).fieldNames())
         lake.write(bronze, source.bronze_table, "append",
@@ -533,11 +553,7 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: st
     finally:
         parsed.unpersist()
     # raw = bronze + quarantine, per file, against what the tables now hold for this load
-    bronze_per_file = _rows_per_file(
-        lake.read(source.bronze_table).filter(F.col("_load_id") == load_id), "_source_file")
-    quarantined_per_file = (_rows_per_file(
-        lake.read(QUARANTINE).filter((F.col("stage") == "land") & (F.col("load_id") == load_id)), "file")
-        if lake.exists(QUARANTINE) else {})
+    bronze_per_file, quarantined_per_file = _landed_per_file(lake, source, load_id)
     unbalanced = [f"{f.relpath}: raw {raw_per_file.get(f.relpath, 0)} != bronze {bronze_per_file.get(f.relpath, 0)}"
                   f" + quarantine {quarantined_per_file.get(f.relpath, 0)}"
                   f" + suppressed {suppressed_per_file.get(f.relpath, 0)}" for f in new_files

@@ -550,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     from cdp.jobs.entry import job_main
 
     return job_main("run", argv, _run_from_args, _add_arguments,
-                    description="run the whole pipeline in dependency order")
+                    description="run the whole pipeline in dependency order",
+                    while_spark_starts=check_configuration)  # cached: run() finds it done (~5 s of Python)
 
 
 if __name__ == "__main__":

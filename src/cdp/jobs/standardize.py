@@ -286,13 +286,19 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
     records: dict[str, tuple[SourceSpec, DataFrame]] = {}
     rejected: list[DataFrame] = []
     now = datetime.now(UTC).replace(tzinfo=None)
+    resolved_by_source = {}
     for source in selected:
         if not lake.exists(source.bronze_table):
             logger.warning("%s: no bronze table %s yet (run cdp land first); skipped", source.name,
                            source.bronze_table)
             continue
-        resolved = deduplicate(lake.read(source.bronze_table), source, now=now)
-        counts = resolved.counts.first().asDict()
+        resolved_by_source[source.name] = (source, deduplicate(lake.read(source.bronze_table), source, now=now))
+    # every source's counts in one Spark job (a job per source was a fixed cost of each small run)
+    all_counts = [resolved.counts for _, resolved in resolved_by_source.values()]
+    counted = ({row["source"]: row.asDict() for row in reduce(DataFrame.unionByName, all_counts).collect()}
+               if all_counts else {})
+    for name, (source, resolved) in resolved_by_source.items():
+        counts = counted[name]
         result.duplicates[source.name] = {k: int(v) for k, v in counts.items() if k != "source"}
         _report_duplicates(source, result.duplicates[source.name])
         if source.on_duplicate_key == "error" and counts["collision_keys"]:

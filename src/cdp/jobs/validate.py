@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -271,15 +272,17 @@ def _walk(node: Any, key: str) -> Iterable[tuple[str, Any]]:
 
 
 _CACHE: dict[tuple[str, tuple[tuple[str, int, int], ...]], ConfigReport] = {}
+_CACHE_LOCK = threading.Lock()  # a caller waits for a validation under way (cdp run starts one early)
 
 
 def validate_conf_cached(conf_dir: Path) -> ConfigReport:
     """:func:`validate_conf`, computed once per state of the folder's files (path, size, mtime) per process."""
     files = sorted(p for p in Path(conf_dir).rglob("*.yaml") if p.is_file())
     key = (str(Path(conf_dir).resolve()), tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
-    if key not in _CACHE:
-        _CACHE[key] = validate_conf(Path(conf_dir))
-    return _CACHE[key]
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = validate_conf(Path(conf_dir))
+        return _CACHE[key]
 
 
 def run(spark: Any, ctx: JobContext) -> int:

@@ -373,7 +373,14 @@ class Lake:
                 raise LakeError(f"erase from {name!r}: key columns {missing or '(none)'} are not table columns")
         if not keys:
             return 0
-        return self._impl.erase(self._existing(name), list(keys), dict(metadata or {}))
+        uri = self._existing(name)
+        # like every write: a dead step's versions are undone first, and the erasure is this process's
+        # write, committed with its step (readers of the committed version must not see the person)
+        self._reconcile(name, replaces_all=False)
+        crash_point("before", name)
+        deleted = self._impl.erase(uri, list(keys), dict(metadata or {}))
+        self._wrote(name, self._impl.version(uri))
+        return deleted
 
     @about_table
     def matching_files(self, name: str, keys: Sequence[DataFrame]) -> dict[str, int]:
@@ -397,6 +404,9 @@ class Lake:
         retention of zero for that one call; the table's retention setting is restored after).
         """
         uri = self._existing(name)
+        # vacuum keeps the latest version's files only: a dead step's newer version is undone first, so
+        # the committed version readers are pinned to keeps its files
+        self._reconcile(name, replaces_all=False)
         self._impl.vacuum(uri, 0)
         expire_log(uri, self._impl.storage_options if isinstance(self._impl, EmbeddedBackend) else {})
 

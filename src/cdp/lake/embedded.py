@@ -177,7 +177,11 @@ class EmbeddedBackend(Backend):
         from deltalake import CommitProperties, Transaction
 
         transactions = [Transaction(app_id, int(app_version))] if app_id is not None else None
-        return CommitProperties(custom_metadata={k: str(v) for k, v in metadata.items()} or None,
+        # The metadata goes into commitInfo.userMetadata as one JSON object, as delta-spark writes it:
+        # delta-rs would otherwise make each key a commitInfo field, and a key Delta defines with
+        # another type (`job` is a struct there) makes delta-spark's log parser fail on the table.
+        text = json.dumps({k: str(v) for k, v in metadata.items()}) if metadata else None
+        return CommitProperties(custom_metadata={"userMetadata": text} if text else None,
                                 app_transactions=transactions)
 
     def write(self, df, uri, mode, partition_by, replace_where, app_id, app_version, evolve_schema,
