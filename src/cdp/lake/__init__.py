@@ -376,10 +376,10 @@ class Lake:
         uri = self._existing(name)
         # like every write: a dead step's versions are undone first, and the erasure is this process's
         # write, committed with its step (readers of the committed version must not see the person)
-        self._reconcile(name, replaces_all=False)
+        self._log.reconcile(name, replaces_all=False)
         crash_point("before", name)
         deleted = self._impl.erase(uri, list(keys), dict(metadata or {}))
-        self._wrote(name, self._impl.version(uri))
+        self._log.wrote(name, self._impl.version(uri))
         return deleted
 
     @about_table
@@ -406,7 +406,7 @@ class Lake:
         uri = self._existing(name)
         # vacuum keeps the latest version's files only: a dead step's newer version is undone first, so
         # the committed version readers are pinned to keeps its files
-        self._reconcile(name, replaces_all=False)
+        self._log.reconcile(name, replaces_all=False)
         self._impl.vacuum(uri, 0)
         expire_log(uri, self._impl.storage_options if isinstance(self._impl, EmbeddedBackend) else {})
 
