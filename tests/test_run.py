@@ -115,7 +115,8 @@ def test_each_step_has_its_own_parameters_type_and_the_registry_is_the_pipeline_
     assert types_by_step == {
         "generate": "GenerateParams", "land": "LandParams", "standardize": "StandardizeParams",
         "stitch": "StitchParams", "features": "FeaturesParams", "train": "TrainParams", "tag": "TagParams",
-        "audiences": "AudiencesParams", "export": "ExportParams", "measure": "MeasureParams"}
+        "audiences": "AudiencesParams", "journeys": "JourneysParams", "export": "ExportParams",
+        "measure": "MeasureParams"}
     assert [s.name for s in registry.STEPS if s.due] == ["train"]
 
 
@@ -127,7 +128,8 @@ def test_parameters_are_built_from_the_runners_options():
         "land": {"raw": "/raw", "lake": lake},
         "standardize": {"lake": lake}, "stitch": {"lake": lake}, "export": {"lake": lake},
         "features": {"lake": lake, "as_of": date(2025, 7, 1)}, "tag": {"lake": lake, "as_of": date(2025, 7, 1)},
-        "audiences": {"lake": lake, "as_of": date(2025, 7, 1)}, "measure": {"lake": lake, "as_of": date(2025, 7, 1)},
+        "audiences": {"lake": lake, "as_of": date(2025, 7, 1)}, "journeys": {"lake": lake, "as_of": date(2025, 7, 1)},
+        "measure": {"lake": lake, "as_of": date(2025, 7, 1)},
         "train": {"lake": lake, "end": date(2025, 7, 1)}}  # `cdp train --as-of` is its end of data
     from cdp.synthetic import DEFAULT_END
 
