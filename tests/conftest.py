@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 # The shared end-to-end runs (one raw folder, each pipeline once), read by every comparison test.
-from pipelines import TIMINGS, connect_run, delta_spark_run, e2e_raw, reference_run  # noqa: F401
+from pipelines import TIMINGS, cli_conf, connect_run, delta_spark_run, e2e_raw, reference_run  # noqa: F401
 from pyspark.sql import SparkSession
 
 from cdp.lake import BACKEND_SETTING

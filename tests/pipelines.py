@@ -57,6 +57,10 @@ CLOCK_COLUMNS = frozenset({"published_at", "exported_at", "computed_at", "change
 # audience_* tables that are not an audience's members
 NOT_AUDIENCES = frozenset({"audience_changes", "audience_stats", "audience_performance"})
 TIMINGS: dict[str, float] = {}  # what each shared run cost, printed by conftest at the end
+# A folder that keeps the shared runs for later sessions (a local loop over one test file at a time
+# builds them once); unset (CI), each session builds them in its temp folder.
+SHARED_DIR_VARIABLE = "CDP_E2E_DIR"
+_DONE = "finished"  # marker beside a shared run's output: it completed and may be reused
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -109,10 +113,17 @@ def run_in_session(spark: SparkSession, conf_dir: Path, lake_root: Path, raw: Pa
     from cdp.jobs import run as runner
     from cdp.lake import Lake
 
+    def fresh_cache(event: str, step: str) -> None:
+        # Steps share tables, never cached frames. This session has 2 GB for every test: what earlier
+        # steps and tests left cached took the features step's execution memory after a re-delivery
+        # (UNABLE_TO_ACQUIRE_MEMORY), so each step starts with nothing cached.
+        if event == "start":
+            spark.catalog.clearCache()
+
     with on_backend(spark, backend), mlflow_store(mlflow_uri):
         lake = Lake(spark, str(lake_root), backend=backend)
         summary = runner.run(spark, context(conf_dir, lake_root, run_id), only=list(steps), raw=str(raw),
-                             as_of=AS_OF, report=report, lake=lake)
+                             as_of=AS_OF, report=report, lake=lake, observer=fresh_cache)
     assert summary.status == "ok" and all(s.status == "ok" for s in summary.steps), runner.format_summary(summary)
     return lake, summary
 
@@ -145,6 +156,23 @@ def copy_lake(run: PipelineRun, target: Path) -> Path:
     return target
 
 
+def shared_folder(factory: pytest.TempPathFactory, name: str) -> tuple[Path, bool]:
+    """The folder of shared run ``name`` and whether a finished one is there already to reuse."""
+    configured = os.environ.get(SHARED_DIR_VARIABLE)
+    if not configured:
+        return factory.mktemp(name), False
+    folder = Path(configured) / name
+    if (folder / _DONE).is_file():
+        return folder, True
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder, False
+
+
+def mark_finished(folder: Path) -> None:
+    (folder / _DONE).write_text("the run in this folder completed; tests/pipelines.py reuses it\n")
+
+
 @contextmanager
 def timed(name: str) -> Iterator[None]:
     started = time.perf_counter()
@@ -159,9 +187,13 @@ def e2e_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated raw exports of :data:`CUSTOMERS` persons (read-only: copy before changing)."""
     from cdp.synthetic import GenerateParams, generate
 
-    raw = tmp_path_factory.mktemp("e2e") / "raw"
-    with timed("generate"):
-        generate(GenerateParams(out=raw, customers=CUSTOMERS, seed=SEED, end=END, chunk_size=CUSTOMERS, workers=1))
+    folder, finished = shared_folder(tmp_path_factory, "e2e-raw")
+    raw = folder / "raw"
+    if not finished:
+        with timed("generate"):
+            generate(GenerateParams(out=raw, customers=CUSTOMERS, seed=SEED, end=END, chunk_size=CUSTOMERS,
+                                    workers=1))
+        mark_finished(folder)
     return raw
 
 
@@ -171,9 +203,12 @@ def reference_run(spark: SparkSession, conf_dir: Path, e2e_raw: Path,
     """The whole pipeline on the embedded backend, train and run report included; MLflow in the lake."""
     from cdp.runtime.mlflow import lake_store_uri
 
-    root = tmp_path_factory.mktemp("e2e-reference") / "lake"
-    with timed("reference run (embedded, with train and report)"):
-        run_in_session(spark, conf_dir, root, e2e_raw, backend="embedded", steps=STEPS, report=True)
+    folder, finished = shared_folder(tmp_path_factory, "e2e-reference")
+    root = folder / "lake"
+    if not finished:
+        with timed("reference run (embedded, with train and report)"):
+            run_in_session(spark, conf_dir, root, e2e_raw, backend="embedded", steps=STEPS, report=True)
+        mark_finished(folder)
     return PipelineRun(root, "embedded", lake_store_uri(str(root)))
 
 
@@ -188,9 +223,13 @@ def delta_spark_run(spark: SparkSession, conf_dir: Path, e2e_raw: Path, referenc
         if not local_jars():
             pytest.skip(absent_reason())
         pytest.fail("the jars are fetched but this session cannot load Delta's classes")
-    root = tmp_path_factory.mktemp("e2e-delta-spark") / "lake"
-    with timed("delta-spark run (no train)"):
-        run_in_session(spark, conf_dir, root, e2e_raw, backend="delta-spark", mlflow_uri=reference_run.mlflow_uri)
+    folder, finished = shared_folder(tmp_path_factory, "e2e-delta-spark")
+    root = folder / "lake"
+    if not finished:
+        with timed("delta-spark run (no train)"):
+            run_in_session(spark, conf_dir, root, e2e_raw, backend="delta-spark",
+                           mlflow_uri=reference_run.mlflow_uri)
+        mark_finished(folder)
     return PipelineRun(root, "delta-spark", reference_run.mlflow_uri)
 
 
@@ -199,13 +238,16 @@ def connect_run(connect_server: Any, conf_dir: Path, e2e_raw: Path, reference_ru
                 tmp_path_factory: pytest.TempPathFactory) -> PipelineRun:
     """`cdp run --remote sc://...` through the session's Connect server (embedded backend: the server
     has no Delta Connect plugins), with the reference's champions (no train)."""
-    work = tmp_path_factory.mktemp("e2e-connect")
+    work, finished = shared_folder(tmp_path_factory, "e2e-connect")
     root = work / "lake"
+    if finished:
+        return PipelineRun(root, "embedded", reference_run.mlflow_uri)
     with timed("Spark Connect run (no train)"):
         cdp_command(["run", "--remote", connect_server.url, "--conf", str(conf_dir), "--lake", str(root),
                      "--raw", str(e2e_raw), "--as-of", AS_OF, "--run-id", RUN_ID, "--no-report",
                      "--only", ",".join(STEPS_WITHOUT_TRAIN)],
                     child_env(reference_run.mlflow_uri), work / "cdp.log")
+    mark_finished(work)
     return PipelineRun(root, "embedded", reference_run.mlflow_uri)
 
 
@@ -312,10 +354,42 @@ def spellings(person: Mapping[str, str], raw: Path) -> set[str]:
     return found
 
 
-def forget_identifiers(person: Mapping[str, str]) -> list[str]:
-    """The erasure request naming every identifier the person gave."""
-    return [f"email={person['email']}", f"phone={person['phone']}", f"member_id={person['member_no']}",
-            f"wechat_unionid={person['unionid']}"]
+def forget_arguments(person: Mapping[str, str]) -> list[str]:
+    """`cdp forget`'s arguments for a request naming every identifier the person gave."""
+    identifiers = (f"email={person['email']}", f"phone={person['phone']}", f"member_id={person['member_no']}",
+                   f"wechat_unionid={person['unionid']}")
+    return [argument for identifier in identifiers for argument in ("--identifier", identifier)]
+
+
+@pytest.fixture(scope="session")
+def cli_conf(conf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packaged conf plus a profile per backend (``e2e-embedded``, ``e2e-delta-spark``) for the
+    child `cdp` commands: two cores and a small driver beside the test session's JVM."""
+    conf = tmp_path_factory.mktemp("e2e-conf") / "conf"
+    shutil.copytree(conf_dir, conf)
+    for backend in BACKENDS:
+        (conf / "profiles" / f"e2e-{backend}.yaml").write_text("\n".join([
+            "lake: ./lake", "spark:", "  spark.master: local[2]", "  spark.driver.memory: 2g",
+            "  spark.sql.shuffle.partitions: \"2\"", "  spark.ui.enabled: \"false\"",
+            "  spark.sql.session.timeZone: UTC", "  spark.sql.parquet.outputTimestampType: TIMESTAMP_MICROS",
+            f"  spark.cdp.lake.backend: {backend}", ""]))
+    return conf
+
+
+def cdp_forget(cli_conf: Path, lake_root: Path, backend: str, person: Mapping[str, str], request_id: str) -> None:
+    """`cdp forget` of every identifier of ``person`` in a child process on ``backend``, as users run it
+    (the command commits its writes as one step of the lake's step commits); log beside the lake."""
+    with timed(f"cdp forget on {backend} ({request_id})"):
+        cdp_command(["forget", "--conf", str(cli_conf), "--profile", f"e2e-{backend}", "--lake", str(lake_root),
+                     "--run-id", request_id, "--request-id", request_id, *forget_arguments(person)],
+                    child_env(None), lake_root.parent / f"{request_id}.log")
+
+
+def erasure_audit(lake: Any, request_id: str) -> dict[str, Any]:
+    """The ``privacy_audit`` row of one erasure request."""
+    rows = lake.read("privacy_audit").filter(F.col("request_id") == request_id).collect()
+    assert len(rows) == 1, rows
+    return rows[0].asDict()
 
 
 # -- searching every byte ---------------------------------------------------------------------------

@@ -12,13 +12,13 @@ import pytest
 from pipelines import (
     BACKENDS,
     assert_same_published,
+    cdp_forget,
     choose_person,
     comparable,
-    context,
     copy_lake,
     engines,
+    erasure_audit,
     find_spellings,
-    forget_identifiers,
     on_backend,
     run_in_session,
     spellings,
@@ -28,8 +28,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from cdp.jobs import forget
 from cdp.lake import Lake
+from cdp.privacy import sha256_hex
 
 pytestmark = pytest.mark.slow
 
@@ -56,9 +56,10 @@ def assert_equal_but_for_run(actual: DataFrame, expected: DataFrame, run_id: str
     assertDataFrameEqual(comparable(actual).drop(*stamped), comparable(expected).drop(*stamped))
 
 
+@pytest.mark.interop  # two more whole runs: opt-in (pytest -m interop) to keep CI under its budget
 @pytest.mark.parametrize(("first", "second"), [("embedded", "delta-spark"), ("delta-spark", "embedded")])
 def test_a_lake_continues_on_the_other_backend_with_time_travel_and_forget(
-        request, spark, conf_dir, e2e_raw, tmp_path, first, second):
+        request, spark, conf_dir, cli_conf, e2e_raw, tmp_path, first, second):
     built = request.getfixturevalue("reference_run" if first == "embedded" else "delta_spark_run")
     original = Lake(spark, str(built.lake_root), backend=first)
     root = copy_lake(built, tmp_path / "lake")  # the laptop's lake, taken to the cluster (or back)
@@ -86,20 +87,18 @@ def test_a_lake_continues_on_the_other_backend_with_time_travel_and_forget(
                                      comparable(original.read(table)))
             assertDataFrameEqual(comparable(reread.read("tags_wide")), comparable(continued.read("tags_wide")))
 
-    # forget one person on the second backend; neither backend then finds them, nor does any byte
+    # `cdp forget` of one person on the second backend; neither backend then finds them, nor does any byte
     person = choose_person(e2e_raw)
     wanted = spellings(person, e2e_raw)
     customers = {row["customer_id"] for row in continued.read("identity_map")
                  .filter(F.col("id_value").isin(person["email"], person["phone"], person["member_no"])).collect()}
     assert customers and find_spellings(root, wanted)
-    with on_backend(spark, second):
-        result = forget.run(spark, context(conf_dir, root, "e2e-forget"), lake=continued,
-                            identifier=forget_identifiers(person), request_id="req-backends")
-    assert set(result.person.customer_ids) == customers
+    cdp_forget(cli_conf, root, second, person, "req-backends")
     assert find_spellings(root, wanted) == []
     for backend in BACKENDS:
         with on_backend(spark, backend):
             lake = Lake(spark, str(root), backend=backend)
+            assert set(erasure_audit(lake, "req-backends")["subject_hashes"]) == {sha256_hex(c) for c in customers}
             for table in PERSON_TABLES:
                 assert lake.read(table).filter(F.col("customer_id").isin(*customers)).count() == 0, (backend, table)
             others = original.read("customer_profile").filter(~F.col("customer_id").isin(*customers))

@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 from pipelines import (
     STEPS_WITHOUT_TRAIN,
+    cdp_forget,
     choose_person,
     comparable,
     context,
     copy_lake,
+    erasure_audit,
     find_spellings,
-    forget_identifiers,
     mlflow_store,
     run_in_session,
     spellings,
@@ -59,7 +60,7 @@ def returns_by_customer(lake):
 
 
 @pytest.fixture(scope="module")
-def erased(spark, tmp_path_factory, conf_dir, e2e_raw, reference_run):
+def erased(spark, tmp_path_factory, conf_dir, cli_conf, e2e_raw, reference_run):
     from cdp.jobs import forget
     from cdp.lake import Lake
 
@@ -81,16 +82,16 @@ def erased(spark, tmp_path_factory, conf_dir, e2e_raw, reference_run):
         dry = forget.run(spark, context(conf_dir, lake_root, "dry"), lake=lake,
                          identifier=f"email={person['email']}", dry_run=True)
         found_after_dry_run = find_spellings(lake_root, wanted)
-        # the request names every identifier the person gave: e-mail, phone, member number, unionid
-        result = forget.run(spark, context(conf_dir, lake_root, "forget"), lake=lake, request_id="req-1",
-                            identifier=forget_identifiers(person))
+        # `cdp forget` as users run it, naming every identifier the person gave
+        cdp_forget(cli_conf, lake_root, "embedded", person, "req-1")
         after_forget = find_spellings(lake_root, wanted)
         copies = redeliver(raw)
         _, second = run_in_session(spark, conf_dir, lake_root, raw, backend="embedded", run_id=RERUN_ID,
                                    steps=STEPS_WITHOUT_TRAIN)
         after_rerun = find_spellings(lake_root, wanted)
+    lake = Lake(spark, str(lake_root), backend="embedded")  # what the child commands committed, read afresh
     return {"lake": lake, "person": person, "wanted": wanted, "before": before, "customer_ids": customer_ids,
-            "dry": dry, "found_after_dry_run": found_after_dry_run, "result": result,
+            "dry": dry, "found_after_dry_run": found_after_dry_run, "audit": erasure_audit(lake, "req-1"),
             "after_forget": after_forget, "after_rerun": after_rerun, "copies": copies, "second": second}
 
 
@@ -123,7 +124,7 @@ def test_dry_run_names_tables_and_files_and_erases_nothing(erased):
 def test_no_byte_under_the_lake_spells_the_person_after_forget(erased):
     assert erased["customer_ids"]
     assert erased["after_forget"] == []
-    assert erased["result"].rows_deleted.get("customer_profile") == len(erased["customer_ids"])
+    assert erased["audit"]["rows_deleted"]["customer_profile"] == len(erased["customer_ids"])
 
 
 def test_a_redelivered_export_does_not_bring_the_person_back(erased):

@@ -33,7 +33,7 @@ from pipelines import (
     child_env,
     choose_person,
     find_spellings,
-    forget_identifiers,
+    forget_arguments,
     spellings,
     timed,
 )
@@ -210,8 +210,7 @@ def test_forget_on_s3_leaves_no_object_that_holds_the_person(pipeline_runs, e2e_
     before = find_spellings(prefix, wanted, bucket)
     assert any(hit.startswith("identity_map/") for hit in before), before
     assert any("/_delta_log/" in hit for hit in before), before
-    identifiers = [arg for identifier in forget_identifiers(person) for arg in ("--identifier", identifier)]
     with timed("S3 forget"):
-        cdp_command(["forget", *pipeline_runs.common, "--lake", pipeline_runs.s3_lake, *identifiers,
+        cdp_command(["forget", *pipeline_runs.common, "--lake", pipeline_runs.s3_lake, *forget_arguments(person),
                      "--request-id", "req-s3"], pipeline_runs.env, pipeline_runs.log)
     assert find_spellings(prefix, wanted, bucket) == []
