@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The shared end-to-end runs (one raw folder, each pipeline once), read by every comparison test.
+from pipelines import TIMINGS, cli_conf, connect_run, delta_spark_run, e2e_raw, reference_run  # noqa: F401
 from pyspark.sql import SparkSession
 
 from cdp.lake import BACKEND_SETTING
@@ -109,6 +112,14 @@ STANDALONE_SCRIPT = Path(__file__).resolve().parent / "cluster" / "run_standalon
 STANDALONE_DIR = "standalone-cluster"  # under the session's base temp; tests/test_notebooks.py names it too
 STANDALONE_TIMEOUT_SECONDS = 40 * 60  # a hung cluster must not hang CI; a normal run takes a few minutes
 _LAST = ("cluster", "notebooks")  # markers of the tests that run after all others, in this order
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """What each shared end-to-end run cost (tests/pipelines.py), for the CI budget."""
+    if TIMINGS:
+        terminalreporter.write_sep("-", "shared end-to-end runs (tests/pipelines.py)")
+        for name, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{seconds:8.1f} s  {name}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -8,12 +8,12 @@ test session.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from pipelines import STEPS_WITHOUT_TRAIN, assert_same_published, child_env
 
 from cdp.connect import (
     checkpoint_dir,
@@ -22,17 +22,10 @@ from cdp.connect import (
     num_partitions,
     require_classic,
 )
+from cdp.lake import Lake
 
 pytestmark = [pytest.mark.connect, pytest.mark.slow]
 
-
-
-def _client_env(**extra: str) -> dict[str, str]:
-    """The child's environment: its own MLflow store in its lake (not this test's), no inherited remote."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")}
-    env.update(extra)
-    return env
 
 
 def test_connect_helpers_on_a_classic_session(spark):
@@ -82,7 +75,7 @@ CONNECT_CHECKS = textwrap.dedent("""
 
 def test_a_connect_session_takes_runtime_settings_and_names_what_it_cannot_do(connect_server, tmp_path):
     done = subprocess.run([sys.executable, "-c", CONNECT_CHECKS, connect_server.url], capture_output=True,
-                          text=True, env=_client_env(), timeout=300, check=False)
+                          text=True, env=child_env(None), timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     refused = seen.pop("refused")
@@ -100,3 +93,12 @@ def test_a_connect_session_takes_runtime_settings_and_names_what_it_cannot_do(co
     # master, driver memory, JVM options and static SQL settings were skipped, not sent (they would fail)
     assert refused.startswith("SparkContext.setCheckpointDir is not available through Spark Connect")
     assert graphframes.startswith("identity.engine: graphframes is not available through Spark Connect")
+
+
+def test_the_whole_pipeline_through_connect_publishes_what_a_classic_session_does(
+        spark, reference_run, connect_run):
+    """`cdp run --remote` (every step but train, the reference's champions) against the classic run."""
+    remote = Lake(spark, str(connect_run.lake_root), backend="embedded")
+    steps = {row["step"]: row["status"] for row in remote.read("runs").collect()}
+    assert steps == {**dict.fromkeys(STEPS_WITHOUT_TRAIN, "ok"), "run": "ok"}, steps
+    assert_same_published(Lake(spark, str(reference_run.lake_root), backend="embedded"), remote)

@@ -5,9 +5,8 @@ import hashlib
 import json
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from pipelines import find_spellings
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 from test_audience_job import make_ctx, publish_scenario
@@ -120,33 +119,6 @@ def test_shared_identifier_is_refused_and_bad_input_is_named(spark, forgotten):
         forget.run(spark, make_ctx(conf, lake.root, "f3"), lake=lake, identifier="shoe_size=42")
     with pytest.raises(ConfigError, match="expected TYPE=VALUE"):
         forget.run(spark, make_ctx(conf, lake.root, "f4"), lake=lake, identifier="a@x.com")
-
-
-def find_spellings(root: Path, wanted: set[str]) -> list[str]:
-    """Where under ``root`` any of ``wanted`` occurs (case-insensitive): '<file>: <spelling>'."""
-    needles = sorted({w.lower() for w in wanted})
-    hits = []
-    for path in sorted(root.rglob("*")):
-        if not path.is_file():
-            continue
-        texts: list[str] = []
-        if path.suffix == ".parquet":
-            table = pq.read_table(path)
-            for column in table.columns:
-                if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-                    texts.extend(v for v in column.to_pylist() if v)
-                elif pa.types.is_nested(column.type):
-                    texts.append(json.dumps(column.to_pylist(), ensure_ascii=False, default=str))
-        else:
-            data = path.read_bytes()
-            texts.append(data.decode("utf-8", errors="ignore"))
-            # JSON writers may escape non-ASCII (full-width digits); read those files unescaped too
-            if path.suffix in (".json", ".jsonl") or path.parent.name == "_delta_log":
-                texts.append(data.decode("unicode_escape", errors="ignore"))
-        for text in texts:
-            lowered = text.lower()
-            hits.extend(f"{path.relative_to(root)}: {n}" for n in needles if n in lowered)
-    return sorted(set(hits))
 
 
 def test_no_byte_under_the_lake_spells_the_person(forgotten):

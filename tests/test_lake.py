@@ -189,6 +189,20 @@ def test_vacuum_makes_old_versions_unreadable(any_lake, spark):
         any_lake.read("people", version=0).collect()
 
 
+def test_a_step_that_expires_history_commits_what_readers_can_still_read(any_lake, spark):
+    """cdp forget deletes, then expires the log before a checkpoint: its step commit must name the
+    version after that, or every reader pinned by the commit log asks for a version whose log is gone."""
+    any_lake.ensure_commit_log("run-1")
+    any_lake.write(_people(spark, [ALICE, BOB]), "people")
+    any_lake.commit("land", "run-1")
+    any_lake.delete("people", "customer_id = 'c1'")
+    any_lake.expire_history("people")
+    committed = any_lake.commit("forget", "erasure-1")
+    assert committed == {"people": any_lake.version("people")}
+    fresh = Lake(spark, any_lake.root, backend=any_lake.backend)  # a later process: reads the commit log
+    assertDataFrameEqual(fresh.read("people"), _people(spark, [BOB]))
+
+
 def test_tables_lists_what_was_written(any_lake, spark):
     any_lake.write(_people(spark, [ALICE]), "people")
     any_lake.write(_people(spark, [BOB]), "orders")

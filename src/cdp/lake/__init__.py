@@ -408,7 +408,10 @@ class Lake:
         # the committed version readers are pinned to keeps its files
         self._log.reconcile(name, replaces_all=False)
         self._impl.vacuum(uri, 0)
-        expire_log(uri, self._impl.storage_options if isinstance(self._impl, EmbeddedBackend) else {})
+        expire_log(uri, self.storage_options)  # an object store's settings on either backend
+        # The versions a step commit names before this are gone with their log entries: the caller's
+        # step commit (`cdp forget` is one) must name the version readers can still read.
+        self._log.wrote(name, self._impl.version(uri))
 
     def _existing(self, name: str) -> str:
         uri = self.uri(name)
