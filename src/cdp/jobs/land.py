@@ -211,7 +211,7 @@ def _fingerprints(spark: SparkSession, paths: list[str], store: ObjectStore) -> 
                 [pa.array(chosen, pa.string()), pa.array([_sha256(p, store) for p in chosen], pa.string())],
                 names=["path", "sha256"])
 
-    tasks = max(1, min(len(paths), spark.sparkContext.defaultParallelism * 2))
+    tasks = max(1, min(len(paths), default_parallelism(spark) * 2))
     rows = spark.range(0, len(paths), 1, tasks).mapInArrow(digest, "path string, sha256 string").collect()
     return {row["path"]: row["sha256"] for row in rows}
 
