@@ -63,8 +63,9 @@ from cdp.jobs.audiences import (
     publish_evaluated,
     read_inputs,
 )
-from cdp.jobs.entry import JobFailed
+from cdp.jobs.entry import JobFailed, parse_date
 from cdp.jobs.measure import goal_actions_in_lake
+from cdp.jobs.measure import publishes as audience_publishes
 from cdp.journeys import POLICY_FILE, Journey, JourneyPolicy, engine, validate_journey
 from cdp.runtime.config import ConfigError, JobContext, parse_file
 
@@ -207,11 +208,8 @@ def send_history(lake: Any, conf_dir: Path, *, as_of: datetime, days: int) -> Da
         table = audience_table(audience.name)
         if not lake.exists(table):
             continue
-        for entry in lake.history(table):
-            if entry.get("as_of"):
-                at = datetime.fromisoformat(str(entry["as_of"]))
-                if start < at <= as_of:
-                    publishes.append((audience.name, audience.channel, int(entry["version"]), at))
+        publishes += [(audience.name, audience.channel, version, at)
+                      for version, at in audience_publishes(lake, table) if start < at <= as_of]
     if publishes and lake.exists(CHANGES_TABLE):
         versions = spark.createDataFrame(publishes, "audience string, channel string, publish_version long, "
                                                     "sent_at timestamp")
@@ -409,7 +407,7 @@ def _write(lake: Any, ctx: JobContext, journeys: Sequence[Journey], frame: DataF
 # -- entry point -------------------------------------------------------------------------------------------
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", help="journeys to advance (default: all)")
-    parser.add_argument("--as-of", dest="as_of", help="the run's day, YYYY-MM-DD (default: today)")
+    parser.add_argument("--as-of", dest="as_of", type=parse_date, help="the run's day, YYYY-MM-DD (default: today)")
 
 
 def _run_from_args(spark: SparkSession, ctx: JobContext, args: argparse.Namespace) -> int:
