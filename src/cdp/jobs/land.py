@@ -54,7 +54,7 @@ from pyspark.sql import types as T
 from cdp.connect import default_parallelism
 from cdp.jobs.entry import JobFailed
 from cdp.lake.storage import ObjectStore, filesystem
-from cdp.runtime.config import ConfigError, JobContext, parse_file
+from cdp.runtime.config import ConfigError, JobContext, lookup_reader, parse_file
 from cdp.sources import SourcesConfig, SourceSpec, bronze_schema, parse_lines
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ class SourceLoad:
     bronze_rows: int = 0
     quarantined_rows: int = 0
     suppressed_rows: int = 0  # records carrying a forgotten identifier: dropped, never written
+    # field path -> records landed with that field's value nulled (on_invalid: null: a type error or a rule)
+    nulled: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -146,9 +148,14 @@ class LandResult:
         return sum(load.suppressed_rows for load in self.loads.values())
 
 
+def read_sources(path: Path) -> SourcesConfig:
+    """``sources.yaml`` as typed config, with the lookup CSVs its maps name read from beside it."""
+    return parse_file(path, lambda data: SourcesConfig.from_dict(data, lookup_reader(path)))
+
+
 def load_sources(ctx: JobContext) -> tuple[Path, SourcesConfig]:
     path = ctx.conf_path("sources.yaml")
-    return path, parse_file(path, SourcesConfig.from_dict)
+    return path, read_sources(path)
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -516,6 +523,12 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: st
                 parsed = kept
                 logger.info("%s: %d records carry a forgotten identifier: dropped", source.name, dropped)
         meant_quarantined = parsed.filter(F.col("_reason").isNotNull()).limit(1).count()
+        result.nulled = {row["field"]: int(row["n"]) for row in (
+            parsed.filter(F.col("_reason").isNull()).select(F.explode("_nulled").alias("field"))
+            .groupBy("field").agg(F.count(F.lit(1)).alias("n")).collect())}
+        if result.nulled:
+            logger.info("%s: values set to null (on_invalid: null), records per field: %s", source.name,
+                        dict(sorted(result.nulled.items())))
         metadata = {"run_id": run_id, "load_id": load_id, "files": len(new_files)}
         bronze = parsed.filter(F.col("_reason").isNull()).select(*bronze_schema(source).fieldNames())
         lake.write(bronze, source.bronze_table, "append",
