@@ -56,8 +56,8 @@ def test_every_problem_is_listed_with_its_file_and_key(conf: Path):
         f"{audience}: where.all[1].tag: unknown tag 'high_spender_366d'"]
     (quality_problem,) = [p for p in problems if p.startswith(quality)]
     assert quality_problem.startswith(
-        f"{quality}: suites.silver_events.checks[0].expectations[4].kwargs.value_set: unknown threshold or "
-        "vocabulary term '$event_channel' (declared: "), quality_problem
+        f"{quality}: suites.silver_events.checks[0].expectations[4].kwargs.value_set: unknown threshold "
+        "'$event_channel', nor a vocabulary term (declared: "), quality_problem
     assert "'event_channels'" in quality_problem and "'identifier_types'" in quality_problem
     assert len(problems) == 9
 

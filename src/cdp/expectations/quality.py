@@ -164,7 +164,8 @@ def _substitute(value: Any, thresholds: Mapping[str, Any], path: str, lazy: bool
         if key not in thresholds:
             if lazy:
                 return VocabularyRef(key, path)
-            raise ValueError(f"{path}: unknown threshold or vocabulary term {value!r} (declared: {sorted(thresholds)})")
+            raise ValueError(f"{path}: unknown threshold {value!r}, nor a vocabulary term (declared: "
+                             f"{sorted(thresholds)})")
         return thresholds[key]
     if isinstance(value, list):
         return [_substitute(v, thresholds, f"{path}[{i}]", lazy) for i, v in enumerate(value)]

@@ -116,8 +116,8 @@ def value_column(source: SourceSpec, spec: ValueSpec, data_type: str) -> Column:
             present = column.isNotNull() & (F.size(column) > 0)
         elif top is not None and top.type == "struct":
             present = column.isNotNull()
-        else:
-            present = ~_blank(raw_value(source, str(spec.present)))
+        else:  # a usable value: not blank, of its type, keeping its rules
+            present = typed_value(source, str(spec.present)).isNotNull()
         return present.cast(data_type)
     if spec.map is not None:
         key = map_key(source, spec)
@@ -327,7 +327,7 @@ def unmapped_values(records: DataFrame, source: SourceSpec) -> DataFrame:
     """Every value a ``map`` of the source's mappings does not cover, one row per occurrence.
 
     Returns:
-        source, record_id, _source_file, _line, field (the field path, or the expression, read),
+        source, record_id, _source_file, _line, field (the field path, or those an expression reads),
         value, mapping (where the map is: ``orders.status``), action: ``quarantine`` (the record
         goes to quarantine), ``default`` (the map's default replaces it) or ``drop`` (``unmapped: drop``:
         the value is left null).
@@ -346,7 +346,7 @@ def unmapped_values(records: DataFrame, source: SourceSpec) -> DataFrame:
             frame = _explode(records, section) if section is not None else records
             frame = with_expression_inputs(frame, source, [inner])
             action = "default" if inner.default is not None else inner.unmapped
-            label = inner.field if inner.kind == "field" else f"expr {inner.expr}"
+            label = inner.field if inner.kind == "field" else ", ".join(inner.inputs)
             frames.append(frame.filter(unmapped_column(source, inner)).select(
                 "source", "record_id", "_source_file", "_line", F.lit(label).alias("field"),
                 map_key(source, inner).alias("value"), F.lit(where).alias("mapping"), F.lit(action).alias("action")))
