@@ -84,9 +84,10 @@ def test_normalize_email_never_raises_and_is_idempotent(raw: str) -> None:
 
 
 def test_registry_names_match_identity_yaml(conf_dir) -> None:
-    from cdp.runtime.config import load_yaml
+    from cdp.identity import IdentityConfig
+    from cdp.runtime.config import parse_file
 
-    names = {spec["normalizer"] for spec in load_yaml(conf_dir / "identity.yaml")["types"].values()}
+    names = {t.normalizer for t in parse_file(conf_dir / "identity.yaml", IdentityConfig.from_dict).types}
     assert names <= set(NORMALIZERS)
     assert set(NORMALIZERS) == set(PY_NORMALIZERS)
 

@@ -114,15 +114,15 @@ MAR = datetime(2024, 3, 1)
 def test_silver_identifiers(spark: SparkSession, silver) -> None:
     _, lake, _ = silver
     expected = spark.createDataFrame([
-        ("crm", "M1", "member_id", "M1", "M1", FEB),
-        ("crm", "M1", "phone", "+8613900139000", "１３９ ００１３ ９０００", FEB),
-        ("crm", "M1", "email", "wang@qq.com", "wang@qq.com", FEB),
-        ("crm", "M1", "wechat_unionid", "oU1", "oU1", FEB),
-        ("crm", "M2", "member_id", "M2", "M2", JAN),
-        ("crm", "M2", "email", "li@163.com", "li@163.com", JAN),
-        ("wechat", "wxA:o1", "wechat_openid", "wxA:o1", "o1", FEB),
-        ("wechat", "wxA:o1", "wechat_unionid", "oU1", "oU1", FEB),
-        ("wechat", "wxB:o2", "wechat_openid", "wxB:o2", "o2", FEB),
+        ("crm", "M1", "member_id", "M1", "M1", FEB, None),
+        ("crm", "M1", "phone", "+8613900139000", "１３９ ００１３ ９０００", FEB, None),
+        ("crm", "M1", "email", "wang@qq.com", "wang@qq.com", FEB, None),
+        ("crm", "M1", "wechat_unionid", "oU1", "oU1", FEB, None),
+        ("crm", "M2", "member_id", "M2", "M2", JAN, None),
+        ("crm", "M2", "email", "li@163.com", "li@163.com", JAN, None),
+        ("wechat", "wxA:o1", "wechat_openid", "wxA:o1", "o1", FEB, None),
+        ("wechat", "wxA:o1", "wechat_unionid", "oU1", "oU1", FEB, None),
+        ("wechat", "wxB:o2", "wechat_openid", "wxB:o2", "o2", FEB, None),
     ], SILVER_SCHEMAS["silver_identifiers"])
     assertDataFrameEqual(lake.read("silver_identifiers"), expected)
 
@@ -195,22 +195,25 @@ def test_normalize_identifiers_per_type_with_qualifier(spark: SparkSession) -> N
         ("r8", "member_id", "ｍ００１", None),
         ("r9", "fax", "123", None),
         ("r10", "service_phone", "021-6234 5678", None),  # a second type on the phone normaliser
+        ("r11", "phone", "400-820-8820", None),  # a shared-cost service line: valid, links nobody
     ], "record_id string, id_type string, raw_value string, qualifier string")
     normalizers = {"email": "email", "phone": "phone", "wechat_openid": "trim", "member_id": "trim_upper",
                    "service_phone": "phone"}
     result = normalize_identifiers(raw, normalizers)
-    assert result.columns == ["id_type", "raw_value", "record_id", "qualifier", "id_value"]
+    assert result.columns == ["id_type", "raw_value", "record_id", "qualifier", "id_value", "non_personal"]
     expected = spark.createDataFrame([
-        ("email", " Wang.Fang@QQ.COM ", "r1", None, "wang.fang@qq.com"),
-        ("email", "not-an-email", "r2", None, None),
-        ("phone", "+86 138 0013 8000", "r3", None, "+8613800138000"),
-        ("phone", "+86 138 0013 8000", "r4", None, "+8613800138000"),
-        ("phone", "12", "r5", None, None),
-        ("wechat_openid", "  oAbC ", "r6", "wxapp1", "wxapp1:oAbC"),
-        ("wechat_openid", "   ", "r7", "wxapp1", None),
-        ("member_id", "ｍ００１", "r8", None, "M001"),
-        ("fax", "123", "r9", None, None),
-        ("service_phone", "021-6234 5678", "r10", None, "+862162345678"),
+        ("email", " Wang.Fang@QQ.COM ", "r1", None, "wang.fang@qq.com", None),
+        ("email", "not-an-email", "r2", None, None, None),
+        ("phone", "+86 138 0013 8000", "r3", None, "+8613800138000", None),
+        ("phone", "+86 138 0013 8000", "r4", None, "+8613800138000", None),
+        ("phone", "12", "r5", None, None, None),
+        ("wechat_openid", "  oAbC ", "r6", "wxapp1", "wxapp1:oAbC", None),
+        ("wechat_openid", "   ", "r7", "wxapp1", None, None),
+        ("member_id", "ｍ００１", "r8", None, "M001", None),
+        ("fax", "123", "r9", None, None, None),
+        ("service_phone", "021-6234 5678", "r10", None, "+862162345678", None),
+        ("phone", "400-820-8820", "r11", None, "+864008208820",
+         "shared_cost number, not a personal one (personal_types: fixed_line, mobile, fixed_line_or_mobile)"),
     ], result.schema)
     assertDataFrameEqual(result, expected)
 

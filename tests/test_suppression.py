@@ -18,8 +18,8 @@ def _empty_tables(spark):
 def test_suppressed_identifier_drops_its_records_and_their_order_lines(spark):
     tables = _empty_tables(spark)
     tables["silver_identifiers"] = spark.createDataFrame([
-        ("orders", "o1", "email", "gone@example.com", " Gone@Example.com", SEEN),
-        ("orders", "o2", "email", "kept@example.com", "kept@example.com", SEEN),
+        ("orders", "o1", "email", "gone@example.com", " Gone@Example.com", SEEN, None),
+        ("orders", "o2", "email", "kept@example.com", "kept@example.com", SEEN, None),
     ], SILVER_SCHEMAS["silver_identifiers"])
     tables["silver_orders"] = spark.createDataFrame([
         ("o1", "orders", "o1", SEEN, "online", None, "paid", 10.0, 0.0, None, "alipay", "CNY"),

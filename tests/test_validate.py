@@ -40,7 +40,7 @@ def test_every_problem_is_listed_with_its_file_and_key(conf: Path):
     _edit(conf / "sources.yaml", "{type: email, field: email}", "{type: e_mail, field: email}")
     _edit(conf / "tags" / "value.yaml", 'sql: "orders_count_{w.slug} > 0"', 'sql: "order_count_{w.slug} > 0"')
     _edit(conf / "audiences" / "vip_winback_email.yaml", "{tag: high_spender_365d", "{tag: high_spender_366d")
-    _edit(conf / "quality.yaml", "cookie_id, order_id]", "cookie_id, order_id, fax]")
+    _edit(conf / "quality.yaml", "value_set: $event_channels}", "value_set: $event_channel}")
 
     problems = validate_conf(conf).problems
 
@@ -54,12 +54,23 @@ def test_every_problem_is_listed_with_its_file_and_key(conf: Path):
     assert len([p for p in problems if p.startswith(value)]) == 6  # one per window of the template
     assert [p for p in problems if p.startswith(audience)] == [
         f"{audience}: where.all[1].tag: unknown tag 'high_spender_366d'"]
-    assert [p for p in problems if p.startswith(quality)] == [
-        f"{quality}: suites.silver_identifiers.checks[0].expectations[1].kwargs.value_set: identifier types "
-        "['cookie_id', 'crm_id', 'device_id', 'email', 'fax', 'member_id', 'order_id', 'phone', 'wechat_openid', "
-        "'wechat_unionid'] differ from identity.yaml's ['cookie_id', 'crm_id', 'device_id', 'email', 'member_id', "
-        "'order_id', 'phone', 'wechat_openid', 'wechat_unionid'] (missing [], unknown ['fax'])"]
+    (quality_problem,) = [p for p in problems if p.startswith(quality)]
+    assert quality_problem.startswith(
+        f"{quality}: suites.silver_events.checks[0].expectations[4].kwargs.value_set: unknown threshold "
+        "'$event_channel', nor a vocabulary term (declared: "), quality_problem
+    assert "'event_channels'" in quality_problem and "'identifier_types'" in quality_problem
     assert len(problems) == 9
+
+
+def test_a_literal_list_in_a_suite_must_match_identity_yaml(conf: Path):
+    _edit(conf / "quality.yaml", "kwargs: {column: id_type, value_set: $identifier_types}",
+          "kwargs: {column: id_type, value_set: [member_id, phone, fax]}")
+    quality = str(conf / "quality.yaml")
+    assert validate_conf(conf).problems == (
+        f"{quality}: suites.silver_identifiers.checks[0].expectations[1].kwargs.value_set: identifier types "
+        "['fax', 'member_id', 'phone'] differ from identity.yaml's ['cookie_id', 'crm_id', 'device_id', 'email', "
+        "'member_id', 'order_id', 'phone', 'wechat_openid', 'wechat_unionid'] (missing ['cookie_id', 'crm_id', "
+        "'device_id', 'email', 'order_id', 'wechat_openid', 'wechat_unionid'], unknown ['fax'])",)
 
 
 def test_sql_that_does_not_parse_names_the_tag(conf: Path):

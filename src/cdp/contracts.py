@@ -78,8 +78,9 @@ CONTRACTS: tuple[TableContract, ...] = (
                   forget_keys=(("raw",),)),
     TableContract("load_log", None, ("source", "load_id")),
     # -- silver (cdp standardize) ----------------------------------------------------------------
+    # non_personal: why a valid value links nobody (a toll-free or shared-cost service line), else null
     TableContract("silver_identifiers", "source string, record_id string, id_type string, id_value string, "
-                                        "raw_value string, observed_at timestamp",
+                                        "raw_value string, observed_at timestamp, non_personal string",
                   (*_RECORD, *_IDENTIFIER), pii=("id_value", "raw_value"), forget_keys=(_RECORD, _IDENTIFIER)),
     TableContract("silver_customer_attributes", "source string, record_id string, observed_at timestamp, "
                                                 "name string, gender string, birth_date date, city string, "

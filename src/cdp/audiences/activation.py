@@ -6,11 +6,15 @@ so an exported hash equals the one identity, suppression and ``cdp forget`` comp
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from cdp.identity.normalize import (
     NORMALIZERS,
+    Normalizer,
     identifier_hash,
     identifier_hash_column,
     normalize_email,
@@ -59,7 +63,8 @@ def email_column(column: str | Column) -> Column:
     return NORMALIZERS["email"](F.col(column) if isinstance(column, str) else column)
 
 
-def export_frame(members: DataFrame, channel: str, *, hashed: bool, default_region: str = "CN") -> DataFrame:
+def export_frame(members: DataFrame, channel: str, *, hashed: bool, default_region: str = "CN",
+                 normalizers: Mapping[str, Normalizer] | None = None) -> DataFrame:
     """Rows for a destination file: the channel's identifiers, normalised, hashed when asked.
 
     Args:
@@ -67,6 +72,9 @@ def export_frame(members: DataFrame, channel: str, *, hashed: bool, default_regi
             (customer_id, email, phone, wechat_openid, device_id, ...).
         channel: the audience's channel; only its identifiers are kept.
         hashed: hash e-mails and phones (column names get a ``_sha256`` suffix).
+        default_region: the destination's region for phones written without a country code.
+        normalizers: id_type -> normaliser of conf/identity.yaml (``IdentityConfig.normalizers``), so
+            exported values and hashes are identity's canonical ones; default: the preset normalisers.
 
     Returns:
         customer_id, then per channel field either ``<field>`` or ``<field>_sha256``; rows with
@@ -76,7 +84,12 @@ def export_frame(members: DataFrame, channel: str, *, hashed: bool, default_regi
     cols: list[Column] = [F.col("customer_id")]
     names: list[str] = []
     for name in fields:
-        if name == "email":
+        configured = (normalizers or {}).get(name)
+        if configured is not None:
+            if configured.kind == "phone":
+                configured = dataclasses.replace(configured, default_region=default_region)
+            value = configured.column(F.col(name))
+        elif name == "email":
             value = email_column("email")
         elif name == "phone":
             value = phone_column("phone", default_region)

@@ -18,6 +18,12 @@
                 relative: {min_ratio: $audience_min_ratio, max_ratio: 2.0}   # vs the previous version
                 warn_only: false
 
+"$name" may also name a **vocabulary** term: values that come from the other config files, not from
+lists written here (``$identifier_types`` and ``$identifier_patterns`` from ``identity.yaml``;
+``$event_types``, ``$event_channels``, ``$order_statuses``, ``$order_channels``, ``$consent_channels``
+from ``sources.yaml`` with its ``enums`` extensions). The caller that has those files passes them
+(``cdp.jobs.validate.load_quality``); parsed without them, a suite that uses one refuses to run.
+
 ``relative`` bounds are computed from the same metric on the same view of the table's previous
 (current) version: ``min_ratio`` / ``max_ratio`` multiply it, ``max_abs_change`` adds and subtracts.
 Without a previous version the static kwargs apply; with neither the expectation is skipped.
@@ -82,6 +88,14 @@ class SuiteSpec:
 
 
 @dataclass(frozen=True)
+class VocabularyRef:
+    """A ``$name`` of the vocabulary left unresolved (the config was parsed without the vocabulary)."""
+
+    name: str
+    path: str
+
+
+@dataclass(frozen=True)
 class QualityConfig:
     profile: str
     suites: dict[str, SuiteSpec]
@@ -93,8 +107,13 @@ class QualityConfig:
         return self.suites[name]
 
     @classmethod
-    def from_dict(cls, data: Any, profile: str = "local") -> QualityConfig:
-        """Parse ``conf/quality.yaml`` for one environment profile; errors name the key path."""
+    def from_dict(cls, data: Any, profile: str = "local",
+                  vocabulary: Mapping[str, Any] | None = None) -> QualityConfig:
+        """Parse ``conf/quality.yaml`` for one environment profile; errors name the key path.
+
+        ``vocabulary``: name -> list or mapping that ``$name`` references resolve to (identifier
+        types and patterns, canonical enums); without it they stay unresolved (:class:`VocabularyRef`).
+        """
         if not isinstance(data, Mapping):
             raise ValueError("quality: expected a mapping with thresholds, profiles, suites")
         unknown = sorted(set(data) - {"thresholds", "profiles", "suites"})
@@ -120,7 +139,11 @@ class QualityConfig:
         for name in warn_suites:
             if name not in suites_raw:
                 raise ValueError(f"profiles.{profile}.warn_only: unknown suite {name!r}")
-        suites = {name: _parse_suite(name, raw, thresholds, name in warn_suites)
+        clash = sorted(set(thresholds) & set(vocabulary or {}))
+        if clash:
+            raise ValueError(f"thresholds.{clash[0]}: the name is also a vocabulary term; rename the threshold")
+        terms: dict[str, Any] = {**thresholds, **(vocabulary or {})}
+        suites = {name: _parse_suite(name, raw, terms, name in warn_suites, vocabulary is None)
                   for name, raw in suites_raw.items()}
         return cls(profile=profile, suites=suites, thresholds=thresholds)
 
@@ -133,20 +156,36 @@ def _mapping(value: Any, path: str) -> Mapping[str, Any]:
     return value
 
 
-def _substitute(value: Any, thresholds: Mapping[str, float], path: str) -> Any:
+def _substitute(value: Any, thresholds: Mapping[str, Any], path: str, lazy: bool = False) -> Any:
+    """``$name`` -> the threshold or vocabulary term; with ``lazy`` (no vocabulary given) an unknown
+    name stays a :class:`VocabularyRef`, which :func:`validate_suite` refuses."""
     if isinstance(value, str) and value.startswith("$"):
         key = value[1:]
         if key not in thresholds:
-            raise ValueError(f"{path}: unknown threshold {value!r} (declared: {sorted(thresholds)})")
+            if lazy:
+                return VocabularyRef(key, path)
+            raise ValueError(f"{path}: unknown threshold {value!r}, nor a vocabulary term (declared: "
+                             f"{sorted(thresholds)})")
         return thresholds[key]
     if isinstance(value, list):
-        return [_substitute(v, thresholds, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_substitute(v, thresholds, f"{path}[{i}]", lazy) for i, v in enumerate(value)]
     if isinstance(value, Mapping):
-        return {k: _substitute(v, thresholds, f"{path}.{k}") for k, v in value.items()}
+        return {k: _substitute(v, thresholds, f"{path}.{k}", lazy) for k, v in value.items()}
     return value
 
 
-def _parse_suite(name: str, raw: Any, thresholds: Mapping[str, float], profile_warn: bool) -> SuiteSpec:
+def unresolved(value: Any) -> list[VocabularyRef]:
+    """The vocabulary references left in a parsed value (kwargs, params)."""
+    if isinstance(value, VocabularyRef):
+        return [value]
+    if isinstance(value, list):
+        return [ref for item in value for ref in unresolved(item)]
+    if isinstance(value, Mapping):
+        return [ref for item in value.values() for ref in unresolved(item)]
+    return []
+
+
+def _parse_suite(name: str, raw: Any, thresholds: Mapping[str, Any], profile_warn: bool, lazy: bool = False) -> SuiteSpec:
     path = f"suites.{name}"
     raw = _mapping(raw, path)
     bad = sorted(set(raw) - {"warn_only", "checks", "description"})
@@ -168,14 +207,14 @@ def _parse_suite(name: str, raw: Any, thresholds: Mapping[str, float], profile_w
         exps_raw = check.get("expectations")
         if not isinstance(exps_raw, list) or not exps_raw:
             raise ValueError(f"{cpath}.expectations: expected a non-empty list")
-        exps = tuple(_parse_expectation(e, thresholds, f"{cpath}.expectations[{j}]")
+        exps = tuple(_parse_expectation(e, thresholds, f"{cpath}.expectations[{j}]", lazy)
                      for j, e in enumerate(exps_raw))
         ids = check.get("id_columns") or []
         if not isinstance(ids, list):
             raise ValueError(f"{cpath}.id_columns: expected a list of column names")
         checks.append(CheckSpec(view=view, expectations=exps,
                                 params=dict(_substitute(dict(_mapping(check.get("params"), f"{cpath}.params")),
-                                                        thresholds, f"{cpath}.params")),
+                                                        thresholds, f"{cpath}.params", lazy)),
                                 id_columns=tuple(ids)))
     warn = raw.get("warn_only", False)
     if not isinstance(warn, bool):
@@ -184,7 +223,7 @@ def _parse_suite(name: str, raw: Any, thresholds: Mapping[str, float], profile_w
                      description=str(raw.get("description") or ""))
 
 
-def _parse_expectation(raw: Any, thresholds: Mapping[str, float], path: str) -> ExpectationSpec:
+def _parse_expectation(raw: Any, thresholds: Mapping[str, Any], path: str, lazy: bool = False) -> ExpectationSpec:
     raw = _mapping(raw, path)
     bad = sorted(set(raw) - {"expectation", "kwargs", "relative", "warn_only"})
     if bad:
@@ -194,7 +233,7 @@ def _parse_expectation(raw: Any, thresholds: Mapping[str, float], path: str) -> 
         raise ValueError(f"{path}.expectation: required key is missing")
     if not _known_expectation(name):
         raise ValueError(f"{path}.expectation: unknown Great Expectations expectation {name!r}")
-    kwargs = dict(_substitute(dict(_mapping(raw.get("kwargs"), f"{path}.kwargs")), thresholds, f"{path}.kwargs"))
+    kwargs = dict(_substitute(dict(_mapping(raw.get("kwargs"), f"{path}.kwargs")), thresholds, f"{path}.kwargs", lazy))
     relative = raw.get("relative")
     if relative is not None:
         if name not in RELATIVE_METRICS:
@@ -610,6 +649,11 @@ def validate_suite(suite: SuiteSpec, candidate: DataFrame, *, table: str,
     import great_expectations as gx
     from great_expectations.expectations.registry import get_expectation_impl
 
+    missing = [ref for check in suite.checks
+               for ref in unresolved(check.params) + [r for spec in check.expectations for r in unresolved(spec.kwargs)]]
+    if missing:
+        raise ValueError(f"{missing[0].path}: ${missing[0].name} is not a threshold and the suite was parsed without "
+                         "the vocabulary of identity.yaml / sources.yaml (cdp.jobs.validate.load_quality)")
     inputs = dict(inputs or {})
     if previous is not None:
         inputs.setdefault("previous", previous)
@@ -771,5 +815,5 @@ def _data_docs_list(links: Mapping[str, str] | None) -> str:
     return f"<p>Great Expectations Data Docs, per view:</p><ul>{items}</ul>"
 
 
-__all__ = ["VIEWS", "CheckSpec", "DataDocsPage", "ExpectationOutcome", "ExpectationSpec", "QualityConfig", "SuiteResult",
+__all__ = ["VIEWS", "VocabularyRef", "CheckSpec", "DataDocsPage", "ExpectationOutcome", "ExpectationSpec", "QualityConfig", "SuiteResult",
            "SuiteSpec", "metric_value", "render_data_docs", "render_report_html", "validate_suite"]

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from cdp.identity.normalize import PRESETS, Normalizer
+from cdp.runtime.config import require_regex
 
 Engine = Literal["auto", "dataframe", "graphframes"]
 Rule = Literal["most_recent", "most_frequent", "source_priority", "first_non_null"]
@@ -50,13 +52,7 @@ def _bool(data: dict[str, Any], key: str, default: bool) -> bool:
 
 
 def _regex(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{where}: expected a regular expression string, got {value!r}")
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"{where}: invalid regular expression {value!r}: {exc}") from exc
-    return value
+    return require_regex(value, where)
 
 
 def _string_list(value: Any, where: str) -> tuple[str, ...]:
@@ -102,6 +98,9 @@ class IdentifierType:
     ``priority``: higher is more trusted (kept when a component must be split, survives hubs).
     ``limit``: how many distinct values of this type one customer may hold.
     ``pattern``: validity rule on the normalised value; invalid values never make edges.
+    ``normalizer``: the normaliser's name as written; ``normalization`` what it does (preset or options,
+    :class:`cdp.identity.normalize.Normalizer`): the one canonical form identity, export hashing,
+    suppression and ``cdp forget`` use for this type.
     """
 
     name: str
@@ -110,6 +109,7 @@ class IdentifierType:
     limit: int
     pattern: str | None = None
     blocked: BlockList = field(default_factory=BlockList)
+    normalization: Normalizer = PRESETS["trim"]
 
     @classmethod
     def from_dict(cls, name: str, data: Any, where: str) -> IdentifierType:
@@ -118,13 +118,15 @@ class IdentifierType:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}; expected {sorted(known)}")
-        normalizer = data.get("normalizer")
-        if not isinstance(normalizer, str) or not normalizer:
-            raise ValueError(f"{where}.normalizer: required string is missing")
+        raw_normalizer = data.get("normalizer")
+        if not raw_normalizer:
+            raise ValueError(f"{where}.normalizer: required key is missing")
+        normalization = Normalizer.from_config(raw_normalizer, f"{where}.normalizer")
         pattern = data.get("pattern")
         return cls(
             name=name,
-            normalizer=normalizer,
+            normalizer=normalization.name,
+            normalization=normalization,
             priority=_int(data, "priority", where),
             limit=_int(data, "limit", where, minimum=1),
             pattern=None if pattern is None else _regex(pattern, f"{where}.pattern"),
@@ -187,6 +189,11 @@ class IdentityConfig:
     @property
     def type_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.types)
+
+    @property
+    def normalizers(self) -> dict[str, Normalizer]:
+        """id_type -> its normaliser (``types.<type>.normalizer``)."""
+        return {t.name: t.normalization for t in self.types}
 
     def fingerprint(self) -> str:
         """A hash of everything that decides components and ids: a change forces a full recompute."""

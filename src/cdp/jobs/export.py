@@ -28,7 +28,7 @@ import logging
 import posixpath
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,11 +40,12 @@ from pyspark.sql import functions as F
 from cdp.audiences.activation import export_frame, message_id
 from cdp.audiences.language import Audience, Destination
 from cdp.engage import MESSAGES_TABLE
+from cdp.identity import IdentityConfig
 from cdp.jobs.audiences import audience_table, select_audiences
 from cdp.jobs.entry import JobFailed
 from cdp.lake.paths import is_local, local_path
 from cdp.privacy import ERASURE_LIST, consent_current, suppressed_customers
-from cdp.runtime.config import JobContext
+from cdp.runtime.config import JobContext, parse_file
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def _table_holds(lake: Any, table: str, destination: str, version: int) -> bool:
 
 
 def export_destination(lake: Any, audience: Audience, destination: Destination, members: DataFrame,
-                       version: int, run_id: str) -> DestinationExport:
+                       version: int, run_id: str, normalizers: Mapping[str, Any] | None = None) -> DestinationExport:
     filesystem, base = _filesystem(lake.root)
     relative = f"{EXPORTS_DIR}/{audience.name}/{destination.name}/v{version}"
     folder, uri_folder = f"{base}/{relative}", f"{lake.root}/{relative}"
@@ -190,7 +191,7 @@ def export_destination(lake: Any, audience: Audience, destination: Destination, 
         return DestinationExport(audience.name, destination.name, version, folder, 0, 0, 0, skipped=True)
     message = message_id(audience.name, destination.name, version)
     rows = export_frame(members, audience.channel, hashed=destination.hashed,
-                        default_region=destination.default_region).persist()
+                        default_region=destination.default_region, normalizers=normalizers).persist()
     previous = (lake.read(table).filter(F.col("destination") == destination.name).select("customer_id", *[
         c for c in rows.columns if c != "customer_id"]) if lake.exists(table) else None)
     file_columns = [c for c in rows.columns if c != "customer_id"]
@@ -269,6 +270,8 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None,
     consent = consent.persist(StorageLevel.MEMORY_AND_DISK)
     suppression = lake.read("suppression_list") if lake.exists("suppression_list") else None
     identity_map = lake.read("identity_map") if lake.exists("identity_map") else None
+    # exported values and hashes are identity's canonical ones (conf/identity.yaml normalisers)
+    normalizers = parse_file(ctx.conf_path("identity.yaml"), IdentityConfig.from_dict).normalizers
     try:
         for audience in todo:
             table = audience_table(audience.name)
@@ -281,7 +284,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None,
             members = sendable_members(lake.read(table, version=version), consent, suppressed, audience.channel)
             for destination in audience.destinations:
                 result.exports.append(export_destination(lake, audience, destination, members, version,
-                                                         ctx.run_id))
+                                                         ctx.run_id, normalizers))
     finally:
         consent.unpersist()
     return result

@@ -42,10 +42,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cdp.contracts import tables_without_personal_data
-from cdp.identity.normalize import PY_NORMALIZERS
+from cdp.identity import IdentityConfig
 from cdp.jobs.entry import JobFailed
 from cdp.privacy import ERASURE_LIST, SUPPRESSION_SCHEMA, sha256_hex
-from cdp.runtime.config import ConfigError, JobContext, load_yaml, parse_file
+from cdp.runtime.config import ConfigError, JobContext, parse_file
 
 logger = logging.getLogger(__name__)
 
@@ -88,13 +88,10 @@ class ForgetResult:
 def normalise_identifier(ctx: JobContext, id_type: str, raw: str) -> str:
     """Normalise like ``cdp standardize`` (the type's normaliser in conf/identity.yaml)."""
     path = ctx.conf_path("identity.yaml")
-    types = (load_yaml(path).get("types") or {})
-    if id_type not in types:
-        raise ConfigError(f"{path}: types.{id_type}: unknown identifier type (known: {sorted(types)})")
-    normalizer = (types[id_type] or {}).get("normalizer")
-    if normalizer not in PY_NORMALIZERS:
-        raise ConfigError(f"{path}: types.{id_type}.normalizer: unknown normaliser {normalizer!r}")
-    value = PY_NORMALIZERS[normalizer](raw)
+    normalizers = parse_file(path, IdentityConfig.from_dict).normalizers
+    if id_type not in normalizers:
+        raise ConfigError(f"{path}: types.{id_type}: unknown identifier type (known: {sorted(normalizers)})")
+    value = normalizers[id_type].python(raw)
     if not value:
         raise ConfigError(f"--identifier {id_type}={raw!r}: not a valid {id_type} after normalisation")
     return value
@@ -177,9 +174,10 @@ def bronze_keys(spark: SparkSession, lake: Any, ctx: JobContext, person: Person)
     path = ctx.conf_path("sources.yaml")
     if not path.exists():
         return {}
-    from cdp.sources import SourcesConfig, record_id_column
+    from cdp.jobs.land import read_sources
+    from cdp.sources import record_id_column
 
-    sources = parse_file(path, SourcesConfig.from_dict)
+    sources = read_sources(path)
     keys: dict[str, list[DataFrame]] = {}
     for source in sources.sources.values():
         table = source.bronze_table

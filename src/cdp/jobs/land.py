@@ -54,7 +54,7 @@ from pyspark.sql import types as T
 from cdp.connect import default_parallelism
 from cdp.jobs.entry import JobFailed
 from cdp.lake.storage import ObjectStore, filesystem
-from cdp.runtime.config import ConfigError, JobContext, parse_file
+from cdp.runtime.config import ConfigError, JobContext, lookup_reader, parse_file
 from cdp.sources import SourcesConfig, SourceSpec, bronze_schema, parse_lines
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ class SourceLoad:
     bronze_rows: int = 0
     quarantined_rows: int = 0
     suppressed_rows: int = 0  # records carrying a forgotten identifier: dropped, never written
+    # field path -> records landed with that field's value nulled (on_invalid: null: a type error or a rule)
+    nulled: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -146,9 +148,14 @@ class LandResult:
         return sum(load.suppressed_rows for load in self.loads.values())
 
 
+def read_sources(path: Path) -> SourcesConfig:
+    """``sources.yaml`` as typed config, with the lookup CSVs its maps name read from beside it."""
+    return parse_file(path, lambda data: SourcesConfig.from_dict(data, lookup_reader(path)))
+
+
 def load_sources(ctx: JobContext) -> tuple[Path, SourcesConfig]:
     path = ctx.conf_path("sources.yaml")
-    return path, parse_file(path, SourcesConfig.from_dict)
+    return path, read_sources(path)
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -519,12 +526,14 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: st
               .withColumn("_ingested_at", F.lit(now).cast("timestamp"))
               .persist(StorageLevel.MEMORY_AND_DISK))
     try:
-        # raw records per file, and whether any goes to quarantine, in one pass over the parsed records
-        raw_per_file, meant_quarantined = {}, 0
+        # raw records per file, whether any goes to quarantine or has a value nulled: one pass over them
+        raw_per_file, meant_quarantined, any_nulled = {}, 0, False
         for row in (parsed.groupBy("_source_file")
-                    .agg(F.count(F.lit(1)).alias("n"), F.count("_reason").alias("bad")).collect()):
+                    .agg(F.count(F.lit(1)).alias("n"), F.count("_reason").alias("bad"),
+                         F.max(F.when(F.col("_reason").isNull(), F.size("_nulled"))).alias("nulled")).collect()):
             raw_per_file[row["_source_file"]] = int(row["n"])
             meant_quarantined += int(row["bad"])
+            any_nulled = any_nulled or bool(row["nulled"])
         suppressed_per_file: dict[str, int] = {}
         if suppression is not None:
             kept, dropped = drop_forgotten(parsed, source, suppression, conf_file.parent / "identity.yaml")
@@ -536,6 +545,12 @@ def land_source(spark: SparkSession, lake: Any, source: SourceSpec, raw_root: st
                 parsed = kept
                 meant_quarantined = parsed.filter(F.col("_reason").isNotNull()).limit(1).count()
                 logger.info("%s: %d records carry a forgotten identifier: dropped", source.name, dropped)
+        if any_nulled:  # per field, over the records kept (a job only when some value was nulled)
+            result.nulled = {row["field"]: int(row["n"]) for row in (
+                parsed.filter(F.col("_reason").isNull()).select(F.explode("_nulled").alias("field"))
+                .groupBy("field").agg(F.count(F.lit(1)).alias("n")).collect())}
+            logger.info("%s: values set to null (on_invalid: null), records per field: %s", source.name,
+                        dict(sorted(result.nulled.items())))
         metadata = {"run_id": run_id, "load_id": load_id, "files": len(new_files)}
         bronze = parsed.filter(F.col("_reason").isNull()).select(*bronze_schema(source).fieldNames())
         lake.write(bronze, source.bronze_table, "append",

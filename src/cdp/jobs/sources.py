@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdp.runtime.config import ConfigError, JobContext, parse_file
+from cdp.runtime.config import ConfigError, JobContext
 from cdp.sources.profiling import SourceProfile, draft_source_yaml, profile_records, render_profile
 
 logger = logging.getLogger("cdp.jobs.sources")  # not __name__: under spark-submit this module is __main__
@@ -151,9 +151,9 @@ def run(spark: Any, ctx: JobContext, *, raw: str, source: str | None = None,
         sample: int = DEFAULT_SAMPLE) -> tuple[SourceProfile, str]:
     """Profile the sample; return the profile and the draft YAML (printed by ``main``)."""
     if source:
-        from cdp.sources import SourcesConfig
+        from cdp.jobs.land import read_sources
 
-        config = parse_file(ctx.conf_path("sources.yaml"), SourcesConfig.from_dict)
+        config = read_sources(ctx.conf_path("sources.yaml"))
         if source not in config.sources:
             raise ConfigError(f"{ctx.conf_path('sources.yaml')}: sources.{source}: unknown source; "
                               f"known: {sorted(config.sources)}")

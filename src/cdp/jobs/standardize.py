@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import reduce
@@ -27,10 +28,11 @@ from pyspark.sql import types as T
 
 from cdp.contracts import schema_of
 from cdp.engage import MESSAGES_TABLE, link_responses, response_links
-from cdp.identity.normalize import NORMALIZERS, PYTHON_NORMALIZERS, qualified_column
+from cdp.identity import IdentityConfig
+from cdp.identity.normalize import PRESETS, Normalizer, qualified_column
 from cdp.jobs.entry import JobFailed
 from cdp.jobs.land import QUARANTINE, QUARANTINE_SCHEMA, load_sources
-from cdp.runtime.config import ConfigError, JobContext, load_yaml
+from cdp.runtime.config import ConfigError, JobContext, parse_file
 from cdp.sources import (
     CANONICAL_SCHEMAS,
     SourcesConfig,
@@ -40,6 +42,7 @@ from cdp.sources import (
     map_events,
     map_identifiers,
     map_table,
+    unmapped_values,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,27 +62,19 @@ class StandardizeResult:
     duplicates: dict[str, dict[str, int]] = field(default_factory=dict)
     # per source of response events: linked (answer a send of export_messages) and unlinked
     responses: dict[str, dict[str, int]] = field(default_factory=dict)
+    # "<source>.<id_type>" -> distinct service-line values kept in silver that link nobody
+    non_personal: dict[str, int] = field(default_factory=dict)
+    # "<source>.<mapping> <field>" -> {action: values}: values a map does not cover (quarantine, default, drop)
+    unmapped: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def load_normalizers(path: Path) -> dict[str, str]:
-    """id_type -> normaliser name, from ``types.<type>.normalizer`` (the only key read here)."""
-    data = load_yaml(path)
-    types = data.get("types") if isinstance(data, dict) else None
-    if not isinstance(types, dict) or not types:
-        raise ConfigError(f"{path}: types: expected a mapping of identifier types")
-    result = {}
-    for id_type, spec in types.items():
-        name = spec.get("normalizer") if isinstance(spec, dict) else None
-        if not isinstance(name, str):
-            raise ConfigError(f"{path}: types.{id_type}.normalizer: required key is missing")
-        if name not in NORMALIZERS:
-            raise ConfigError(f"{path}: types.{id_type}.normalizer: unknown normaliser {name!r}; "
-                              f"known: {sorted(NORMALIZERS)}")
-        result[str(id_type)] = name
-    return result
+def load_normalizers(path: Path) -> dict[str, Normalizer]:
+    """id_type -> its normaliser (``types.<type>.normalizer`` of ``conf/identity.yaml``, parsed and
+    checked by :class:`cdp.identity.IdentityConfig`: an unknown normaliser or option fails here)."""
+    return parse_file(path, IdentityConfig.from_dict).normalizers
 
 
-def check_identifier_types(config: SourcesConfig, normalizers: dict[str, str], sources_file: Path,
+def check_identifier_types(config: SourcesConfig, normalizers: Mapping[str, Any], sources_file: Path,
                            identity_file: Path) -> None:
     for source in config.sources.values():
         for i, spec in enumerate(source.identifiers):
@@ -90,8 +85,16 @@ def check_identifier_types(config: SourcesConfig, normalizers: dict[str, str], s
 
 # -- transforms -----------------------------------------------------------------------------------
 
-def normalize_identifiers(raw_ids: DataFrame, normalizers: dict[str, str]) -> DataFrame:
-    """Raw identifier rows -> the same rows with ``id_value`` (null when invalid).
+def _as_normalizers(normalizers: Mapping[str, Normalizer | str]) -> dict[str, Normalizer]:
+    return {t: PRESETS[n] if isinstance(n, str) else n for t, n in normalizers.items()}
+
+
+def normalize_identifiers(raw_ids: DataFrame, normalizers: Mapping[str, Normalizer | str]) -> DataFrame:
+    """Raw identifier rows -> the same rows with ``id_value`` (null when invalid) and ``non_personal``.
+
+    ``normalizers``: id_type -> its normaliser (or a preset's name). ``non_personal`` says why a valid
+    value belongs to no one person (a toll-free or shared-cost service line), null otherwise: such
+    values stay in silver but never link records.
 
     Spark-expression normalisers apply to every row in one projection. A Python normaliser (the
     phone one) sees each distinct value of its type once, through a lookup joined back to only
@@ -100,45 +103,52 @@ def normalize_identifiers(raw_ids: DataFrame, normalizers: dict[str, str]) -> Da
 
     Input columns: id_type, raw_value, qualifier, plus anything else (kept).
     """
+    specs = _as_normalizers(normalizers)
     id_type, raw = F.col("id_type"), F.col("raw_value")
-    native = sorted((t, n) for t, n in normalizers.items() if n not in PYTHON_NORMALIZERS)
-    in_python = sorted((t, n) for t, n in normalizers.items() if n in PYTHON_NORMALIZERS)
+    native = sorted(t for t, n in specs.items() if not n.runs_in_python)
+    python_types = sorted(t for t, n in specs.items() if n.runs_in_python)
     native_value = F.lit(None).cast("string")
     if native:
-        native_value = F.when(id_type == native[0][0], NORMALIZERS[native[0][1]](raw))
-        for type_name, name in native[1:]:
-            native_value = native_value.when(id_type == type_name, NORMALIZERS[name](raw))
-    python_types = [t for t, _ in in_python]
+        native_value = F.when(id_type == native[0], specs[native[0]].column(raw))
+        for type_name in native[1:]:
+            native_value = native_value.when(id_type == type_name, specs[type_name].column(raw))
     is_python = F.coalesce(id_type.isin(*python_types), F.lit(False)) if python_types else F.lit(False)
-    normalized = raw_ids.filter(~is_python).withColumn("_normalized", native_value)
+    normalized = (raw_ids.filter(~is_python).withColumn("_normalized", native_value)
+                  .withColumn("_non_personal", F.lit(None).cast("string")))
     if python_types:
         python_rows = raw_ids.filter(is_python)
         distinct = python_rows.select("id_type", "raw_value").distinct()
-        # one branch per Python normaliser (not per type): types sharing it share its pass
-        types_of: dict[str, list[str]] = {}
-        for type_name, name in in_python:
-            types_of.setdefault(name, []).append(type_name)
-        lookup = reduce(DataFrame.unionByName, [
-            distinct.filter(id_type.isin(*types)).select("id_type", "raw_value",
-                                                         NORMALIZERS[name](raw).alias("_normalized"))
-            for name, types in sorted(types_of.items())])
+        # one branch per distinct normaliser (not per type): types sharing it share its pass
+        types_of: dict[Normalizer, list[str]] = {}
+        for type_name in python_types:
+            types_of.setdefault(specs[type_name], []).append(type_name)
+        branches = []
+        for spec, types in types_of.items():
+            value = distinct.filter(id_type.isin(*types)).select("id_type", "raw_value",
+                                                                 spec.column(raw).alias("_normalized"))
+            branches.append(value.withColumn("_non_personal", spec.non_personal_column(F.col("_normalized"))))
+        lookup = reduce(DataFrame.unionByName, branches)
         normalized = normalized.unionByName(python_rows.join(lookup, on=["id_type", "raw_value"], how="left"))
     value = qualified_column(F.col("_normalized"), F.col("qualifier"))
     columns = ["id_type", "raw_value", *[c for c in raw_ids.columns if c not in ("id_type", "raw_value")]]
-    return normalized.withColumn("id_value", value).select(*columns, "id_value")
+    return (normalized.withColumn("id_value", value)
+            .select(*columns, "id_value", F.col("_non_personal").alias("non_personal")))
 
 
 def silver_identifiers(normalized: DataFrame) -> DataFrame:
-    """Valid identifiers, one row per (source, record_id, id_type, id_value)."""
+    """Valid identifiers, one row per (source, record_id, id_type, id_value); service lines included,
+    with ``non_personal`` saying why they link nobody."""
     return (normalized.filter(F.col("id_value").isNotNull())
             .groupBy("source", "record_id", "id_type", "id_value")
-            .agg(F.min("raw_value").alias("raw_value"), F.min("observed_at").alias("observed_at"))
-            .select("source", "record_id", "id_type", "id_value", "raw_value", "observed_at"))
+            .agg(F.min("raw_value").alias("raw_value"), F.min("observed_at").alias("observed_at"),
+                 F.max("non_personal").alias("non_personal"))
+            .select("source", "record_id", "id_type", "id_value", "raw_value", "observed_at", "non_personal"))
 
 
-def invalid_identifiers(normalized: DataFrame, normalizers: dict[str, str], now: datetime) -> DataFrame:
+def invalid_identifiers(normalized: DataFrame, normalizers: Mapping[str, Normalizer | str], now: datetime) -> DataFrame:
     """Identifiers present in the record but invalid after normalisation, as quarantine rows."""
-    names = F.create_map(*[item for k, v in sorted(normalizers.items()) for item in (F.lit(k), F.lit(v))])
+    specs = _as_normalizers(normalizers)
+    names = F.create_map(*[item for k, v in sorted(specs.items()) for item in (F.lit(k), F.lit(v.name))])
     return (normalized.filter(F.col("id_value").isNull())
             .select(F.col("source"), F.lit("standardize").alias("stage"), F.lit(None).cast("string").alias("load_id"),
                     F.col("_source_file").alias("file"), F.col("_line").alias("line"),
@@ -306,8 +316,10 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
             raise JobFailed(f"{sources_file}: sources.{source.name}: {counts['collision_keys']} record id(s) seen "
                             f"with different contents (first: {first['raw']!r} in {first['file']} line {first['line']}); "
                             "on_duplicate_key: error")
-        records[source.name] = (source, resolved.records.persist(StorageLevel.MEMORY_AND_DISK))
+        kept, unmapped_rejected = _unmapped(resolved.records, source, now, result)
+        records[source.name] = (source, kept.persist(StorageLevel.MEMORY_AND_DISK))
         rejected.append(resolved.rejected)
+        rejected.append(unmapped_rejected)
         result.sources.append(source.name)
     # Normalised once (the phone normaliser is Python) and read three times: silver, quarantine, suppression.
     normalized = identifier_observations(records, normalizers)
@@ -332,6 +344,9 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
                 result.responses[row["source"]] = {"linked": row["linked"], "unlinked": row["unlinked"]}
                 logger.info("%s: %d response events linked to an export, %d name a message no export sent",
                             row["source"], row["linked"], row["unlinked"])
+        for row in (lake.read("silver_identifiers").filter(F.col("non_personal").isNotNull())
+                    .groupBy("source", "id_type").agg(F.countDistinct("id_value").alias("n")).collect()):
+            result.non_personal[f"{row['source']}.{row['id_type']}"] = int(row["n"])
         quarantine = quarantine.persist(StorageLevel.MEMORY_AND_DISK)
         for row in quarantine.groupBy("source", "field").count().collect():
             key = f"{row['source']}.{row['field']}"
@@ -351,7 +366,35 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
         logger.info("%-28s %10d rows", name, count)
     logger.info("invalid identifiers (quarantined): %d %s", sum(result.invalid_identifiers.values()),
                 dict(sorted(result.invalid_identifiers.items())))
+    logger.info("service-line identifiers kept in silver, linking nobody: %d %s", sum(result.non_personal.values()),
+                dict(sorted(result.non_personal.items())))
     return result
+
+
+def quarantine_unmapped(records: DataFrame, unmapped: DataFrame, now: datetime) -> tuple[DataFrame, DataFrame]:
+    """Records without those holding a value a map does not cover (action ``quarantine``), and the
+    quarantine rows (stage ``standardize``) that name field, value and mapping."""
+    to_quarantine = unmapped.filter(F.col("action") == "quarantine")
+    kept = records.join(to_quarantine.select("record_id").distinct(), on="record_id", how="left_anti")
+    rows = to_quarantine.select(
+        "source", F.lit("standardize").alias("stage"), F.lit(None).cast("string").alias("load_id"),
+        F.col("_source_file").alias("file"), F.col("_line").alias("line"), "field", F.col("value").alias("raw"),
+        F.concat(F.col("field"), F.lit(": unmapped value '"), F.col("value"), F.lit("' (map of "), F.col("mapping"),
+                 F.lit("; add it to the map, or declare default: or unmapped: drop)")).alias("reason"),
+        F.lit(now).cast("timestamp").alias("quarantined_at"))
+    return kept.select(*records.columns), rows
+
+
+def _unmapped(records: DataFrame, source: SourceSpec, now: datetime,
+              result: StandardizeResult) -> tuple[DataFrame, DataFrame]:
+    unmapped = unmapped_values(records, source).persist(StorageLevel.MEMORY_AND_DISK)
+    for row in unmapped.groupBy("mapping", "field", "action").agg(F.count(F.lit(1)).alias("n")).collect():
+        key = f"{source.name}.{row['mapping']} {row['field']}"
+        result.unmapped.setdefault(key, {})[row["action"]] = int(row["n"])
+    if any(key.startswith(f"{source.name}.") for key in result.unmapped):
+        logger.warning("%s: values no map covers (per mapping and field: action -> count): %s", source.name,
+                       {k: v for k, v in sorted(result.unmapped.items()) if k.startswith(f"{source.name}.")})
+    return quarantine_unmapped(records, unmapped, now)
 
 
 def _report_duplicates(source: SourceSpec, counts: dict[str, int]) -> None:

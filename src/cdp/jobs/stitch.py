@@ -30,6 +30,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cdp.identity import IdentityConfig, PreviousState, build_profile, resolve_identities
+from cdp.identity.graph import NON_PERSONAL
 from cdp.identity.resolve import DROPPED_LIMIT, GRAPH_COLUMNS, IDENTITY_MAP_COLUMNS
 from cdp.jobs.entry import JobFailed, job_main
 from cdp.lake import Lake
@@ -77,6 +78,8 @@ class StitchSummary:
     shared_identifiers: int
     dropped_edges: int
     quarantined_components: int
+    # valid values that link nobody (service lines: types.<type>.normalizer.personal_types), never nodes
+    non_personal_identifiers: int = 0
 
 
 def _read_or_empty(spark: SparkSession, lake: Lake, name: str) -> DataFrame:
@@ -218,6 +221,8 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Lake | None = None,
         shared_identifiers=identity_map.filter("is_shared").select("id_type", "id_value").distinct().count(),
         dropped_edges=graph_counts.get(DROPPED_LIMIT, 0),
         quarantined_components=quarantine.count(),
+        non_personal_identifiers=result.observations.filter(F.col("status") == NON_PERSONAL)
+        .select("id_type", "id_value").distinct().count(),
     )
     logger.info("stitch: %s", ", ".join(f"{k}={v}" for k, v in asdict(summary).items()))
     if summary.quarantined_components:

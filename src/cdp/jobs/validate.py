@@ -10,11 +10,16 @@ job), then the files are checked against each other:
   cannot parse are refused by the sources loader itself, naming ``sources.<source>.fields.<field>.format``);
 - tags read features of ``features.yaml`` or other tags; rule and model-population SQL parses
   (Spark's dialect, with sqlglot) and names only known columns; models read known features;
-- audiences read known tags, profile attributes, event types and journey steps;
+- audiences read known tags, profile attributes, event types (``sources.yaml``'s, with its ``enums``
+  extensions) and journey steps;
 - journeys (``conf/journeys/*.yaml``) are checked on load (unknown step kinds and next steps,
   unreachable steps, cycles without a wait, sends to a channel without a destination), then read known
   tags, profile attributes, event types and entry audiences; ``conf/journeys/_policy.yaml`` parses;
-- quality suites' identifier types and format patterns are those of ``identity.yaml``.
+- quality suites' identifier types, patterns and enums come from ``identity.yaml`` and ``sources.yaml``
+  (``$identifier_types``, ``$event_channels``... :func:`quality_vocabulary`); a literal list that
+  differs from them, or an unknown term, is a problem;
+- identity.yaml normaliser options, sources.yaml field rules, derived values (expressions parsed with
+  sqlglot, their fields checked), lookup CSVs and enums are checked by their loaders.
 
 Problems are collected, not raised one at a time: a person fixes them all in one go.
 """
@@ -30,10 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import sqlglot
-from sqlglot import expressions as exp
-
-from cdp.runtime.config import ConfigError, JobContext, load_profile, load_yaml, parse_file
+from cdp.runtime.config import (
+    ConfigError,
+    JobContext,
+    load_profile,
+    load_yaml,
+    lookup_reader,
+    parse_file,
+    sql_references,
+)
 
 logger = logging.getLogger("cdp.jobs.validate")  # not __name__: under spark-submit this module is __main__
 
@@ -54,18 +64,8 @@ class ConfigReport:
 
 def sql_columns(sql: str) -> list[str]:
     """Column names a Spark SQL expression reads (lambda variables excluded); ValueError if it does not parse."""
-    try:
-        tree = sqlglot.parse_one(sql, read="spark")
-    except sqlglot.errors.ParseError as exc:
-        first = exc.errors[0]["description"] if exc.errors else str(exc)
-        raise ValueError(f"SQL does not parse: {first}") from exc
-    lambda_variables = {identifier.name for node in tree.find_all(exp.Lambda) for identifier in node.expressions}
-    names: list[str] = []
-    for column in tree.find_all(exp.Column, bfs=False):  # in the order the expression reads them
-        if column.table or column.name in lambda_variables or column.name in names:
-            continue
-        names.append(column.name)
-    return names
+    _, references = sql_references(sql)
+    return [parts[0] for parts in references if len(parts) == 1]
 
 
 class _Collector:
@@ -105,7 +105,8 @@ def validate_conf(conf_dir: Path) -> ConfigReport:
     identity = found.parse(conf_dir / "identity.yaml", IdentityConfig.from_dict)
     id_types = set(identity.type_names) if identity else None
 
-    sources = found.parse(conf_dir / "sources.yaml", SourcesConfig.from_dict)
+    sources = found.parse(conf_dir / "sources.yaml", lambda data: SourcesConfig.from_dict(
+        data, lookup_reader(conf_dir / "sources.yaml")))
     if sources:
         for source in sources.sources.values():
             for i, identifier in enumerate(source.identifiers):
@@ -124,15 +125,16 @@ def validate_conf(conf_dir: Path) -> ConfigReport:
             audiences.append(audience)
     journeys = _parse_journeys(found, conf_dir)
     steps = {journey.name: journey.step_ids for _, journey in journeys}
+    event_types = frozenset(sources.enums["event_types"]) if sources else EVENT_TYPES  # with its extensions
     if tag_names is not None:
         for audience in audiences:
             path = conf_dir / "audiences" / f"{audience.name}.yaml"
             for problem in validate_audience(audience, tags=tag_names, profile_attributes=PROFILE_ATTRIBUTES,
-                                             event_types=EVENT_TYPES, journeys=steps):
+                                             event_types=event_types, journeys=steps):
                 found.problems.append(f"{path}: {problem}")
         for path, journey in journeys:
             for problem in validate_journey(journey, tags=tag_names, profile_attributes=PROFILE_ATTRIBUTES,
-                                            event_types=EVENT_TYPES, audiences={a.name for a in audiences},
+                                            event_types=event_types, audiences={a.name for a in audiences},
                                             journeys=steps):
                 found.problems.append(f"{path}: {problem}")
     for audience in audiences:  # past-campaign conditions name other audiences and their goals
@@ -145,7 +147,9 @@ def validate_conf(conf_dir: Path) -> ConfigReport:
         found.parse(conf_dir / "engage.yaml", EngageConfig.from_dict)
 
     quality_path = conf_dir / "quality.yaml"
-    if found.parse(quality_path, lambda data: QualityConfig.from_dict(data, "local")) is not None and id_types:
+    vocabulary = quality_vocabulary(identity, sources) if identity and sources else None
+    if found.parse(quality_path, lambda data: QualityConfig.from_dict(data, "local", vocabulary)) is not None \
+            and id_types:
         _check_quality_types(found, quality_path, load_yaml(quality_path), id_types)
     return ConfigReport(problems=tuple(found.problems), checked=tuple(found.checked))
 
@@ -171,6 +175,27 @@ def _parse_journeys(found: _Collector, conf_dir: Path) -> list[tuple[Path, Any]]
         seen[journey.name] = path
         journeys.append((path, journey))
     return journeys
+
+
+def quality_vocabulary(identity: Any, sources: Any) -> dict[str, Any]:
+    """What ``$name`` in conf/quality.yaml may name besides thresholds: identity.yaml's identifier
+    types and validity patterns, sources.yaml's canonical enums (with its ``enums`` extensions)."""
+    return {
+        "identifier_types": list(identity.type_names),
+        "identifier_patterns": {t.name: t.pattern for t in identity.types if t.pattern},
+        **{name: list(values) for name, values in sources.enums.items()},
+    }
+
+
+def load_quality(ctx: JobContext) -> Any:
+    """``conf/quality.yaml`` for the context's profile, its vocabulary taken from identity.yaml and
+    sources.yaml (errors name file and key)."""
+    from cdp.identity.config import IdentityConfig
+    from cdp.jobs.land import read_sources
+    from cdp.runtime.gates import load_quality_config
+
+    identity = parse_file(ctx.conf_path("identity.yaml"), IdentityConfig.from_dict)
+    return load_quality_config(ctx, quality_vocabulary(identity, read_sources(ctx.conf_path("sources.yaml"))))
 
 
 def _check_tags(found: _Collector, conf_dir: Path, features: Any, feature_names: set[str] | None) -> set[str] | None:

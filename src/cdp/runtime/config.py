@@ -15,7 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+import sqlglot
 import yaml
+from sqlglot import expressions as exp
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,69 @@ def parse_file(path: str | os.PathLike[str], parser: Callable[[Any], T]) -> T:
         raise
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def require_regex(value: Any, where: str) -> str:
+    """A regular expression from a config file, compiled once to check it; ``ValueError`` naming ``where``."""
+    import re
+
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: expected a regular expression string, got {value!r}")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{where}: invalid regular expression {value!r}: {exc}") from exc
+    return value
+
+
+def sql_references(sql: str) -> tuple[Any, list[tuple[str, ...]]]:
+    """A Spark SQL expression parsed with sqlglot, and the column references it reads, each as its
+    dotted parts (``buyer.phone`` -> ``("buyer", "phone")``), in reading order, once each; lambda
+    variables are left out. ``ValueError`` when it does not parse."""
+    try:
+        tree = sqlglot.parse_one(sql, read="spark")
+    except sqlglot.errors.ParseError as exc:
+        first = exc.errors[0]["description"] if exc.errors else str(exc)
+        raise ValueError(f"SQL does not parse: {first}") from exc
+    lambda_variables = {identifier.name for node in tree.find_all(exp.Lambda) for identifier in node.expressions}
+    references: list[tuple[str, ...]] = []
+    for column in tree.find_all(exp.Column, bfs=False):  # in the order the expression reads them
+        parts = tuple(part.name for part in column.parts)
+        if (len(parts) == 1 and parts[0] in lambda_variables) or parts in references:
+            continue
+        references.append(parts)
+    return tree, references
+
+
+def read_lookup_csv(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A two-column CSV (a header, then key,value rows) as a dict; errors name the file and line."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: lookup file not found")
+    table: dict[str, str] = {}
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        for number, row in enumerate(csv.reader(handle), start=1):
+            if number == 1 or not row:
+                continue
+            if len(row) != 2:
+                raise ConfigError(f"{path}: line {number}: expected 2 columns (key,value), got {len(row)}")
+            key = row[0].strip()
+            if key in table and table[key] != row[1].strip():
+                raise ConfigError(f"{path}: line {number}: key {key!r} is listed twice with different values")
+            table[key] = row[1].strip()
+    return table
+
+
+def lookup_reader(config_file: str | os.PathLike[str]) -> Callable[[str], dict[str, str]]:
+    """Reads lookup CSVs named relative to the folder of ``config_file`` (a map given as a file name)."""
+    folder = Path(config_file).parent
+
+    def read(name: str) -> dict[str, str]:
+        return read_lookup_csv(folder / name)
+
+    return read
 
 
 def require(mapping: Any, key: str, where: str, kind: type | tuple[type, ...] | None = None) -> Any:

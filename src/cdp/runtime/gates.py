@@ -51,15 +51,21 @@ class GateOutcome:
 
 
 @lru_cache(maxsize=8)
-def _load_config(path: str, profile: str, mtime: float) -> QualityConfig:
-    return parse_file(path, lambda data: QualityConfig.from_dict(data, profile))
+def _load_config(path: str, profile: str, mtime: float, vocabulary: str) -> QualityConfig:
+    terms = json.loads(vocabulary) if vocabulary else None
+    return parse_file(path, lambda data: QualityConfig.from_dict(data, profile, terms))
 
 
-def load_quality_config(ctx: JobContext) -> QualityConfig:
-    """``conf/quality.yaml`` resolved for the context's profile (errors name file and key)."""
+def load_quality_config(ctx: JobContext, vocabulary: Mapping[str, Any] | None = None) -> QualityConfig:
+    """``conf/quality.yaml`` resolved for the context's profile (errors name file and key).
+
+    ``vocabulary``: the ``$name`` terms from identity.yaml and sources.yaml
+    (``cdp.jobs.validate.load_quality`` builds them); without it, suites that use one cannot run.
+    """
     path = ctx.conf_path("quality.yaml")
     mtime = path.stat().st_mtime if path.exists() else 0.0
-    return _load_config(str(path), ctx.profile.name, mtime)
+    key = json.dumps(vocabulary, sort_keys=True) if vocabulary is not None else ""
+    return _load_config(str(path), ctx.profile.name, mtime, key)
 
 
 def staging_name(table: str) -> str:

@@ -13,6 +13,7 @@ Transforms:
     * :func:`parse_lines` - raw text lines -> bronze columns + a quarantine ``_reason``.
     * :func:`deduplicate` - bronze -> one row per record id; exact duplicates dropped and counted,
       different contents under one id quarantined or resolved to the latest (``on_duplicate_key``).
+    * :func:`unmapped_values` - values a ``map`` does not cover (quarantined, defaulted or dropped; counted).
     * :func:`map_identifiers`, :func:`map_attributes`, :func:`map_events`, :func:`map_table` (orders,
       order_lines, returns, consent, products) - deduplicated records -> canonical rows (identifiers
       before normalisation, which ``jobs/standardize.py`` applies).
@@ -37,11 +38,14 @@ from cdp.sources.mapping import (
     raw_value,
     record_id_column,
     typed_value,
+    unmapped_values,
     value_column,
+    with_expression_inputs,
 )
 from cdp.sources.parsing import (
     bronze_schema,
     convert,
+    date_to_timestamp,
     parse_lines,
     record_schema,
     validation_reasons,
@@ -52,6 +56,7 @@ from cdp.sources.spec import (
     CONSENT_CHANNELS,
     CONTENT_HASH_ID,
     DERIVED_RECORD_IDS,
+    ENUMS,
     EVENT_CHANNELS,
     EVENT_TYPES,
     FALSE_VALUES,
@@ -65,10 +70,13 @@ from cdp.sources.spec import (
     ORDER_CHANNELS,
     ORDER_STATUSES,
     REQUIRED_CANONICAL,
+    RULES,
     TIME_FORMATS,
     TRUE_VALUES,
+    FieldRule,
     FieldSpec,
     IdentifierSpec,
+    LookupReader,
     SectionSpec,
     SourcesConfig,
     SourceSpec,
@@ -82,6 +90,7 @@ __all__ = [
     "CONSENT_CHANNELS",
     "CONTENT_HASH_ID",
     "DERIVED_RECORD_IDS",
+    "ENUMS",
     "EVENT_CHANNELS",
     "EVENT_TYPES",
     "FALSE_VALUES",
@@ -89,7 +98,10 @@ __all__ = [
     "FILE_LINE_ID",
     "FILTERED_CANONICAL",
     "FORMATS",
+    "FieldRule",
     "FieldSpec",
+    "LookupReader",
+    "RULES",
     "IDENTIFIER_RAW_SCHEMA",
     "IdentifierSpec",
     "LEAF_TYPES",
@@ -106,6 +118,7 @@ __all__ = [
     "ValueSpec",
     "bronze_schema",
     "content_hash_column",
+    "date_to_timestamp",
     "convert",
     "Deduplicated",
     "deduplicate",
@@ -120,6 +133,8 @@ __all__ = [
     "record_schema",
     "spark_pattern_problem",
     "typed_value",
+    "unmapped_values",
     "validation_reasons",
     "value_column",
+    "with_expression_inputs",
 ]

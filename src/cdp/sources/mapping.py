@@ -3,15 +3,17 @@ identifier, attribute, event and table mappings a source declares.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import reduce
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from cdp.sources.parsing import _blank, convert
+from cdp.sources.parsing import _blank, convert, date_to_timestamp
 from cdp.sources.spec import (
     CANONICAL_SCHEMAS,
     CONTENT_HASH_ID,
@@ -22,6 +24,7 @@ from cdp.sources.spec import (
     SectionSpec,
     SourceSpec,
     ValueSpec,
+    input_column,
 )
 
 
@@ -45,15 +48,79 @@ def raw_value(source: SourceSpec, path: str) -> Column:
 
 def typed_value(source: SourceSpec, path: str) -> Column:
     leaf, _ = source.resolve(path)
-    return convert(_path_column(path), leaf)
+    value = convert(_path_column(path), leaf)
+    # a date-only value as a time keeps its day (parsing.date_to_timestamp)
+    return date_to_timestamp(value) if leaf.type == "date" else value
+
+
+def _typed_as(source: SourceSpec, path: str, data_type: str) -> Column:
+    leaf, _ = source.resolve(path)
+    if leaf.type == "date" and data_type != "timestamp":
+        return convert(_path_column(path), leaf).cast(data_type)
+    return typed_value(source, path).cast(data_type)
+
+
+def with_expression_inputs(frame: DataFrame, source: SourceSpec, specs: Sequence[ValueSpec]) -> DataFrame:
+    """``frame`` plus the typed field values the specs' expressions read (:func:`input_column`).
+    For a section that explodes an array, call it on the exploded frame."""
+    paths = sorted({path for spec in specs for inner in spec.walk() for path in inner.inputs})
+    if not paths:
+        return frame
+    return frame.withColumns({input_column(path): _typed_as(source, path, _expression_type(source, path))
+                              for path in paths})
+
+
+def _expression_type(source: SourceSpec, path: str) -> str:
+    leaf, _ = source.resolve(path)
+    return {"int": "int", "long": "bigint", "double": "double", "boolean": "boolean", "date": "date",
+            "timestamp": "timestamp"}.get(leaf.type, "string")
+
+
+def map_key(source: SourceSpec, spec: ValueSpec) -> Column:
+    """What a spec's ``map`` looks up (or, without a map, its value as text before any cast): the
+    trimmed raw text of a field, an expression's result as text, then the ``extract`` of either."""
+    if spec.kind == "field":
+        key = F.trim(raw_value(source, str(spec.field)))
+    elif spec.kind == "expr":
+        key = F.expr(str(spec.expr_sql)).cast("string")
+    else:
+        raise ValueError(f"a {spec.kind} value has no map key")
+    if spec.extract is not None:
+        group = 1 if re.compile(spec.extract).groups else 0
+        extracted = F.regexp_extract(key, spec.extract, group)
+        key = F.when(extracted != "", extracted)
+    return key
+
+
+def unmapped_column(source: SourceSpec, spec: ValueSpec) -> Column:
+    """True when the spec's value is present but its ``map`` does not cover it."""
+    if spec.map is None:
+        return F.lit(False)
+    key = map_key(source, spec)
+    covered = key.isin(*spec.map.keys()) if spec.map else F.lit(False)
+    return F.coalesce(key.isNotNull() & ~covered, F.lit(False))
 
 
 def value_column(source: SourceSpec, spec: ValueSpec, data_type: str) -> Column:
-    """A canonical column from a ValueSpec: constant, mapped raw value, or typed field value."""
-    if spec.field is None:
+    """A canonical column from a ValueSpec: constant, typed field value, expression, coalesce,
+    presence test, each optionally extracted and mapped. Expressions read the columns
+    :func:`with_expression_inputs` adds."""
+    if spec.kind == "value":
         return F.lit(spec.value).cast(data_type)
+    if spec.kind == "coalesce":
+        return F.coalesce(*[value_column(source, item, data_type) for item in spec.coalesce])
+    if spec.kind == "present":
+        top = next((f for f in source.fields if f.name == spec.present), None)
+        column = F.col(f"`{spec.present}`")
+        if top is not None and top.type == "array":
+            present = column.isNotNull() & (F.size(column) > 0)
+        elif top is not None and top.type == "struct":
+            present = column.isNotNull()
+        else:  # a usable value: not blank, of its type, keeping its rules
+            present = typed_value(source, str(spec.present)).isNotNull()
+        return present.cast(data_type)
     if spec.map is not None:
-        key = F.trim(raw_value(source, spec.field))
+        key = map_key(source, spec)
         mapping = F.create_map(*[item for k, v in spec.map.items()
                                  for item in (F.lit(k), F.lit(None if v is None else str(v)))])
         mapped = F.element_at(mapping, key) if spec.map else F.lit(None).cast("string")
@@ -64,7 +131,11 @@ def value_column(source: SourceSpec, spec: ValueSpec, data_type: str) -> Column:
             lower = F.lower(result)
             return F.when(lower.isin(*TRUE_VALUES), F.lit(True)).when(lower.isin(*FALSE_VALUES), F.lit(False))
         return result.try_cast(data_type) if data_type != "string" else result
-    value = typed_value(source, spec.field)
+    if spec.kind == "expr" or spec.extract is not None:
+        value = map_key(source, spec) if spec.extract is not None else F.expr(str(spec.expr_sql))
+        value = value.try_cast(data_type) if data_type != "string" else value.cast("string")
+    else:
+        value = _typed_as(source, str(spec.field), data_type)
     if spec.default is not None:
         value = F.coalesce(value.cast(data_type), F.lit(spec.default).cast(data_type))
     return value.cast(data_type)
@@ -89,7 +160,7 @@ def record_id_column(source: SourceSpec, columns: Sequence[str] = ()) -> Column:
 def observed_at_column(source: SourceSpec) -> Column:
     if source.event_time is None:
         return F.lit(None).cast("timestamp")
-    return typed_value(source, source.event_time)
+    return typed_value(source, source.event_time)  # a date field keeps its day: midnight UTC
 
 
 @dataclass(frozen=True)
@@ -180,6 +251,8 @@ def map_identifiers(records: DataFrame, source: SourceSpec) -> DataFrame:
     plus where the value came from (field, _source_file, _line) for quarantine."""
     if not source.identifiers:
         return records.sparkSession.createDataFrame([], IDENTIFIER_RAW_SCHEMA)
+    qualifiers = [spec.qualifier for spec in source.identifiers if spec.qualifier is not None]
+    records = with_expression_inputs(records, source, qualifiers)
     rows = []
     for spec in source.identifiers:
         qualifier = (value_column(source, spec.qualifier, "string") if spec.qualifier is not None
@@ -208,7 +281,8 @@ IDENTIFIER_RAW_SCHEMA = T.StructType([
 def _section_frame(records: DataFrame, source: SourceSpec, section: SectionSpec,
                    extra: list[Column] | None = None) -> DataFrame:
     schema = CANONICAL_SCHEMAS[section.table]
-    exploded = _explode(records, section)
+    exploded = with_expression_inputs(_explode(records, section), source,
+                                      [*section.columns.values(), *section.attributes.values()])
     columns = []
     for name, data_type in schema.items():
         spec = section.columns.get(name)
@@ -243,3 +317,39 @@ def map_events(records: DataFrame, source: SourceSpec) -> list[DataFrame]:
 
 def map_table(records: DataFrame, source: SourceSpec, table: str) -> list[DataFrame]:
     return [_section_frame(records, source, s) for s in source.sections_for(table)]
+
+
+UNMAPPED_SCHEMA = ("source string, record_id string, _source_file string, _line long, field string, "
+                   "value string, mapping string, action string")
+
+
+def unmapped_values(records: DataFrame, source: SourceSpec) -> DataFrame:
+    """Every value a ``map`` of the source's mappings does not cover, one row per occurrence.
+
+    Returns:
+        source, record_id, _source_file, _line, field (the field path, or those an expression reads),
+        value, mapping (where the map is: ``orders.status``), action: ``quarantine`` (the record
+        goes to quarantine), ``default`` (the map's default replaces it) or ``drop`` (``unmapped: drop``:
+        the value is left null).
+    """
+    frames = []
+    specs: list[tuple[SectionSpec | None, str, ValueSpec]] = [
+        (None, f"identifiers[{i}].qualifier", spec.qualifier) for i, spec in enumerate(source.identifiers)
+        if spec.qualifier is not None]
+    for section in source.sections:
+        specs += [(section, f"{section.where}.{name}", spec) for name, spec in section.columns.items()]
+        specs += [(section, f"{section.where}.attributes.{name}", spec) for name, spec in section.attributes.items()]
+    for section, where, spec in specs:
+        for inner in spec.walk():
+            if inner.map is None:
+                continue
+            frame = _explode(records, section) if section is not None else records
+            frame = with_expression_inputs(frame, source, [inner])
+            action = "default" if inner.default is not None else inner.unmapped
+            label = inner.field if inner.kind == "field" else ", ".join(inner.inputs)
+            frames.append(frame.filter(unmapped_column(source, inner)).select(
+                "source", "record_id", "_source_file", "_line", F.lit(label).alias("field"),
+                map_key(source, inner).alias("value"), F.lit(where).alias("mapping"), F.lit(action).alias("action")))
+    if not frames:
+        return records.sparkSession.createDataFrame([], UNMAPPED_SCHEMA)
+    return reduce(DataFrame.unionByName, frames)

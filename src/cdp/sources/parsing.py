@@ -7,7 +7,16 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from cdp.sources.spec import _ZONE_LETTERS, FALSE_VALUES, TRUE_VALUES, FieldSpec, SourceSpec
+from cdp.sources.spec import (
+    _ZONE_LETTERS,
+    FALSE_VALUES,
+    NUMERIC_TYPES,
+    TRUE_VALUES,
+    FieldRule,
+    FieldSpec,
+    SourceSpec,
+    is_date_only_pattern,
+)
 
 
 def _bronze_type(spec: FieldSpec) -> T.DataType:
@@ -39,6 +48,16 @@ def _blank(raw: Column) -> Column:
     return raw.isNull() | (F.trim(raw) == "")
 
 
+def date_to_timestamp(day: Column) -> Column:
+    """A date as the timestamp of its midnight in UTC: the day kept as written, whatever the zone.
+
+    A date-only value has no time of day; reading it as local midnight and shifting it to UTC would
+    move it to the day before for every zone east of UTC (2025-03-09 in Asia/Shanghai would become
+    2025-03-08 16:00 UTC). Silver keeps the day; the session time zone plays no part.
+    """
+    return F.timestamp_seconds(F.unix_date(day).cast("bigint") * F.lit(86400))
+
+
 def _parse_timestamp(raw: Column, fmt: str, timezone: str) -> Column:
     text = F.trim(raw)
     if fmt == "epoch_s":
@@ -48,15 +67,65 @@ def _parse_timestamp(raw: Column, fmt: str, timezone: str) -> Column:
     if fmt == "iso8601":
         parsed = text.try_cast("timestamp")
         has_zone = text.rlike(r"(Z|[+-]\d{2}:?\d{2})$")
-        return F.when(has_zone, parsed).otherwise(F.to_utc_timestamp(parsed, timezone))
+        date_only = text.rlike(r"^\d{4}-\d{2}-\d{2}$")
+        return (F.when(has_zone, parsed).when(date_only, date_to_timestamp(text.try_cast("date")))
+                .otherwise(F.to_utc_timestamp(parsed, timezone)))
     parsed = F.try_to_timestamp(text, F.lit(fmt))
+    if is_date_only_pattern(fmt):
+        return date_to_timestamp(parsed.cast("date"))
     if _ZONE_LETTERS.search(fmt.replace("'", "")):
         return parsed
     return F.to_utc_timestamp(parsed, timezone)
 
 
 def convert(raw: Column, spec: FieldSpec) -> Column:
-    """The typed value of a raw string field; null when blank or not valid for the type."""
+    """The typed value of a raw string field; null when blank, not valid for the type, or failing one
+    of the field's rules (``min``, ``max``, ``allowed``, ``regex``, ``max_length``, ``not_after``)."""
+    typed = _typed(raw, spec)
+    if not spec.rules:
+        return typed
+    failed = F.lit(False)
+    for rule in spec.rules:
+        failed = failed | rule_fails(raw, typed, spec, rule)
+    return F.when(~failed, typed)
+
+
+def _bound(rule: FieldRule, spec: FieldSpec) -> Column:
+    if rule.value == "now":
+        return F.current_date() if spec.type == "date" else F.current_timestamp()
+    if spec.type == "timestamp":
+        return F.lit(str(rule.value)).try_cast("timestamp")
+    if spec.type == "date":
+        return F.lit(str(rule.value)).try_cast("date")
+    return F.lit(rule.value).cast("double")
+
+
+def rule_fails(raw: Column, typed: Column, spec: FieldSpec, rule: FieldRule) -> Column:
+    """True when a value of the right type breaks ``rule`` (false for blanks and type errors)."""
+    text = F.trim(raw)
+    comparable = typed.cast("double") if spec.type in NUMERIC_TYPES else typed
+    if rule.name == "min":
+        broken = comparable < _bound(rule, spec)
+    elif rule.name in ("max", "not_after"):
+        broken = comparable > _bound(rule, spec)
+    elif rule.name == "allowed":
+        if spec.type == "string":
+            broken = ~text.isin(*rule.value)
+        else:
+            broken = ~typed.isin(*[F.lit(v).try_cast(typed_spark_type(spec)) for v in rule.value])
+    elif rule.name == "regex":
+        broken = ~text.rlike(str(rule.value))
+    else:  # max_length
+        broken = F.length(text) > F.lit(int(rule.value))
+    return F.coalesce(typed.isNotNull() & broken, F.lit(False))
+
+
+def typed_spark_type(spec: FieldSpec) -> str:
+    return {"int": "int", "long": "bigint", "double": "double", "boolean": "boolean", "date": "date",
+            "timestamp": "timestamp"}.get(spec.type, "string")
+
+
+def _typed(raw: Column, spec: FieldSpec) -> Column:
     text = F.trim(raw)
     if spec.type == "string":
         return F.when(text != "", text)
@@ -80,16 +149,49 @@ def convert(raw: Column, spec: FieldSpec) -> Column:
     raise ValueError(f"field {spec.name}: cannot convert a {spec.type}")
 
 
+def _rule_reason(path: str, rule: FieldRule, value: Column) -> Column:
+    return F.concat(F.lit(f"{path}: rule {rule.describe()} failed: '"), F.substring(value, 1, 80), F.lit("'"))
+
+
 def _leaf_reasons(spec: FieldSpec, raw: Column, path: str) -> list[Column]:
     reasons = []
     if spec.required:
         reasons.append(F.when(_blank(raw), F.lit(f"{path}: required field is missing")))
-    if spec.type != "string" and spec.on_invalid == "quarantine":
+    if spec.on_invalid != "quarantine":
+        return reasons
+    typed = _typed(raw, spec)
+    if spec.type != "string":
         what = spec.type + (f" ({' | '.join(spec.formats)})" if spec.formats else "")
-        reasons.append(F.when(~_blank(raw) & convert(raw, spec).isNull(),
+        reasons.append(F.when(~_blank(raw) & typed.isNull(),
                               F.concat(F.lit(f"{path}: invalid {what}: '"), F.substring(raw, 1, 80),
                                        F.lit("'"))))
+    for rule in spec.rules:
+        reasons.append(F.when(rule_fails(raw, typed, spec, rule), _rule_reason(path, rule, raw)))
     return reasons
+
+
+def nulled_fields(source: SourceSpec, record: Column) -> Column:
+    """array<string>: the paths of fields whose value the record loses to ``on_invalid: null`` (a
+    type error or a broken rule): kept, but counted by ``cdp land``."""
+    flags: list[Column] = []
+
+    def walk(specs: tuple[FieldSpec, ...], parent: Column, prefix: str) -> None:
+        for spec in specs:
+            column = parent.getField(spec.name)
+            if spec.type == "struct":
+                walk(spec.fields, column, f"{prefix}{spec.name}.")
+            elif spec.type == "array":
+                for child in spec.fields:
+                    if child.on_invalid == "null" and child.type not in ("struct", "array"):
+                        flags.append(F.when(F.exists(column, _invalid_in(child)),
+                                            F.lit(f"{prefix}{spec.name}[].{child.name}")))
+            elif spec.on_invalid == "null" and (spec.type != "string" or spec.rules):
+                flags.append(F.when(~_blank(column) & convert(column, spec).isNull(), F.lit(f"{prefix}{spec.name}")))
+
+    walk(source.fields, record, "")
+    if not flags:
+        return F.array().cast("array<string>")
+    return F.filter(F.array(*flags), lambda flag: flag.isNotNull())
 
 
 def _missing_in(name: str):
@@ -103,6 +205,20 @@ def _invalid_in(spec: FieldSpec):
     def predicate(element: Column) -> Column:
         value = element.getField(spec.name)
         return ~_blank(value) & convert(value, spec).isNull()
+    return predicate
+
+
+def _invalid_type_in(spec: FieldSpec):
+    def predicate(element: Column) -> Column:
+        value = element.getField(spec.name)
+        return ~_blank(value) & _typed(value, spec).isNull()
+    return predicate
+
+
+def _breaks_in(spec: FieldSpec, rule: FieldRule):
+    def predicate(element: Column) -> Column:
+        value = element.getField(spec.name)
+        return rule_fails(value, _typed(value, spec), spec, rule)
     return predicate
 
 
@@ -130,11 +246,15 @@ def validation_reasons(source: SourceSpec, record: Column) -> list[Column]:
                         reasons.append(F.when(F.exists(column, _missing_in(child.name)),
                                               F.lit(f"{child_path}: required field is missing")))
                     if child.type != "string" and child.on_invalid == "quarantine":
-                        bad = _invalid_in(child)
+                        bad = _invalid_type_in(child)
                         first_bad = F.filter(column, bad).getItem(0).getField(child.name)
                         reasons.append(F.when(F.exists(column, bad), F.concat(
                             F.lit(f"{child_path}: invalid {child.type}: '"),
                             F.substring(first_bad, 1, 80), F.lit("'"))))
+                    for rule in child.rules if child.on_invalid == "quarantine" else ():
+                        breaks = _breaks_in(child, rule)
+                        first = F.filter(column, breaks).getItem(0).getField(child.name)
+                        reasons.append(F.when(F.exists(column, breaks), _rule_reason(child_path, rule, first)))
             else:
                 reasons.extend(_leaf_reasons(spec, column, path))
 
@@ -151,8 +271,9 @@ def parse_lines(lines: DataFrame, source: SourceSpec, columns: list[str] | None 
         columns: for CSV, the header's column names in file order.
 
     Returns:
-        The record fields (raw strings), ``_source_file``, ``_line``, ``_text`` and ``_reason``
-        (null for a good record; otherwise why it goes to quarantine, naming the field).
+        The record fields (raw strings), ``_source_file``, ``_line``, ``_text``, ``_reason``
+        (null for a good record; otherwise why it goes to quarantine, naming the field) and
+        ``_nulled`` (paths of fields whose invalid value becomes null under ``on_invalid: null``).
     """
     record = record_schema(source)
     corrupt = "_corrupt_record"
@@ -191,4 +312,5 @@ def parse_lines(lines: DataFrame, source: SourceSpec, columns: list[str] | None 
             .withColumn("_record", record_col)
             .withColumn("_reason", F.coalesce(structural, F.when(checks != "", checks)))
             .select(*[F.col("_record").getField(f.name).alias(f.name) for f in record.fields],
-                    "_source_file", "_line", "_text", "_reason"))
+                    "_source_file", "_line", "_text", "_reason",
+                    nulled_fields(source, F.col("_record")).alias("_nulled")))

@@ -5,12 +5,19 @@ source's mappings are checked against. Errors raise ``ValueError`` naming the ke
 """
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any, Literal
 
-from cdp.runtime.config import require
+from sqlglot import expressions as exp
+
+from cdp.runtime.config import require, require_regex, sql_references
+
+# Reads a lookup table named in the YAML (a CSV beside it) as {key: value}; supplied by the loader.
+LookupReader = Callable[[str], Mapping[str, str]]
 
 LEAF_TYPES = ("string", "int", "long", "double", "boolean", "date", "timestamp")
 FIELD_TYPES = LEAF_TYPES + ("struct", "array")
@@ -76,6 +83,14 @@ FILTERED_CANONICAL: dict[str, dict[str, str]] = {  # table -> column -> an examp
     "orders": {"status": "paid", "channel": "online"},
     "events": {"event_type": "page_view", "channel": "web"},
 }
+# Canonical enums a source's `enums:` may extend (sources.yaml top level): name -> (table, column).
+ENUMS: dict[str, tuple[str, str]] = {
+    "event_types": ("events", "event_type"),
+    "event_channels": ("events", "channel"),
+    "order_channels": ("orders", "channel"),
+    "order_statuses": ("orders", "status"),
+    "consent_channels": ("consent", "channel"),
+}
 # Allowed constant / mapped values, checked when the config is loaded.
 ALLOWED_VALUES: dict[tuple[str, str], frozenset[str]] = {
     ("events", "event_type"): EVENT_TYPES,
@@ -93,6 +108,68 @@ SPARK_PATTERN_LETTERS = frozenset("GyDMLdQqEFahKkHmsSVzOXxZu")
 _QUOTED = re.compile(r"'[^']*'")
 _SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _ZONE_LETTERS = re.compile(r"[XxZOV]")
+
+
+# Spark pattern letters of a time of day: a pattern without any reads a date only.
+_TIME_OF_DAY_LETTERS = frozenset("aHhKkmsSn")
+RULES = ("min", "max", "allowed", "regex", "max_length", "not_after")
+NUMERIC_TYPES = ("int", "long", "double")
+
+
+def is_date_only_pattern(pattern: str) -> bool:
+    """True for a Spark datetime pattern without a time of day (``yyyy-MM-dd``, ``yyyyMMdd``)."""
+    return pattern not in TIME_FORMATS and not (set(_QUOTED.sub("", pattern)) & _TIME_OF_DAY_LETTERS)
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """One rule a field's value must keep: ``min``, ``max``, ``allowed``, ``regex``, ``max_length`` or
+    ``not_after`` (``now`` or an ISO date / time). ``value`` is as written (a number, a list, text)."""
+
+    name: str
+    value: Any
+
+    def describe(self) -> str:
+        shown = ", ".join(map(str, self.value)) if isinstance(self.value, list) else self.value
+        return f"{self.name} {shown}"
+
+
+def _parse_rule(name: str, value: Any, kind: str, where: str) -> FieldRule:
+    rw = f"{where}.{name}"
+    if name in ("min", "max"):
+        if kind in NUMERIC_TYPES:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{rw}: expected a number for a {kind} field, got {value!r}")
+        elif kind in ("date", "timestamp"):
+            value = _iso_bound(value, rw)
+        else:
+            raise ValueError(f"{rw}: {name} applies to numbers, dates and timestamps, not {kind}")
+    elif name == "allowed":
+        if not isinstance(value, list) or not value or any(isinstance(v, (dict, list)) for v in value):
+            raise ValueError(f"{rw}: expected a non-empty list of values")
+        value = [str(v) for v in value]
+    elif name == "regex":
+        require_regex(value, rw)
+    elif name == "max_length":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{rw}: expected a positive integer, got {value!r}")
+    else:  # not_after
+        if kind not in ("date", "timestamp"):
+            raise ValueError(f"{rw}: not_after applies to dates and timestamps, not {kind}")
+        if value != "now":
+            value = _iso_bound(value, rw)
+    return FieldRule(name=name, value=value)
+
+
+def _iso_bound(value: Any, where: str) -> str:
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    try:
+        datetime.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"{where}: expected an ISO date or time (2025-01-01, 2025-01-01T08:00:00), "
+                         f"got {value!r}") from None
+    return str(value)
 
 
 def spark_pattern_problem(pattern: str) -> str | None:
@@ -118,6 +195,7 @@ class FieldSpec:
     timezone: str = "UTC"
     on_invalid: Literal["quarantine", "null"] = "quarantine"
     fields: tuple[FieldSpec, ...] = ()
+    rules: tuple[FieldRule, ...] = ()
 
     @classmethod
     def from_dict(cls, name: str, data: Any, where: str, timezone: str) -> FieldSpec:
@@ -127,12 +205,15 @@ class FieldSpec:
             data = {"type": data}
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected a type name or a mapping, got {data!r}")
-        unknown = set(data) - {"type", "required", "format", "timezone", "on_invalid", "fields"}
+        unknown = set(data) - {"type", "required", "format", "timezone", "on_invalid", "fields", *RULES}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
         kind = data.get("type", "string")
         if kind not in FIELD_TYPES:
             raise ValueError(f"{where}.type: {kind!r} is not one of {list(FIELD_TYPES)}")
+        rules = tuple(_parse_rule(rule, data[rule], kind, where) for rule in RULES if rule in data)
+        if rules and kind in ("struct", "array"):
+            raise ValueError(f"{where}: rules apply to values, not to a {kind}")
         raw_formats = data.get("format", [])
         formats = tuple([raw_formats] if isinstance(raw_formats, str) else raw_formats)
         if kind in ("date", "timestamp") and not formats:
@@ -157,46 +238,116 @@ class FieldSpec:
             raise ValueError(f"{where}.fields: only struct and array fields have fields")
         return cls(name=name, type=kind, required=bool(data.get("required", False)), formats=formats,
                    timezone=str(data.get("timezone", timezone)), on_invalid=on_invalid,
-                   fields=children)
+                   fields=children, rules=rules)
 
     def child(self, name: str) -> FieldSpec | None:
         return next((f for f in self.fields if f.name == name), None)
 
 
+VALUE_KINDS = ("field", "value", "expr", "coalesce", "present")
+_VALUE_KEYS = {*VALUE_KINDS, "map", "default", "extract", "unmapped"}
+
+
+def input_column(path: str) -> str:
+    """The column holding the typed value of field ``path`` for expressions (``items[].sku``)."""
+    return "__in_" + re.sub(r"[^0-9A-Za-z]", "_", path)
+
+
 @dataclass(frozen=True)
 class ValueSpec:
-    """Where a canonical column's value comes from: a field path, a constant, or a value map."""
+    """Where a canonical column's value comes from.
+
+    Exactly one of: ``field`` (a path), ``value`` (a constant), ``expr`` (Spark SQL over the record's
+    typed fields: ``upper(substring(sku, 1, 2))``; in a section that explodes ``items``, its elements'
+    fields are ``items.sku``), ``coalesce`` (the first non-null of several values) or ``present`` (true
+    when the field holds a value). Then optionally ``extract`` (a regex; its first group, else the
+    match) and ``map`` (a lookup: inline, or a CSV file of key,value rows beside sources.yaml). A
+    value the map does not cover is quarantined with the record unless ``default:`` replaces it or
+    ``unmapped: drop`` leaves it null; either way it is counted.
+    """
 
     field: str | None = None
     value: Any = None
     map: Mapping[str, Any] | None = None
     default: Any = None
+    kind: str = "field"
+    expr: str | None = None
+    expr_sql: str | None = None  # ``expr`` over :func:`input_column` names (set when the source checks it)
+    inputs: tuple[str, ...] = ()  # field paths ``expr`` reads
+    coalesce: tuple[ValueSpec, ...] = ()
+    present: str | None = None
+    extract: str | None = None
+    unmapped: Literal["quarantine", "drop"] = "quarantine"
 
     @classmethod
-    def from_dict(cls, data: Any, where: str) -> ValueSpec:
+    def from_dict(cls, data: Any, where: str, read_lookup: LookupReader | None = None) -> ValueSpec:
         if isinstance(data, str):
             return cls(field=data)
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected a field path or a mapping, got {data!r}")
-        unknown = set(data) - {"field", "value", "map", "default"}
+        unknown = set(data) - _VALUE_KEYS
         if unknown:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-        if ("field" in data) == ("value" in data):
-            raise ValueError(f"{where}: give exactly one of 'field' or 'value'")
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; expected some of {sorted(_VALUE_KEYS)}")
+        kinds = [k for k in VALUE_KINDS if k in data]
+        if len(kinds) != 1:
+            raise ValueError(f"{where}: give exactly one of {', '.join(VALUE_KINDS)}")
+        kind = kinds[0]
+        extract = data.get("extract")
+        if extract is not None:
+            if kind not in ("field", "expr"):
+                raise ValueError(f"{where}.extract: a regex applied to a field or an expression")
+            require_regex(extract, f"{where}.extract")
         mapping = data.get("map")
         if mapping is not None:
-            if "field" not in data or not isinstance(mapping, dict):
-                raise ValueError(f"{where}.map: a map needs a field and must be a mapping")
+            if kind not in ("field", "expr"):
+                raise ValueError(f"{where}.map: a map looks up the value of a field or an expression")
+            if isinstance(mapping, str):
+                if read_lookup is None:
+                    raise ValueError(f"{where}.map: lookup file {mapping!r} given, but no folder to read it from")
+                try:
+                    mapping = read_lookup(mapping)
+                except ValueError as exc:
+                    raise ValueError(f"{where}.map: {exc}") from None
+            if not isinstance(mapping, dict):
+                raise ValueError(f"{where}.map: expected a mapping or the name of a CSV file")
             mapping = {str(k): v for k, v in mapping.items()}
-        return cls(field=data.get("field"), value=data.get("value"), map=mapping,
-                   default=data.get("default"))
+        unmapped = data.get("unmapped", "quarantine")
+        if unmapped not in ("quarantine", "drop"):
+            raise ValueError(f"{where}.unmapped: use 'quarantine' or 'drop', not {unmapped!r}")
+        if "unmapped" in data and (mapping is None or "default" in data):
+            raise ValueError(f"{where}.unmapped: only for a map without a default (a default replaces unmapped values)")
+        coalesce: tuple[ValueSpec, ...] = ()
+        if kind == "coalesce":
+            items = data["coalesce"]
+            if not isinstance(items, list) or len(items) < 2:
+                raise ValueError(f"{where}.coalesce: expected a list of two or more values")
+            coalesce = tuple(cls.from_dict(item, f"{where}.coalesce[{i}]", read_lookup) for i, item in enumerate(items))
+        for key in ("expr", "present"):
+            if kind == key and not isinstance(data[key], str):
+                raise ValueError(f"{where}.{key}: expected a string")
+        return cls(field=data.get("field"), value=data.get("value"), map=mapping, default=data.get("default"),
+                   kind=kind, expr=data.get("expr"), coalesce=coalesce, present=data.get("present"),
+                   extract=extract, unmapped=unmapped)
 
     def outputs(self) -> list[Any]:
         """Every constant this spec can produce (for checking against allowed values)."""
-        if self.field is None:
+        if self.kind == "value":
             return [self.value]
+        if self.kind == "coalesce":
+            return [v for item in self.coalesce for v in item.outputs()]
         values = list(self.map.values()) if self.map is not None else []
         return values + ([self.default] if self.default is not None else [])
+
+    @property
+    def unchecked(self) -> bool:
+        """Its values cannot be known when the config loads (an expression or extract without a map)."""
+        if self.kind == "coalesce":
+            return any(item.unchecked for item in self.coalesce)
+        return self.kind in ("expr", "present") and self.map is None or (self.extract is not None and self.map is None)
+
+    def walk(self) -> list[ValueSpec]:
+        """This spec and the ones it coalesces."""
+        return [self, *[inner for item in self.coalesce for inner in item.walk()]]
 
 
 @dataclass(frozen=True)
@@ -214,6 +365,7 @@ class SectionSpec:
     columns: Mapping[str, ValueSpec]
     explode: str | None = None
     attributes: Mapping[str, ValueSpec] = field(default_factory=dict)  # events only (map column)
+    where: str = ""  # its key in sources.yaml (``orders``, ``events[1]``), for messages
 
 
 @dataclass(frozen=True)
@@ -243,7 +395,8 @@ class SourceSpec:
         return _resolve(self.fields, path)
 
     @classmethod
-    def from_dict(cls, name: str, data: Any, defaults: Mapping[str, Any]) -> SourceSpec:
+    def from_dict(cls, name: str, data: Any, defaults: Mapping[str, Any], read_lookup: LookupReader | None = None,
+                  allowed: Mapping[tuple[str, str], frozenset[str]] = ALLOWED_VALUES) -> SourceSpec:
         where = f"sources.{name}"
         if not _SOURCE_NAME.match(name):
             raise ValueError(f"{where}: source names are lower snake_case")
@@ -292,8 +445,8 @@ class SourceSpec:
                 spec._check_path(part, f"{where}.record_id" + (f"[{i}]" if len(record_id) > 1 else ""))
         if event_time is not None:
             leaf, _ = spec._check_path(event_time, f"{where}.event_time")
-            if leaf.type != "timestamp":
-                raise ValueError(f"{where}.event_time: field {event_time!r} is {leaf.type}, not timestamp")
+            if leaf.type not in ("timestamp", "date"):
+                raise ValueError(f"{where}.event_time: field {event_time!r} is {leaf.type}, not timestamp or date")
         identifiers = []
         for i, item in enumerate(data.get("identifiers") or []):
             iw = f"{where}.identifiers[{i}]"
@@ -302,8 +455,8 @@ class SourceSpec:
             spec._check_path(id_field, f"{iw}.field")
             qualifier = None
             if item.get("qualifier") is not None:
-                qualifier = ValueSpec.from_dict(item["qualifier"], f"{iw}.qualifier")
-                spec._check_value(qualifier, f"{iw}.qualifier", None)
+                qualifier = ValueSpec.from_dict(item["qualifier"], f"{iw}.qualifier", read_lookup)
+                qualifier = spec._check_value(qualifier, f"{iw}.qualifier", None)
             unknown = set(item) - {"type", "field", "qualifier"}
             if unknown:
                 raise ValueError(f"{iw}: unknown keys {sorted(unknown)}")
@@ -311,14 +464,14 @@ class SourceSpec:
         sections: list[SectionSpec] = []
         for table in ("attributes", "orders", "order_lines", "returns", "products"):
             if data.get(table) is not None:
-                sections.append(spec._section(table, data[table], f"{where}.{table}"))
+                sections.append(spec._section(table, data[table], f"{where}.{table}", read_lookup, allowed))
         for table in ("events", "consent"):
             items = data.get(table) or []
             if isinstance(items, dict):
                 items = [items]
             if not isinstance(items, list):
                 raise ValueError(f"{where}.{table}: expected a list of mappings")
-            sections.extend(spec._section(table, item, f"{where}.{table}[{i}]")
+            sections.extend(spec._section(table, item, f"{where}.{table}[{i}]", read_lookup, allowed)
                             for i, item in enumerate(items))
         return cls(name=name, path=path, format=fmt, encoding=encoding, csv_options=spec.csv_options,
                    record_id=record_id, event_time=event_time, timezone=timezone, fields=fields,
@@ -335,11 +488,49 @@ class SourceSpec:
                              f"'explode: {array}' may use it")
         return leaf, array
 
-    def _check_value(self, spec: ValueSpec, where: str, explode: str | None) -> None:
-        if spec.field is not None:
-            self._check_path(spec.field, where, explode)
+    def _check_value(self, spec: ValueSpec, where: str, explode: str | None) -> ValueSpec:
+        """The spec with its paths checked against the schema and its expression resolved."""
+        if spec.kind == "field":
+            self._check_path(str(spec.field), where, explode)
+        elif spec.kind == "present":
+            top = next((f for f in self.fields if f.name == spec.present), None)
+            if top is None or top.type not in ("struct", "array"):
+                self._check_path(str(spec.present), f"{where}.present", explode)
+        elif spec.kind == "coalesce":
+            return dataclasses.replace(spec, coalesce=tuple(
+                self._check_value(item, f"{where}.coalesce[{i}]", explode) for i, item in enumerate(spec.coalesce)))
+        elif spec.kind == "expr":
+            return self._resolve_expr(spec, f"{where}.expr", explode)
+        return spec
 
-    def _section(self, table: str, data: Any, where: str) -> SectionSpec:
+    def _resolve_expr(self, spec: ValueSpec, where: str, explode: str | None) -> ValueSpec:
+        """Parse the expression (Spark SQL, with sqlglot), check the fields it reads, and point it at
+        the typed input columns (:func:`input_column`)."""
+        try:
+            tree, references = sql_references(str(spec.expr))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        paths: dict[tuple[str, ...], str] = {}
+        for parts in references:
+            top = next((f for f in self.fields if f.name == parts[0]), None)
+            path = ".".join(parts)
+            if top is not None and top.type == "array" and len(parts) > 1:
+                path = f"{parts[0]}[]." + ".".join(parts[1:])
+            self._check_path(path, where, explode)
+            paths[parts] = path
+
+        def point(node: exp.Expression) -> exp.Expression:
+            if isinstance(node, exp.Column):
+                parts = tuple(part.name for part in node.parts)
+                if parts in paths:
+                    return exp.column(input_column(paths[parts]), quoted=True)
+            return node
+
+        sql = tree.transform(point).sql(dialect="spark")
+        return dataclasses.replace(spec, expr_sql=sql, inputs=tuple(paths.values()))
+
+    def _section(self, table: str, data: Any, where: str, read_lookup: LookupReader | None = None,
+                 allowed_by_column: Mapping[tuple[str, str], frozenset[str]] = ALLOWED_VALUES) -> SectionSpec:
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected a mapping")
         data = dict(data)
@@ -356,13 +547,18 @@ class SourceSpec:
                              f"{table} has {list(allowed)}")
         columns = {}
         for column, raw in data.items():
-            spec = ValueSpec.from_dict(raw, f"{where}.{column}")
-            self._check_value(spec, f"{where}.{column}", explode)
-            allowed_values = ALLOWED_VALUES.get((table, column))
+            spec = ValueSpec.from_dict(raw, f"{where}.{column}", read_lookup)
+            spec = self._check_value(spec, f"{where}.{column}", explode)
+            allowed_values = allowed_by_column.get((table, column))
             if allowed_values is not None:
                 bad = [v for v in spec.outputs() if v is not None and v not in allowed_values]
                 if bad:
-                    raise ValueError(f"{where}.{column}: values {bad} are not among {sorted(allowed_values)}")
+                    enum = next((k for k, v in ENUMS.items() if v == (table, column)), None)
+                    extend = f"; a new kind goes in sources.yaml enums.{enum}" if enum else ""
+                    raise ValueError(f"{where}.{column}: values {bad} are not among {sorted(allowed_values)}{extend}")
+                if spec.unchecked:
+                    raise ValueError(f"{where}.{column}: {table}.{column} takes only {sorted(allowed_values)}; "
+                                     "map the expression's results (map: {...}) so each value is checked")
             columns[column] = spec
         missing = [c for c in REQUIRED_CANONICAL[table] if c not in columns
                    and not (table == "order_lines" and c == "line_no")]
@@ -379,30 +575,52 @@ class SourceSpec:
             if not isinstance(extra_attributes, dict):
                 raise ValueError(f"{where}.attributes: expected a mapping of name -> field")
             for key, raw in extra_attributes.items():
-                spec = ValueSpec.from_dict(raw, f"{where}.attributes.{key}")
-                self._check_value(spec, f"{where}.attributes.{key}", explode)
-                attributes[str(key)] = spec
-        return SectionSpec(table=table, columns=columns, explode=explode, attributes=attributes)
+                spec = ValueSpec.from_dict(raw, f"{where}.attributes.{key}", read_lookup)
+                attributes[str(key)] = self._check_value(spec, f"{where}.attributes.{key}", explode)
+        return SectionSpec(table=table, columns=columns, explode=explode, attributes=attributes,
+                           where=where.split(".", 2)[-1])
 
 
 @dataclass(frozen=True)
 class SourcesConfig:
     sources: Mapping[str, SourceSpec]
+    # canonical enums (ENUMS names) as extended by sources.yaml `enums:`: name -> sorted values
+    enums: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {name: tuple(sorted(ALLOWED_VALUES[key])) for name, key in ENUMS.items()})
 
     @classmethod
-    def from_dict(cls, data: Any) -> SourcesConfig:
+    def from_dict(cls, data: Any, read_lookup: LookupReader | None = None) -> SourcesConfig:
+        """``read_lookup`` reads the CSV lookup tables a map names (the loader supplies it: files
+        beside sources.yaml); without it, a map given as a file name is an error."""
         if not isinstance(data, dict):
             raise ValueError("expected a mapping with a 'sources' key")
-        unknown = set(data) - {"sources", "defaults", "anchors"}
+        unknown = set(data) - {"sources", "defaults", "anchors", "enums"}
         if unknown:
-            raise ValueError(f"unknown top-level keys {sorted(unknown)}; use sources, defaults, anchors")
+            raise ValueError(f"unknown top-level keys {sorted(unknown)}; use sources, defaults, anchors, enums")
         raw_sources = require(data, "sources", "(top)", dict)
         defaults = data.get("defaults") or {}
         if not isinstance(defaults, dict):
             raise ValueError("defaults: expected a mapping")
-        sources = {str(name): SourceSpec.from_dict(str(name), spec, defaults)
+        extra = data.get("enums") or {}
+        if not isinstance(extra, dict):
+            raise ValueError("enums: expected a mapping of enum name -> list of extra values")
+        allowed = dict(ALLOWED_VALUES)
+        for name, values in extra.items():
+            if name not in ENUMS:
+                raise ValueError(f"enums.{name}: unknown enum; extendable: {sorted(ENUMS)}")
+            if not isinstance(values, list) or not all(isinstance(v, str) and _NAME.match(v) for v in values):
+                raise ValueError(f"enums.{name}: expected a list of snake_case names, got {values!r}")
+            allowed[ENUMS[name]] = allowed[ENUMS[name]] | frozenset(values)
+        sources = {str(name): SourceSpec.from_dict(str(name), spec, defaults, read_lookup, allowed)
                    for name, spec in raw_sources.items()}
-        return cls(sources=sources)
+        return cls(sources=sources, enums={name: tuple(sorted(allowed[key])) for name, key in ENUMS.items()})
+
+    def allowed_values(self, table: str, column: str) -> frozenset[str] | None:
+        """The values a canonical column may take (enums included), or None when any value may."""
+        enum = next((name for name, key in ENUMS.items() if key == (table, column)), None)
+        if enum is not None:
+            return frozenset(self.enums[enum])
+        return ALLOWED_VALUES.get((table, column))
 
     def select(self, names: list[str] | None) -> list[SourceSpec]:
         """The named sources (all when ``names`` is empty); unknown names raise ``ValueError``."""
