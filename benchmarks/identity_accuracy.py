@@ -26,6 +26,10 @@ or missed, not links the data never had.
     /work/venv/bin/python benchmarks/identity_accuracy.py --workdir /tmp/pb --evaluate-only  # after
         benchmarks/pipeline.py --lake /tmp/pb/lake --keep: score that run's stitch as it is
 
+``--before`` also stitches the same raw data with the identifier canonicalisation of before issue 28
+(e-mail lower-cased only: no Gmail dot folding, ``+tag`` stripping or googlemail alias; every valid
+phone number links, 400 / 800 service lines included) and prints both side by side.
+
 Goal (issue 3): precision >= 0.999, recall >= 0.99.
 """
 from __future__ import annotations
@@ -175,6 +179,24 @@ def linkable_recall(silver: pd.DataFrame, valid: pd.DataFrame, truth: pd.DataFra
             "recall": agreeing / linkable_pairs if linkable_pairs else 1.0}
 
 
+def before_conf(target: Path) -> Path:
+    """A copy of the packaged conf whose identity.yaml canonicalises as before issue 28."""
+    import yaml
+
+    from cdp.runtime.config import default_conf_dir
+
+    shutil.copytree(default_conf_dir(), target, dirs_exist_ok=True)
+    identity = yaml.safe_load((target / "identity.yaml").read_text(encoding="utf-8"))
+    identity["types"]["email"]["normalizer"] = "email"
+    identity["types"]["phone"]["normalizer"] = {
+        "name": "phone", "default_region": "CN", "country_prefix_variants": True,
+        "personal_types": ["mobile", "fixed_line", "fixed_line_or_mobile", "toll_free", "shared_cost",
+                           "premium_rate", "voip", "uan", "personal_number", "pager", "voicemail"]}
+    (target / "identity.yaml").write_text(yaml.safe_dump(identity, allow_unicode=True, sort_keys=False),
+                                          encoding="utf-8")
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=100_000)
@@ -185,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ceiling", action="store_true", help="skip the unguarded linkage ceiling")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="score the lake already in --workdir as it is (e.g. one benchmarks/pipeline.py built)")
+    parser.add_argument("--before", action="store_true",
+                        help="also stitch with the canonicalisation of before issue 28 and compare")
     args = parser.parse_args(argv)
     if args.evaluate_only and not args.workdir:
         parser.error("--evaluate-only needs --workdir (the folder holding raw/ and lake/)")
@@ -250,6 +274,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  recall over linkable pairs ({linkable['linkable_pairs']} pairs the data links through "
                   f"identifiers only that person carries, {linkable['linkable_pairs'] / max(metrics['true_pairs'], 1):.1%} "
                   f"of true pairs): {linkable['recall']:.5f}")
+        if args.before:
+            plain_lake = workdir / "lake_before"
+            shutil.rmtree(plain_lake, ignore_errors=True)
+            conf = ["--conf", str(before_conf(workdir / "conf_before"))]
+            step("land", ["--raw", str(raw), "--lake", str(plain_lake), *conf], env)
+            step("standardize", ["--lake", str(plain_lake), *conf], env)
+            step("stitch", ["--lake", str(plain_lake), "--full", *conf], env)
+            before = evaluate(truth, DeltaTable(str(plain_lake / "customer_records")).to_pandas(
+                columns=["source", "record_id", "customer_id"]))
+            print("\n  canonicalisation   precision  recall     f1         over_merged_customers  split_persons")
+            for name, figures in (("before (#28)", before), ("now", metrics)):
+                print(f"  {name:<18} {figures['precision']:.5f}    {figures['recall']:.5f}    {figures['f1']:.5f}    "
+                      f"{figures['over_merged_customers']:<22} {figures['split_persons']}")
         goal = metrics["precision"] >= 0.999 and metrics["recall"] >= 0.99
         print(f"  goal precision >= 0.999 and recall >= 0.99: {'met' if goal else 'NOT met'}")
         return 0

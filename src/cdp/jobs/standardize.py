@@ -307,6 +307,9 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
     all_counts = [resolved.counts for _, resolved in resolved_by_source.values()]
     counted = ({row["source"]: row.asDict() for row in reduce(DataFrame.unionByName, all_counts).collect()}
                if all_counts else {})
+    unmapped = {name: unmapped_values(resolved.records, source).persist(StorageLevel.MEMORY_AND_DISK)
+                for name, (source, resolved) in resolved_by_source.items()}
+    _count_unmapped(unmapped, result)
     for name, (source, resolved) in resolved_by_source.items():
         counts = counted[name]
         result.duplicates[source.name] = {k: int(v) for k, v in counts.items() if k != "source"}
@@ -316,7 +319,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
             raise JobFailed(f"{sources_file}: sources.{source.name}: {counts['collision_keys']} record id(s) seen "
                             f"with different contents (first: {first['raw']!r} in {first['file']} line {first['line']}); "
                             "on_duplicate_key: error")
-        kept, unmapped_rejected = _unmapped(resolved.records, source, now, result)
+        kept, unmapped_rejected = quarantine_unmapped(resolved.records, unmapped[name], now)
         records[source.name] = (source, kept.persist(StorageLevel.MEMORY_AND_DISK))
         rejected.append(resolved.rejected)
         rejected.append(unmapped_rejected)
@@ -362,6 +365,8 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
             deduped.unpersist()
         if normalized is not None:
             normalized.unpersist()
+        for frame in unmapped.values():
+            frame.unpersist()
     for name, count in result.rows.items():
         logger.info("%-28s %10d rows", name, count)
     logger.info("invalid identifiers (quarantined): %d %s", sum(result.invalid_identifiers.values()),
@@ -385,16 +390,19 @@ def quarantine_unmapped(records: DataFrame, unmapped: DataFrame, now: datetime) 
     return kept.select(*records.columns), rows
 
 
-def _unmapped(records: DataFrame, source: SourceSpec, now: datetime,
-              result: StandardizeResult) -> tuple[DataFrame, DataFrame]:
-    unmapped = unmapped_values(records, source).persist(StorageLevel.MEMORY_AND_DISK)
-    for row in unmapped.groupBy("mapping", "field", "action").agg(F.count(F.lit(1)).alias("n")).collect():
-        key = f"{source.name}.{row['mapping']} {row['field']}"
-        result.unmapped.setdefault(key, {})[row["action"]] = int(row["n"])
-    if any(key.startswith(f"{source.name}.") for key in result.unmapped):
-        logger.warning("%s: values no map covers (per mapping and field: action -> count): %s", source.name,
-                       {k: v for k, v in sorted(result.unmapped.items()) if k.startswith(f"{source.name}.")})
-    return quarantine_unmapped(records, unmapped, now)
+def _count_unmapped(unmapped: Mapping[str, DataFrame], result: StandardizeResult) -> None:
+    """Values no map covers, per source, mapping, field and action, into ``result.unmapped``: every
+    source's in one Spark job (a job per source was a fixed cost of each small run)."""
+    if not unmapped:
+        return
+    counts = reduce(DataFrame.unionByName, [
+        frame.groupBy("mapping", "field", "action").agg(F.count(F.lit(1)).alias("n")).withColumn("source", F.lit(name))
+        for name, frame in unmapped.items()])
+    for row in counts.collect():
+        result.unmapped.setdefault(f"{row['source']}.{row['mapping']} {row['field']}", {})[row["action"]] = int(row["n"])
+    for name in sorted({row.split(".", 1)[0] for row in result.unmapped}):
+        logger.warning("%s: values no map covers (per mapping and field: action -> count): %s", name,
+                       {k: v for k, v in sorted(result.unmapped.items()) if k.startswith(f"{name}.")})
 
 
 def _report_duplicates(source: SourceSpec, counts: dict[str, int]) -> None:

@@ -332,24 +332,32 @@ def unmapped_values(records: DataFrame, source: SourceSpec) -> DataFrame:
         goes to quarantine), ``default`` (the map's default replaces it) or ``drop`` (``unmapped: drop``:
         the value is left null).
     """
-    frames = []
     specs: list[tuple[SectionSpec | None, str, ValueSpec]] = [
         (None, f"identifiers[{i}].qualifier", spec.qualifier) for i, spec in enumerate(source.identifiers)
         if spec.qualifier is not None]
     for section in source.sections:
         specs += [(section, f"{section.where}.{name}", spec) for name, spec in section.columns.items()]
         specs += [(section, f"{section.where}.attributes.{name}", spec) for name, spec in section.attributes.items()]
+    # One pass per section (its own explode): every map of it checked in one select, not a frame per map
+    by_section: dict[str | None, tuple[SectionSpec | None, list[tuple[str, ValueSpec]]]] = {}
     for section, where, spec in specs:
-        for inner in spec.walk():
-            if inner.map is None:
-                continue
-            frame = _explode(records, section) if section is not None else records
-            frame = with_expression_inputs(frame, source, [inner])
-            action = "default" if inner.default is not None else inner.unmapped
-            label = inner.field if inner.kind == "field" else ", ".join(inner.inputs)
-            frames.append(frame.filter(unmapped_column(source, inner)).select(
-                "source", "record_id", "_source_file", "_line", F.lit(label).alias("field"),
-                map_key(source, inner).alias("value"), F.lit(where).alias("mapping"), F.lit(action).alias("action")))
+        key = section.explode if section is not None else None
+        entry = by_section.setdefault(key, (section, []))
+        entry[1].extend((where, inner) for inner in spec.walk() if inner.map is not None)
+    frames = []
+    for section, checks in by_section.values():
+        if not checks:
+            continue
+        frame = _explode(records, section) if section is not None else records
+        frame = with_expression_inputs(frame, source, [inner for _, inner in checks])
+        found = F.array(*[F.when(unmapped_column(source, inner), F.struct(
+            F.lit(inner.field if inner.kind == "field" else ", ".join(inner.inputs)).alias("field"),
+            map_key(source, inner).alias("value"), F.lit(where).alias("mapping"),
+            F.lit("default" if inner.default is not None else inner.unmapped).alias("action")))
+            for where, inner in checks])
+        frames.append(frame.select("source", "record_id", "_source_file", "_line",
+                                   F.explode(F.filter(found, lambda row: row.isNotNull())).alias("_u"))
+                      .select("source", "record_id", "_source_file", "_line", "_u.*"))
     if not frames:
         return records.sparkSession.createDataFrame([], UNMAPPED_SCHEMA)
     return reduce(DataFrame.unionByName, frames)

@@ -94,6 +94,9 @@ EMAIL_TYPO_DOMAINS = {"163.com": "163.con", "gmail.com": "gmial.com", "qq.com": 
                       "outlook.com": "outlok.com"}
 JUNK_PHONES = ["13800000000", "null", "N/A", "00000000000", "无", "-"]
 JUNK_EMAILS = ["test@test.com", "null", "N/A", "none@none.com", "noemail"]
+# Service lines an agent types as a ticket's contact phone (a courier's or the brand's own hotline):
+# China's 400 (shared cost) and 800 (toll free) numbers, shared by unrelated customers.
+SERVICE_LINES = ["400-820-8820", "800-830-8888", "4006-888-888"]
 BRAND_APPID = "wx8a1f0c2b3d4e5f60"
 STORE_APPID = "wx5c6d7e8f9a0b1c2d"
 MP_APPID = "wx1a2b3c4d5e6f7a8b"
@@ -207,6 +210,19 @@ def format_phone(number: str, variant: int) -> str:
     if variant == 6:
         return f"(+86){number[:3]} {number[3:]}"
     return f" {number} "
+
+
+def gmail_variant(email: str, variant: int) -> str:
+    """How a Gmail user writes the one mailbox in different systems: the googlemail.com alias, dots in
+    the local part, a ``+tag`` sub-address (Gmail delivers all of them to the same inbox)."""
+    local, _, domain = email.partition("@")
+    if domain != "gmail.com" or variant > 2:
+        return email
+    if variant == 0:
+        return f"{local}@googlemail.com"
+    if variant == 1:
+        return f"{'.'.join(local[i:i + 3] for i in range(0, len(local), 3))}@{domain}"
+    return f"{local}+shop@{domain}"
 
 
 def format_email(email: str, variant: int) -> str:
@@ -463,7 +479,9 @@ class _Chunk:
     def email_as_written(self, email: str, u: float, junk_rate: float = 0.0) -> str:
         if u < junk_rate:
             return JUNK_EMAILS[int(u / junk_rate * len(JUNK_EMAILS)) % len(JUNK_EMAILS)]
-        return format_email(email, int(u * 1000) % 4 if u < 0.4 else 0)
+        if u >= 0.4:  # the digits of u past the third pick a Gmail variant: no extra draw, same stream
+            return gmail_variant(email, int(u * 1_000_000) % 6)
+        return format_email(email, int(u * 1000) % 4)
 
     def write_orders(self, p: dict[str, Any], sim: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         rng = self.rng
@@ -776,6 +794,8 @@ class _Chunk:
             if r[2] < 0.08:  # a family landline
                 phone = f"{AREA_CODES[city]}-{6000_0000 + int(p['household'][i] * 37 + self.chunk * 101) % 3000_0000:08d}"
                 phone = phone[:-4] + " " + phone[-4:]
+            elif r[2] < 0.095:  # a service line typed as the contact phone
+                phone = SERVICE_LINES[int(r[3] * 1000) % len(SERVICE_LINES)]
             else:
                 phone = self.phone_as_written(p["phones"][i], float(r[3]), junk_rate=0.02)
             hours = float(rng.lognormal(np.log(30 if complaint else 6), 0.8))
