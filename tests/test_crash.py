@@ -328,8 +328,6 @@ QUICK_CRASH_POINTS = (
 
 
 @needs_delta_spark
-@pytest.mark.pending(reason="written to replace the chain in the default run; its first run (2026-12-07, load 12-16) "
-                            "had not finished when this was committed")
 def test_a_run_killed_in_land_and_stitch_on_both_backends_recovers_to_an_uninterrupted_runs_tables(
         spark, tmp_path):
     """The chain's kills between the commits of land and stitch, in the default run (the chain runs
