@@ -30,6 +30,12 @@ cores, two shuffle partitions, a 2 GB driver (the local profile asks for 8 GB, m
 machine should grant; the chain's first attempt lost a JVM to the out-of-memory killer), and the
 backend named per run.
 
+:func:`test_a_run_killed_in_land_and_stitch_on_both_backends_recovers_to_an_uninterrupted_runs_tables` is
+the default run's share of the chain (which, with the erasure test, stays under the ``crash_chain``
+marker: about 8 pipeline runs, over CI's budget): three of its kill points, in land and stitch, the
+steps with several commits before any model, killed on both backends in turn, on a base and a
+reference of its own that run only through stitch (no model is trained).
+
 :func:`test_forgetting_one_person_leaves_every_other_customer_as_they_were` erases, on delta-spark
 (``merge ... whenMatchedDelete``), a person whose orders were refunded from a copy of the base lake,
 re-runs the pipeline, and compares every other customer's orders, returns, features and tags.
@@ -144,10 +150,9 @@ def arrive(held: Path, raw: Path, files: tuple[str, ...]) -> None:
         shutil.copy2(held / relative, raw / relative)
 
 
-@pytest.fixture(scope="module")
-def first_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lake after one uninterrupted run (r0, embedded) over the raw files minus the held-back ones."""
-    root = tmp_path_factory.mktemp("crash")
+def generate_base(root: Path, *run_args: str) -> Path:
+    """``<root>/base``: the generated raw files minus the held-back ones (in ``<root>/held``), and a lake
+    after one uninterrupted run r0 (embedded) over them, with ``run_args`` (e.g. ``--to stitch``)."""
     write_profiles(root / "conf")
     generated = subprocess.run(
         [sys.executable, "-m", "cdp.jobs.cli", "generate", "--out", str(root / "generated"), "--customers",
@@ -160,9 +165,15 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.move(root / "generated" / relative, held / relative)
     (root / "base").mkdir()
     shutil.move(root / "generated", root / "base" / "raw")
-    done = cdp_run(root / "base" / "lake", root / "base" / "raw", "r0")
+    done = cdp_run(root / "base" / "lake", root / "base" / "raw", "r0", *run_args)
     assert done.returncode == 0, done.stdout[-5000:]
     return root
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A lake after one uninterrupted run (r0, embedded) over the raw files minus the held-back ones."""
+    return generate_base(tmp_path_factory.mktemp("crash"))
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +277,24 @@ def test_forgetting_one_person_leaves_every_other_customer_as_they_were(spark, f
             raise AssertionError(f"{name} of other customers changed by the run after cdp forget:\n{exc}") from exc
 
 
+def kill_in_turn(crashed: Path, raw: Path, held: Path, points: list[tuple[tuple[str, str, str], str]],
+                 *run_args: str) -> list[str]:
+    """Run ``r1`` on the lake ``crashed`` once per ``((step, when, table), backend)`` of ``points``, each
+    killed there and started at the step of the previous kill (``--from``); the files that arrive after
+    the first crash arrive after the first kill. Returns the ``--from`` of the last kill's step."""
+    resume_from: list[str] = []
+    for number, ((step, when, table), backend) in enumerate(points):
+        point = f"{step}:{when}:{table}"
+        killed = cdp_run(crashed, raw, "r1", *resume_from, *run_args, backend=backend, crash_at=point)
+        assert killed.returncode == -signal.SIGKILL and f"{CRASH_ENV}={point}: killing" in killed.stdout, (
+            f"run meant to die at {point} on {backend} ended with {killed.returncode}:\n{killed.stdout[-5000:]}")
+        assert f"[{backend} backend]" in killed.stdout
+        if number == 0:
+            arrive(held, raw, ARRIVES_AFTER_FIRST_CRASH)
+        resume_from = ["--from", step]
+    return resume_from
+
+
 def chain_backend(number: int) -> str:
     """The backend of the chain's run ``number`` (0: the first killed run; len(CRASH_POINTS): the recovery):
     the two alternate, so each one restores what the other left at every point of the chain."""
@@ -279,20 +308,47 @@ def test_a_run_killed_anywhere_recovers_to_what_an_uninterrupted_run_publishes(s
     held = first_run / "held"
     crashed, crashed_raw = copy_of(first_run, "crashed")
     arrive(held, crashed_raw, ARRIVES_BEFORE_FIRST_CRASH)
-    resume_from: list[str] = []
-    for number, (step, when, table) in enumerate(CRASH_POINTS):
-        point, backend = f"{step}:{when}:{table}", chain_backend(number)
-        killed = cdp_run(crashed, crashed_raw, "r1", *resume_from, backend=backend, crash_at=point)
-        assert killed.returncode == -signal.SIGKILL and f"{CRASH_ENV}={point}: killing" in killed.stdout, (
-            f"run meant to die at {point} on {backend} ended with {killed.returncode}:\n{killed.stdout[-5000:]}")
-        assert f"[{backend} backend]" in killed.stdout
-        if number == 0:
-            arrive(held, crashed_raw, ARRIVES_AFTER_FIRST_CRASH)
-        resume_from = ["--from", step]
+    kill_in_turn(crashed, crashed_raw, held, [(point, chain_backend(n)) for n, point in enumerate(CRASH_POINTS)])
     arrive(held, crashed_raw, ARRIVES_BEFORE_RECOVERY)
     recovered = cdp_run(crashed, crashed_raw, "r2", backend=chain_backend(len(CRASH_POINTS)))
     assert recovered.returncode == 0, recovered.stdout[-5000:]
     # the recovering run found the dead run's lock and writes, and said what it did with them
+    assert "breaking stale lock" in recovered.stdout
+    assert_same_results(spark, reference, crashed)
+
+
+# The default run's share of the chain: three of its kill points in the steps with several commits
+# before the models (land, stitch), on both backends, each restoring what the other left dead.
+QUICK_LAST_STEP = "stitch"
+QUICK_CRASH_POINTS = (
+    (("land", "before", "load_log"), "embedded"),              # bronze and quarantine, no load log
+    (("stitch", "after", "identity_history"), "delta-spark"),  # all but identity_map published
+    (("stitch", "before", COMMITS_TABLE), "embedded"),         # every publish, no step record
+)
+
+
+@needs_delta_spark
+def test_a_run_killed_in_land_and_stitch_on_both_backends_recovers_to_an_uninterrupted_runs_tables(
+        spark, tmp_path):
+    """The chain's kills between the commits of land and stitch, in the default run (the chain runs
+    every step: about 8 pipeline runs, over CI's share): runs through stitch only, so no model is
+    trained. The first kill is on the embedded backend, the second on delta-spark (it restores the
+    embedded run's dead land writes with ``restoreToVersion`` and dies between stitch's publishes),
+    the third on embedded (delta-rs restores delta-spark's dead stitch writes); a file arrives after
+    the first kill. The recovering run (delta-spark) breaks the dead run's lock, and every table equals
+    an uninterrupted run's over the same files."""
+    root = generate_base(tmp_path, "--to", QUICK_LAST_STEP)
+    held = root / "held"
+    reference, reference_raw = copy_of(root, "reference")
+    arrive(held, reference_raw, ARRIVES_BEFORE_FIRST_CRASH + ARRIVES_AFTER_FIRST_CRASH)
+    done = cdp_run(reference, reference_raw, "r1", "--to", QUICK_LAST_STEP)
+    assert done.returncode == 0, done.stdout[-5000:]
+
+    crashed, crashed_raw = copy_of(root, "crashed")
+    arrive(held, crashed_raw, ARRIVES_BEFORE_FIRST_CRASH)
+    resume_from = kill_in_turn(crashed, crashed_raw, held, list(QUICK_CRASH_POINTS), "--to", QUICK_LAST_STEP)
+    recovered = cdp_run(crashed, crashed_raw, "r1", *resume_from, "--to", QUICK_LAST_STEP, backend="delta-spark")
+    assert recovered.returncode == 0, recovered.stdout[-5000:]
     assert "breaking stale lock" in recovered.stdout
     assert_same_results(spark, reference, crashed)
 

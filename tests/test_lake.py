@@ -7,6 +7,7 @@ leg (delta-rs commits, Spark reads and writes the files) always runs, in the sam
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 from datetime import UTC, date, datetime
@@ -201,6 +202,74 @@ def test_a_step_that_expires_history_commits_what_readers_can_still_read(any_lak
     assert committed == {"people": any_lake.version("people")}
     fresh = Lake(spark, any_lake.root, backend=any_lake.backend)  # a later process: reads the commit log
     assertDataFrameEqual(fresh.read("people"), _people(spark, [BOB]))
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def _hashed(spark, schema: str, *rows: tuple[str, ...]):
+    """A key frame for ``Lake.erase``: per row, the lower-case hex SHA-256 of each value."""
+    return spark.createDataFrame([tuple(_sha256(value) for value in row) for row in rows], schema)
+
+
+@pytest.mark.parametrize("partition_by", [[], ["city"]], ids=["unpartitioned", "partitioned"])
+def test_erase_deletes_exactly_the_rows_matching_hashed_keys(any_lake, spark, partition_by):
+    """cdp forget's path: embedded rewrites the touched partitions, delta-spark merges whenMatchedDelete."""
+    dave = ("c4", "Beijing", 5.0, T0)
+    any_lake.write(_people(spark, [ALICE, BOB, CAROL, dave]), "people", partition_by=partition_by)
+    by_id = _hashed(spark, "customer_id string", ("c1",), ("c404",))
+    # two columns at once; the same key twice, once with an upper-case hash (both match one row)
+    by_city_and_id = spark.createDataFrame(
+        [(_sha256("Beijing"), _sha256("c4")), (_sha256("Beijing").upper(), _sha256("c4")),
+         (_sha256("Nowhere"), _sha256("c2"))], "city string, customer_id string")
+    deleted = any_lake.erase("people", [by_id, by_city_and_id], metadata={"run_id": "erasure-1"})
+    assert deleted == 2
+    assertDataFrameEqual(any_lake.read("people"), _people(spark, [BOB, CAROL]))
+    assertDataFrameEqual(any_lake.read("people", version=0), _people(spark, [ALICE, BOB, CAROL, dave]))
+    # audited like any write (delta-spark: one merge, so one commit, per key frame)
+    assert {entry.get("run_id") for entry in any_lake.history("people") if entry["version"] > 0} == {"erasure-1"}
+    # nobody left to erase, nothing to delete: no commit, and no other commit's count
+    assert any_lake.erase("people", [by_id], metadata={"run_id": "erasure-2"}) == 0
+    assert any_lake.delete("people", "customer_id = 'c1'") == 0
+    assertDataFrameEqual(any_lake.read("people"), _people(spark, [BOB, CAROL]))
+
+
+@pytest.mark.parametrize("partition_by", [[], ["city"]], ids=["unpartitioned", "partitioned"])
+def test_a_dead_steps_writes_are_restored_by_the_next_steps_first_write(any_lake, spark, partition_by):
+    """The rollback of a step that died or failed to publish: every kind of write it made (append,
+    merge with delete, erase, delete, a schema change) is undone by one restore of the committed
+    version before the next step writes, which then reads as if the dead step had never run."""
+    dave = ("c4", "Hangzhou", 5.0, T0)
+    any_lake.ensure_commit_log("r1")
+    any_lake.write(_people(spark, [ALICE, BOB]), "people", partition_by=partition_by, metadata={"run_id": "r1"})
+    assert any_lake.commit("land", "r1") == {"people": 0}
+
+    dead = Lake(spark, any_lake.root, backend=any_lake.backend)
+    dead.write(_people(spark, [CAROL]), "people")
+    merged = dead.merge(_people(spark, [("c2", "Beijing", 99.0, T0), CAROL]), "people", ["customer_id"],
+                        delete_unmatched=True)
+    assert (merged.updated, merged.deleted) == (2, 1)
+    assert dead.erase("people", [_hashed(spark, "customer_id string", ("c3",))]) == 1
+    assert dead.delete("people", "customer_id = 'c2'") == 1
+    dead.write(_people(spark, [dave]).withColumn("tier", F.lit(2)), "people", evolve_schema=True)
+    dead_latest = dead.version("people")  # 5 (embedded: 6, the new column is a commit of its own)
+    dead.abandon()  # died: no commit record
+
+    reader = Lake(spark, any_lake.root, backend=any_lake.backend)  # another process, meanwhile
+    assertDataFrameEqual(reader.read("people"), _people(spark, [ALICE, BOB]))
+    assert reader.version("people") == 0
+
+    next_step = Lake(spark, any_lake.root, backend=any_lake.backend)
+    next_step.write(_people(spark, [dave]), "people", metadata={"run_id": "r2"})  # the dead column is gone
+    assertDataFrameEqual(next_step.read("people"), _people(spark, [ALICE, BOB, dave]))
+    # one version restores version 0, the next appends
+    assert next_step.commit("land", "r2") == {"people": dead_latest + 2}
+    fresh = Lake(spark, any_lake.root, backend=any_lake.backend)
+    assertDataFrameEqual(fresh.read("people"), _people(spark, [ALICE, BOB, dave]))
+    assertDataFrameEqual(fresh.read("people", version=dead_latest + 1), _people(spark, [ALICE, BOB]))
+    latest, restore = fresh.history("people", limit=2)
+    assert (latest["run_id"], restore["operation"]) == ("r2", "RESTORE")
 
 
 def test_tables_lists_what_was_written(any_lake, spark):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -55,6 +57,9 @@ def delta_spark_available(spark: SparkSession) -> bool:
 
 # characters delta-spark refuses in column names of tables without column mapping
 _DELTA_SPARK_INVALID_NAME = re.compile(r"[ ,;{}()\n\t=]")
+# the session setting Delta reads as userMetadata for commits made without a writer option (merge,
+# delete): the same field the write option sets
+_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 
 
 class DeltaSparkBackend(Backend):
@@ -65,6 +70,23 @@ class DeltaSparkBackend(Backend):
 
         self.spark = spark
         self.DeltaTable = DeltaTable
+
+    @contextmanager
+    def _user_metadata(self, metadata: Mapping[str, Any]) -> Iterator[None]:
+        """Commits made inside carry ``metadata`` as their userMetadata JSON, as :meth:`write`'s do
+        (``DeltaTable`` operations take no writer options; Delta reads the session setting instead)."""
+        if not metadata:
+            yield
+            return
+        previous = self.spark.conf.get(_USER_METADATA, None)
+        self.spark.conf.set(_USER_METADATA, json.dumps(dict(metadata), default=str))
+        try:
+            yield
+        finally:
+            if previous is None:
+                self.spark.conf.unset(_USER_METADATA)
+            else:
+                self.spark.conf.set(_USER_METADATA, previous)
 
     def exists(self, uri: str) -> bool:
         return bool(self.DeltaTable.isDeltaTable(self.spark, spark_path(uri)))
@@ -129,23 +151,36 @@ class DeltaSparkBackend(Backend):
         writer.save(spark_path(uri))
         return self.version(uri)
 
+    def _metrics_after(self, table, before: int) -> dict[str, str]:
+        """The operation metrics of the commit an operation made after version ``before``; none when it
+        made none (Delta commits nothing for a merge or delete that changes no file: the latest commit
+        is then an earlier operation's, whose counts are not this one's)."""
+        latest = table.history(1).collect()[0]
+        if int(latest["version"]) <= before:
+            return {}
+        return dict(latest["operationMetrics"] or {})
+
     def merge(self, df, uri, keys, delete_unmatched, metadata):
         table = self.DeltaTable.forPath(self.spark, spark_path(uri))
+        before = self.version(uri)
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
         builder = (table.alias("t").merge(df.alias("s"), condition)
                    .whenMatchedUpdateAll().whenNotMatchedInsertAll())
         if delete_unmatched:
             builder = builder.whenNotMatchedBySourceDelete()
-        builder.execute()
-        metrics = table.history(1).collect()[0]["operationMetrics"] or {}
+        with self._user_metadata(metadata):
+            builder.execute()
+        metrics = self._metrics_after(table, before)
         return MergeResult(inserted=int(metrics.get("numTargetRowsInserted", 0)),
                            updated=int(metrics.get("numTargetRowsUpdated", 0)),
                            deleted=int(metrics.get("numTargetRowsDeleted", 0)))
 
     def delete(self, uri, condition, metadata):
         table = self.DeltaTable.forPath(self.spark, spark_path(uri))
-        table.delete(condition)
-        metrics = table.history(1).collect()[0]["operationMetrics"] or {}
+        before = self.version(uri)
+        with self._user_metadata(metadata):
+            table.delete(condition)
+        metrics = self._metrics_after(table, before)
         return int(metrics.get("numDeletedRows", 0))
 
     def restore(self, uri, version):
@@ -164,7 +199,9 @@ class DeltaSparkBackend(Backend):
             # the merge condition names columns only; the hashes are the merge's source rows
             condition = " AND ".join(f"sha2(CAST(t.{quoted(c)} AS STRING), 256) = lower(s.{quoted(c)})"
                                      for c in key.columns)
-            table.alias("t").merge(key.distinct().alias("s"), condition).whenMatchedDelete().execute()
-            metrics = table.history(1).collect()[0]["operationMetrics"] or {}
+            before = self.version(uri)
+            with self._user_metadata(metadata):
+                table.alias("t").merge(key.distinct().alias("s"), condition).whenMatchedDelete().execute()
+            metrics = self._metrics_after(table, before)
             deleted += int(metrics.get("numTargetRowsDeleted", 0))
         return deleted
