@@ -212,7 +212,10 @@ class ConnectServer:
         self.log = work / "connect-server.log"
         command = [
             str(spark_home / "bin" / "spark-submit"), "--class", CONNECT_SERVER_CLASS,
-            "--name", "cdp-tests-connect", "--master", "local[2]", "--driver-memory", "2g",
+            "--name", "cdp-tests-connect", "--master", "local[2]",
+            # the whole pipeline runs in this driver (tests/pipelines.py: connect_run), as the child runs
+            # do in theirs: 2 GB ran out of memory in features
+            "--driver-memory", "3g",
             "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
             "--conf", f"spark.connect.grpc.binding.port={self.port}",
             "--conf", "spark.ui.enabled=false",  # no port binding next to the test session's JVM

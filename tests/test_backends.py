@@ -39,8 +39,6 @@ TRAVELLED = ("identity_map", "customer_records", "customer_profile", "features_d
 PERSON_TABLES = ("identity_map", "customer_records", "customer_profile", "tags_wide")
 
 
-@pytest.mark.pending(reason="the delta-spark run inside the test session (2 GB driver) ran out of memory in "
-                              "features on 2026-12-07; not yet seen passing")
 def test_both_backends_publish_the_same_tables_row_for_row(spark, reference_run, delta_spark_run):
     embedded = Lake(spark, str(reference_run.lake_root), backend="embedded")
     delta = Lake(spark, str(delta_spark_run.lake_root), backend="delta-spark")

@@ -95,8 +95,6 @@ def test_a_connect_session_takes_runtime_settings_and_names_what_it_cannot_do(co
     assert graphframes.startswith("identity.engine: graphframes is not available through Spark Connect")
 
 
-@pytest.mark.pending(reason="its first run found land asking sparkContext for the parallelism (fixed); not yet "
-                              "seen passing")
 def test_the_whole_pipeline_through_connect_publishes_what_a_classic_session_does(
         spark, reference_run, connect_run):
     """`cdp run --remote` (every step but train, the reference's champions) against the classic run."""

@@ -13,13 +13,16 @@ import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdp.lake import LakeError
 from cdp.runtime.config import ConfigError, JobContext, load_profile, resolve_conf_dir
 from cdp.runtime.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE, JobFailed
 
-__all__ = ["LAKE_WRITERS", "JobFailed", "JsonFormatter", "as_of_job_main", "base_parser", "job_main", "make_context",
+if TYPE_CHECKING:
+    from cdp.runtime.lock import LakeLock
+
+__all__ = ["LAKE_WRITERS", "JobFailed", "JsonFormatter", "as_of_job_main", "base_parser", "job_main", "lake_lock", "make_context",
            "new_run_id", "parse_date", "setup_logging"]
 
 logger = logging.getLogger("cdp")
@@ -93,6 +96,15 @@ def make_context(args: argparse.Namespace) -> JobContext:
                       run_id=args.run_id or new_run_id())
 
 
+def lake_lock(ctx: JobContext, job: str) -> LakeLock:
+    """The lake's lock for ``job``, with the object-store settings of the profile: it is taken before
+    the Spark session starts, so the session's settings are not there to read yet."""
+    from cdp.lake.storage import ObjectStore
+    from cdp.runtime.lock import LakeLock
+
+    return LakeLock(ctx.lake_root, ctx.run_id, command=job, store=ObjectStore.from_settings(ctx.profile.spark))
+
+
 def job_main(
     job: str,
     argv: list[str] | None,
@@ -116,7 +128,7 @@ def job_main(
         add_arguments(parser)
     args = parser.parse_args(argv)  # usage errors exit 2 (argparse)
     setup_logging(args.verbose, args.log_format)
-    from cdp.runtime.lock import LakeLock, LakeLocked
+    from cdp.runtime.lock import LakeLocked
 
     try:
         ctx = make_context(args)
@@ -126,7 +138,7 @@ def job_main(
         if job in LAKE_WRITERS:
             # a lock whose process died on this host is broken without a person (recovery after a crash,
             # as `cdp run` does); a live process's lock, or another host's, is never broken
-            lock = LakeLock(ctx.lake_root, ctx.run_id, command=job).acquire(force=True)
+            lock = lake_lock(ctx, job).acquire(force=True)
         try:
             spark = None
             if needs_spark:

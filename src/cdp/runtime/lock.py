@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 
 from cdp.lake.paths import is_local, local_path
+from cdp.lake.storage import ObjectStore
 from cdp.runtime.errors import JobFailed
 
 logger = logging.getLogger(__name__)
@@ -100,10 +101,15 @@ class LakeLock:
         root: the lake root (as given to :class:`cdp.lake.Lake`).
         run_id: the run taking the lock.
         command: the ``cdp`` command taking it (recorded for whoever finds the lake locked).
+        store: object-store settings for a remote root (default: the active session's and the
+            environment's). A command locks before its session starts, so it passes its profile's
+            (:meth:`ObjectStore.from_settings` of ``profile.spark``): an endpoint named only in the
+            profile would otherwise be missed and the lock sought on AWS.
     """
 
-    def __init__(self, root: str, run_id: str, command: str = "run") -> None:
+    def __init__(self, root: str, run_id: str, command: str = "run", store: ObjectStore | None = None) -> None:
         self.root = root
+        self.store = store
         self.run_id = run_id
         self.local = is_local(root)
         base = local_path(root) if self.local else root.rstrip("/")
@@ -230,4 +236,4 @@ class LakeLock:
     def _remote(self):
         from cdp.lake.storage import filesystem
 
-        return filesystem(self.path)
+        return filesystem(self.path, self.store)
