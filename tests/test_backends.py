@@ -39,6 +39,7 @@ TRAVELLED = ("identity_map", "customer_records", "customer_profile", "features_d
 PERSON_TABLES = ("identity_map", "customer_records", "customer_profile", "tags_wide")
 
 
+@pytest.mark.long_e2e  # a whole delta-spark run (~20 min at load 13): opt-in, see pyproject.toml's markers
 def test_both_backends_publish_the_same_tables_row_for_row(spark, reference_run, delta_spark_run):
     embedded = Lake(spark, str(reference_run.lake_root), backend="embedded")
     delta = Lake(spark, str(delta_spark_run.lake_root), backend="delta-spark")

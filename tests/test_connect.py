@@ -95,6 +95,7 @@ def test_a_connect_session_takes_runtime_settings_and_names_what_it_cannot_do(co
     assert graphframes.startswith("identity.engine: graphframes is not available through Spark Connect")
 
 
+@pytest.mark.long_e2e  # a whole run through Connect (~11 min at load 13): opt-in, see pyproject.toml's markers
 def test_the_whole_pipeline_through_connect_publishes_what_a_classic_session_does(
         spark, reference_run, connect_run):
     """`cdp run --remote` (every step but train, the reference's champions) against the classic run."""

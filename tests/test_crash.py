@@ -328,6 +328,7 @@ QUICK_CRASH_POINTS = (
 
 
 @needs_delta_spark
+@pytest.mark.crash_chain  # about 3 pipeline runs (35 min at load 13): opt-in with the chain
 def test_a_run_killed_in_land_and_stitch_on_both_backends_recovers_to_an_uninterrupted_runs_tables(
         spark, tmp_path):
     """The chain's kills between the commits of land and stitch, in the default run (the chain runs

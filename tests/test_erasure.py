@@ -32,7 +32,7 @@ from pipelines import (
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long_e2e]  # forget and a re-run (~17 min at load 13): opt-in
 
 RERUN_ID = "e2e-rerun"
 
