@@ -1248,3 +1248,15 @@ def generate(params: GenerateParams) -> GenerateResult:
     return GenerateResult(out=out, customers=params.customers, files=files, records=totals, broken=broken_totals)
 
 
+
+
+# Responses to a lake's real exports (cdp generate --responses-from): a module of its own, re-exported here
+# last because it builds on the names above.
+from cdp.synthetic.responses import (  # noqa: E402, F401 - re-exported
+    ExportSend,
+    ResponseParams,
+    ResponsesResult,
+    SendTruth,
+    read_send_truth,
+    simulate_responses,
+)
