@@ -113,8 +113,9 @@ def mlflow_store(uri: str | None) -> Iterator[None]:
 
 def run_in_session(spark: SparkSession, conf_dir: Path, lake_root: Path, raw: Path, *, backend: str,
                    run_id: str = RUN_ID, steps: Sequence[str] = STEPS_WITHOUT_TRAIN,
-                   mlflow_uri: str | None = None, report: bool = False):
-    """`cdp run` of ``steps`` in this test session on ``backend``; fails the test unless every step is ok."""
+                   mlflow_uri: str | None = None, report: bool = False, as_of: str = AS_OF):
+    """`cdp run` of ``steps`` in this test session on ``backend`` as of ``as_of``; fails the test unless
+    every step is ok."""
     from cdp.jobs import run as runner
     from cdp.lake import Lake
 
@@ -128,7 +129,7 @@ def run_in_session(spark: SparkSession, conf_dir: Path, lake_root: Path, raw: Pa
     with on_backend(spark, backend), mlflow_store(mlflow_uri):
         lake = Lake(spark, str(lake_root), backend=backend)
         summary = runner.run(spark, context(conf_dir, lake_root, run_id), only=list(steps), raw=str(raw),
-                             as_of=AS_OF, report=report, lake=lake, observer=fresh_cache)
+                             as_of=as_of, report=report, lake=lake, observer=fresh_cache)
     assert summary.status == "ok" and all(s.status == "ok" for s in summary.steps), runner.format_summary(summary)
     return lake, summary
 

@@ -112,7 +112,7 @@ def job_main(
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     *,
     description: str | None = None,
-    needs_spark: bool = True,
+    needs_spark: bool | Callable[[argparse.Namespace], bool] = True,
     while_spark_starts: Callable[[JobContext], Any] | None = None,
 ) -> int:
     """Parse arguments, set up logging, take the lake's lock (commands in :data:`LAKE_WRITERS`), start
@@ -122,6 +122,8 @@ def job_main(
     ``while_spark_starts(ctx)`` runs in a thread while the JVM starts (seconds the driver otherwise
     waits): work the job needs anyway and caches, such as ``cdp run``'s validation of the config files.
     Its failures are left to the job, which does the same work again and reports them.
+    ``needs_spark``: whether the job takes a session, or a function of the parsed arguments saying so
+    (``cdp generate`` needs one only to read a lake's exports).
     """
     parser = base_parser(job, description)
     if add_arguments is not None:
@@ -141,7 +143,7 @@ def job_main(
             lock = lake_lock(ctx, job).acquire(force=True)
         try:
             spark = None
-            if needs_spark:
+            if needs_spark(args) if callable(needs_spark) else needs_spark:
                 from cdp.runtime.session import build_session
 
                 if while_spark_starts is not None:

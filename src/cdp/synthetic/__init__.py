@@ -24,7 +24,8 @@ Layout under ``--out`` (one folder per source, declared in ``conf/sources.yaml``
 Campaign sends (:data:`CAMPAIGNS`) are simulated by the generator itself rather than read from a
 lake's exports: its output must depend on its parameters only (``cdp run --generate`` writes the raw
 files before anything is exported), and the truth must know the control group, which an export never
-contains. Their response files use the message-id shape ``cdp export`` writes.
+contains. Their response files use the message-id shape ``cdp export`` writes. Responses to a lake's
+real exports (``cdp generate --responses-from LAKE``) are :mod:`cdp.synthetic.responses`.
 
 ``_truth`` is kept apart: no job reads it; benchmarks and tests do.
 """
@@ -1268,3 +1269,15 @@ def generate(params: GenerateParams) -> GenerateResult:
     return GenerateResult(out=out, customers=params.customers, files=files, records=totals, broken=broken_totals)
 
 
+
+
+# Responses to a lake's real exports (cdp generate --responses-from): a module of its own, re-exported here
+# last because it builds on the names above.
+from cdp.synthetic.responses import (  # noqa: E402, F401 - re-exported
+    ExportSend,
+    ResponseParams,
+    ResponsesResult,
+    SendTruth,
+    read_send_truth,
+    simulate_responses,
+)
