@@ -104,7 +104,14 @@ def test_there_are_at_least_three_notebooks():
     assert [p.name[:3] for p in NOTEBOOKS][:3] == ["01_", "02_", "03_"]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+# Notebook 04 runs a second day of the pipeline (land, standardize, stitch, measure) on a copy of the lake:
+# 988 s at load 13, run with this file's execute() and PII search on a 500-customer embedded lake (not yet
+# on the cluster test's lake). Opt-in with the other runs that cost a full pipeline (pytest -m long_e2e).
+LONG_NOTEBOOKS = {"04_build_and_measure_campaign"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.long_e2e) if p.stem in LONG_NOTEBOOKS else p
+                                  for p in NOTEBOOKS], ids=lambda p: p.stem)
 def test_notebook_runs_end_to_end_showing_no_raw_pii(path: Path, notebook_lake: Path, lake_pii, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch):
     notebook = execute(path, notebook_lake, tmp_path, monkeypatch)
