@@ -391,16 +391,12 @@ def quarantine_unmapped(records: DataFrame, unmapped: DataFrame, now: datetime) 
 
 
 def _count_unmapped(unmapped: Mapping[str, DataFrame], result: StandardizeResult) -> None:
-    """Values no map covers, per source, mapping, field and action, into ``result.unmapped``: every
-    source's in one Spark job (a job per source was a fixed cost of each small run)."""
-    if not unmapped:
-        return
-    counts = reduce(DataFrame.unionByName, [
-        frame.groupBy("mapping", "field", "action").agg(F.count(F.lit(1)).alias("n")).withColumn("source", F.lit(name))
-        for name, frame in unmapped.items()])
-    for row in counts.collect():
-        result.unmapped.setdefault(f"{row['source']}.{row['mapping']} {row['field']}", {})[row["action"]] = int(row["n"])
-    for name in sorted({row.split(".", 1)[0] for row in result.unmapped}):
+    """Values no map covers, per source, mapping, field and action, into ``result.unmapped``: a job per
+    source (one union of every source's plan was too large to compile on the standalone cluster)."""
+    for name, frame in unmapped.items():
+        for row in frame.groupBy("mapping", "field", "action").agg(F.count(F.lit(1)).alias("n")).collect():
+            result.unmapped.setdefault(f"{name}.{row['mapping']} {row['field']}", {})[row["action"]] = int(row["n"])
+    for name in sorted({key.split(".", 1)[0] for key in result.unmapped}):
         logger.warning("%s: values no map covers (per mapping and field: action -> count): %s", name,
                        {k: v for k, v in sorted(result.unmapped.items()) if k.startswith(f"{name}.")})
 
