@@ -136,11 +136,11 @@ def run_in_session(spark: SparkSession, conf_dir: Path, lake_root: Path, raw: Pa
 
 def cdp_run(cli_conf: Path, lake_root: Path, raw: str | Path, *, backend: str, log: Path, run_id: str = RUN_ID,
             steps: Sequence[str] = STEPS_WITHOUT_TRAIN, mlflow_uri: str | None = None, report: bool = False,
-            extra_env: Mapping[str, str] | None = None) -> None:
-    """`cdp run` of ``steps`` in a child process on ``backend`` (profile ``e2e-<backend>`` of
-    :func:`cli_conf`), as users run it; fails the test unless it exits 0 (every step ok)."""
+            extra_env: Mapping[str, str] | None = None, as_of: str = AS_OF) -> None:
+    """`cdp run` of ``steps`` as of ``as_of`` in a child process on ``backend`` (profile ``e2e-<backend>``
+    of :func:`cli_conf`), as users run it; fails the test unless it exits 0 (every step ok)."""
     cdp_command(["run", "--conf", str(cli_conf), "--profile", f"e2e-{backend}", "--lake", str(lake_root),
-                 "--raw", str(raw), "--as-of", AS_OF, "--run-id", run_id, "--only", ",".join(steps),
+                 "--raw", str(raw), "--as-of", as_of, "--run-id", run_id, "--only", ",".join(steps),
                  *([] if report else ["--no-report"])],
                 child_env(mlflow_uri, **(extra_env or {})), log)
 

@@ -53,6 +53,27 @@ def test_an_uncommitted_step_is_invisible_and_rolled_back_by_the_next_write(spar
     assert [tuple(r) for r in steps] == [("run-1", "baseline"), ("run-1", "land"), ("run-2", "land")]
 
 
+def test_a_reader_kept_open_sees_what_another_process_commits_later(spark, tmp_path):
+    from cdp.lake import commits
+
+    writer = Lake(spark, str(tmp_path / "lake"))
+    writer.ensure_commit_log("run-1")
+    writer.write(people(spark, (1, "ann")), "people", "overwrite")
+    writer.commit("land", "run-1")
+    reader = Lake(spark, writer.root)  # a notebook's lake, open while the scheduled run goes on
+    assertDataFrameEqual(reader.read("people"), people(spark, (1, "ann")))
+
+    # another process's step: its commit bumps that process's counters, not this one's
+    counters = dict(commits._GENERATION)
+    writer.write(people(spark, (2, "bo")), "people", "overwrite")
+    writer.commit("land", "run-2")
+    commits._GENERATION.clear()
+    commits._GENERATION.update(counters)
+
+    assert reader.version("people") == 1
+    assertDataFrameEqual(reader.read("people"), people(spark, (2, "bo")))
+
+
 def test_the_commit_log_starts_from_the_tables_as_they_are(spark, lake):
     lake.write(people(spark, (1, "ann")), "people", "overwrite")
     lake.write(people(spark, (2, "bo")), "people", "overwrite")

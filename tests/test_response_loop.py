@@ -7,6 +7,10 @@ session) writes the channel's responses to exactly those sends and the orders th
 2025-07-10) lands them, links them to the send, and features, tags and `cdp measure` see them. The
 generated history ends on 2025-06-30, so every order in the goal's window is one the responses added:
 the measured conversions must be exactly the truth's.
+
+Both runs are child `cdp run` processes with their own driver (tests/pipelines.py): run 2's features
+inside the test session's 2 GB driver, after the rest of the suite, ran out of execution memory
+(UNABLE_TO_ACQUIRE_MEMORY) in CI.
 """
 from __future__ import annotations
 
@@ -15,13 +19,14 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-from pipelines import context, run_in_session
+from pipelines import cdp_run, context
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from cdp.engage import response_links
 from cdp.jobs import generate as generate_job
+from cdp.lake import Lake
 from cdp.synthetic import GenerateParams, generate, read_send_truth
 
 CUSTOMERS = 200  # enough for an audience with both groups and a few conversions in each
@@ -48,9 +53,10 @@ EVENT_TYPES = {"sent": "email_sent", "delivered": "email_delivered", "bounced": 
                "converted": "email_conversion"}
 
 
-def _conf(conf_dir: Path, target: Path) -> Path:
-    """The packaged conf with one audience of ours instead of the shipped ones, and no journeys."""
-    shutil.copytree(conf_dir, target)
+def _conf(cli_conf: Path, target: Path) -> Path:
+    """The child runs' conf (:func:`pipelines.cli_conf`) with one audience of ours instead of the
+    shipped ones, and no journeys."""
+    shutil.copytree(cli_conf, target)
     for path in [*(target / "audiences").glob("*.yaml"), *(target / "journeys").glob("[!_]*.yaml")]:
         path.unlink()
     (target / "audiences" / f"{AUDIENCE}.yaml").write_text(AUDIENCE_YAML, encoding="utf-8")
@@ -65,14 +71,15 @@ def _response_rows(paths: list[Path]) -> list[dict[str, str]]:
     return rows
 
 
-def test_responses_to_run_1_exports_are_linked_and_measured_in_run_2(spark: SparkSession, conf_dir: Path,
+def test_responses_to_run_1_exports_are_linked_and_measured_in_run_2(spark: SparkSession, cli_conf: Path,
                                                                      tmp_path: Path) -> None:
     raw, lake_root = tmp_path / "raw", tmp_path / "lake"
-    conf = _conf(conf_dir, tmp_path / "conf")
+    conf = _conf(cli_conf, tmp_path / "conf")
     generate(GenerateParams(out=raw, customers=CUSTOMERS, seed=SEED, end=datetime(2025, 6, 30).date(),
                             chunk_size=CUSTOMERS, workers=1))
-    lake, _ = run_in_session(spark, conf, lake_root, raw, backend="embedded", run_id="loop-1", steps=RUN_1_STEPS,
-                             as_of=RUN_1_AS_OF)
+    cdp_run(conf, lake_root, raw, backend="embedded", log=tmp_path / "cdp.log", run_id="loop-1", steps=RUN_1_STEPS,
+            as_of=RUN_1_AS_OF)
+    lake = Lake(spark, str(lake_root), backend="embedded")
     version = lake.version(f"audience_{AUDIENCE}")
     message = f"{AUDIENCE}.esp.v{version}"
 
@@ -91,8 +98,8 @@ def test_responses_to_run_1_exports_are_linked_and_measured_in_run_2(spark: Spar
         exported = sorted(row["email"] for row in csv.DictReader(handle))
     assert sorted(m["recipient"] for m in members if m["group"] == "treatment") == exported
 
-    lake, _ = run_in_session(spark, conf, lake_root, raw, backend="embedded", run_id="loop-2",
-                             steps=RUN_2_STEPS, as_of=RUN_2_AS_OF)
+    cdp_run(conf, lake_root, raw, backend="embedded", log=tmp_path / "cdp.log", run_id="loop-2", steps=RUN_2_STEPS,
+            as_of=RUN_2_AS_OF)
 
     # linked: every response naming the send, whole; unlinked: the generator's own simulated campaigns
     # (message ids no export sent) and the deliberately unknown ones

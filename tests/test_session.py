@@ -69,3 +69,30 @@ def test_every_job_takes_remote():
 
     assert base_parser("stitch").parse_args(["--remote", "sc://localhost:15002"]).remote == "sc://localhost:15002"
     assert base_parser("stitch").parse_args([]).remote is None
+
+
+def test_a_frame_persisted_after_a_shuffle_is_coalesced_like_any_other_query(spark, tmp_path):
+    """With the sessions' defaults, adaptive execution coalesces a persisted frame's partitions too: the
+    cluster profile's 400 shuffle partitions left every cached frame of standardize with 400 partitions
+    (350 files per silver table of 500 customers, unions of thousands of tasks)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from cdp.runtime.session import DEFAULT_SETTINGS
+
+    wanted = {"spark.sql.adaptive.enabled": "true", "spark.sql.shuffle.partitions": "40",
+              "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning":
+                  DEFAULT_SETTINGS["spark.sql.optimizer.canChangeCachedPlanOutputPartitioning"]}
+    saved = {key: spark.conf.get(key) for key in wanted}
+    try:
+        for key, value in wanted.items():
+            spark.conf.set(key, value)
+        counted = spark.range(1000).groupBy((F.col("id") % 37).alias("key")).count()
+        persisted = counted.persist(StorageLevel.MEMORY_AND_DISK)
+        assert persisted.count() == 37
+        persisted.write.parquet(str(tmp_path / "out"))
+        persisted.unpersist()
+    finally:
+        for key, value in saved.items():
+            spark.conf.set(key, value)
+    assert len(list((tmp_path / "out").glob("*.parquet"))) == 1

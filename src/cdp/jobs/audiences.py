@@ -386,8 +386,9 @@ def publish_evaluated(lake: Any, ctx: JobContext, evaluated: Evaluated, consent:
     result.published[audience.name] = outcome.version
     result.reports[audience.name] = outcome.report_path
     published = lake.read(table, version=outcome.version).select("customer_id", "in_control")
-    members = published.count()
-    in_control = published.filter(F.col("in_control")).count()
+    sizes = published.agg(F.count(F.lit(1)).alias("members"),
+                          F.count(F.when(F.col("in_control"), 1)).alias("in_control")).first()
+    members, in_control = int(sizes["members"]), int(sizes["in_control"])
     row = evaluated.counts_frame.first()
     result.counts[audience.name] = AudienceCounts(
         name=audience.name, channel=audience.channel, matched=row["matched"], no_consent=row["no_consent"],

@@ -75,6 +75,7 @@ BackendName = Literal["auto", "delta-spark", "embedded"]
 # Session setting that picks the backend for every Lake built with backend="auto" (profiles, tests).
 BACKEND_SETTING = "spark.cdp.lake.backend"
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_COMMIT_FILE = re.compile(r"^\d{20}\.json$")  # a Delta log entry: <version, 20 digits>.json
 
 
 def session_backend(spark: SparkSession) -> str:
@@ -124,7 +125,7 @@ class Lake:
                                else EmbeddedBackend(spark, self.storage_options, self.store))
         if self.root.startswith("/"):
             os.makedirs(self.root, exist_ok=True)
-        self._log = CommitLog(spark, self.root, self._impl, self._physical_tables)
+        self._log = CommitLog(spark, self.root, self._impl, self._physical_tables, self._log_head)
         logger.debug("lake at %s on the %s backend", self.root, self.backend)
 
     # -- naming -------------------------------------------------------------------------------
@@ -142,6 +143,20 @@ class Lake:
         """Names of the Delta tables directly under the root (local folders and object stores), committed
         ones only."""
         return [name for name in self._physical_tables() if self._log.visible(name)[0]]
+
+    def _log_head(self, name: str) -> int:
+        """The newest commit number in table ``name``'s Delta log (-1: no log): one listing of its
+        ``_delta_log`` folder, so readers notice commits that another process made."""
+        log = f"{self.root}/{name}/_delta_log"
+        if self.root.startswith("/"):
+            names = os.listdir(log) if os.path.isdir(log) else []
+        else:
+            from pyarrow import fs as pafs
+
+            store, base = filesystem(log, self.store)
+            names = [posixpath.basename(info.path)
+                     for info in store.get_file_info(pafs.FileSelector(base, allow_not_found=True))]
+        return max((int(entry[:-5]) for entry in names if _COMMIT_FILE.match(entry)), default=-1)
 
     def _physical_tables(self) -> list[str]:
         """Every folder under the root that holds a Delta log, committed or not."""

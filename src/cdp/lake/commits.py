@@ -119,19 +119,23 @@ class CommitLog:
     """
 
     def __init__(self, spark: SparkSession, root: str, backend: Backend,
-                 physical_tables: Callable[[], list[str]]) -> None:
+                 physical_tables: Callable[[], list[str]], log_head: Callable[[str], int]) -> None:
         self.spark = spark
         self.root = root
         self._backend = backend
         self._physical_tables = physical_tables
-        self._cache: tuple[int, dict[str, int] | None] | None = None
+        self._log_head = log_head
+        self._cache: tuple[tuple[int, int], dict[str, int] | None] | None = None
 
     def _uri(self, name: str) -> str:
         return f"{self.root}/{name}"
 
     def committed(self) -> dict[str, int] | None:
-        """Table -> version of the last step commit naming it; None while the lake has no commit log."""
-        generation = _GENERATION.get(self.root, 0)
+        """Table -> version of the last step commit naming it; None while the lake has no commit log.
+
+        Cached until this process commits or another process's commit lands in the log (a notebook's
+        or test's Lake kept open while `cdp run` commits in another process sees the new versions)."""
+        generation = (_GENERATION.get(self.root, 0), self._log_head(COMMITS_TABLE))
         if self._cache is not None and self._cache[0] == generation:
             return self._cache[1]
         uri = self._uri(COMMITS_TABLE)

@@ -26,8 +26,16 @@ REQUIRED_SETTINGS = {
 # (DataFrame debugging): several JVM round trips per call, and the tag catalogue and feature families
 # build thousands of Columns per job (660 tags: 8.6 s of py4j calls with it on, 2.4 s off). Errors
 # still name the failing expression; our own messages name the file, record and field.
+#
+# Adaptive execution may coalesce the partitions of a cached (persisted) frame as it does for any other
+# query. Spark 4.2 leaves this off, so a frame persisted after a shuffle kept all
+# spark.sql.shuffle.partitions (400 in the cluster profile) however small it was: on the standalone
+# cluster, standardize wrote 350 files per silver table of 500 customers, and unions of such frames ran
+# thousands of tasks with 3 MB task binaries each (the step ran past 25 minutes; 1 file per table with
+# the setting on).
 DEFAULT_SETTINGS = {
     "spark.python.sql.dataFrameDebugging.enabled": "false",
+    "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
 }
 
 
