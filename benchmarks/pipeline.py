@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = Profile(ctx.profile.name, lake, {**ctx.profile.spark, "spark.driver.memory": args.driver_memory,
                                                "spark.sql.shuffle.partitions": args.shuffle_partitions,
                                                "spark.ui.showConsoleProgress": "false"})
-    ctx = JobContext(conf_dir=ctx.conf_dir, profile=profile, lake_root=lake, run_id=ctx.run_id,
-                              options=ctx.options)
+    ctx = JobContext(conf_dir=ctx.conf_dir, profile=profile, lake_root=lake, run_id=ctx.run_id)
     sampler = MemorySampler()
     sampler.start()
     started = time.perf_counter()

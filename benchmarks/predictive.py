@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cdp.jobs import run as pipeline
 from cdp.jobs.entry import setup_logging
+from cdp.lake import BACKEND_SETTING
 from cdp.runtime.config import JobContext, Profile
 from cdp.runtime.mlflow import client as mlflow_client
 from cdp.runtime.session import build_session
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lake", help="lake folder (default: a temp folder, removed at the end)")
     parser.add_argument("--driver-memory", default="8g")
     parser.add_argument("--shuffle-partitions", default="8")
+    parser.add_argument("--backend", default="embedded", choices=("embedded", "delta-spark"),
+                        help="lake backend (default: the embedded one, which needs no jars)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -124,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         ctx = pipeline.context(lake, conf=str(orders_only_conf(Path(ctx.conf_dir), work / "conf")))
     profile = Profile(ctx.profile.name, lake, {**ctx.profile.spark, "spark.driver.memory": args.driver_memory,
                                                "spark.sql.shuffle.partitions": args.shuffle_partitions,
-                                               "spark.ui.showConsoleProgress": "false"})
-    ctx = JobContext(conf_dir=ctx.conf_dir, profile=profile, lake_root=lake, run_id=ctx.run_id, options=ctx.options)
+                                               "spark.ui.showConsoleProgress": "false",
+                                               BACKEND_SETTING: args.backend})
+    ctx = JobContext(conf_dir=ctx.conf_dir, profile=profile, lake_root=lake, run_id=ctx.run_id)
     as_of = (date.fromisoformat(DEFAULT_END) + timedelta(days=1)).isoformat()
     spark = build_session(profile, "cdp-benchmark-predictive")
     started = time.perf_counter()
