@@ -202,6 +202,11 @@ def test_a_step_that_expires_history_commits_what_readers_can_still_read(any_lak
     assert committed == {"people": any_lake.version("people")}
     fresh = Lake(spark, any_lake.root, backend=any_lake.backend)  # a later process: reads the commit log
     assertDataFrameEqual(fresh.read("people"), _people(spark, [BOB]))
+    # only the current version's data files are left on disk (the deleted row's file is vacuumed)
+    table_dir = Path(any_lake.uri("people"))
+    on_disk = sorted(str(f) for f in table_dir.rglob("*.parquet") if "_delta_log" not in f.parts)
+    current = sorted(uri.removeprefix("file://") for uri in DeltaTable(str(table_dir)).file_uris())
+    assert on_disk == current and len(current) >= 1
 
 
 def _sha256(value: str) -> str:

@@ -107,14 +107,14 @@ def normalize_identifiers(raw_ids: DataFrame, normalizers: Mapping[str, Normaliz
     id_type, raw = F.col("id_type"), F.col("raw_value")
     native = sorted(t for t, n in specs.items() if not n.runs_in_python)
     python_types = sorted(t for t, n in specs.items() if n.runs_in_python)
-    native_value = F.lit(None).cast("string")
-    if native:
-        native_value = F.when(id_type == native[0], specs[native[0]].column(raw))
-        for type_name in native[1:]:
-            native_value = native_value.when(id_type == type_name, specs[type_name].column(raw))
+    # One branch per Spark-expression normaliser (rows of other types: null): one CASE over every
+    # type's expressions made a method over the JVM's 64 KB, and the stage ran without code generation.
+    known = F.coalesce(id_type.isin(*specs), F.lit(False)) if specs else F.lit(False)
+    branches = [raw_ids.filter(id_type == type_name).withColumn("_normalized", specs[type_name].column(raw))
+                for type_name in native]
+    branches.append(raw_ids.filter(~known).withColumn("_normalized", F.lit(None).cast("string")))
     is_python = F.coalesce(id_type.isin(*python_types), F.lit(False)) if python_types else F.lit(False)
-    normalized = (raw_ids.filter(~is_python).withColumn("_normalized", native_value)
-                  .withColumn("_non_personal", F.lit(None).cast("string")))
+    normalized = reduce(DataFrame.unionByName, branches).withColumn("_non_personal", F.lit(None).cast("string"))
     if python_types:
         python_rows = raw_ids.filter(is_python)
         distinct = python_rows.select("id_type", "raw_value").distinct()
@@ -171,19 +171,16 @@ def _union(frames: list[DataFrame], spark: SparkSession, table: str) -> DataFram
     return reduce(lambda a, b: a.unionByName(b), frames)
 
 
-def identifier_observations(records: dict[str, tuple[SourceSpec, DataFrame]],
-                            normalizers: dict[str, str]) -> DataFrame | None:
-    """Every identifier of every record, normalised (``id_value`` null when invalid); None without any."""
+def identifier_rows(records: dict[str, tuple[SourceSpec, DataFrame]]) -> DataFrame | None:
+    """Every identifier of every record, raw (one row per record and identifier field); None without any."""
     raw_ids = [map_identifiers(df, spec) for spec, df in records.values() if spec.identifiers]
-    if not raw_ids:
-        return None
-    return normalize_identifiers(reduce(DataFrame.unionByName, raw_ids), normalizers)
+    return reduce(DataFrame.unionByName, raw_ids) if raw_ids else None
 
 
 def build_silver(spark: SparkSession, records: dict[str, tuple[SourceSpec, DataFrame]],
                  normalized: DataFrame | None, normalizers: dict[str, str],
                  now: datetime) -> tuple[dict[str, DataFrame], DataFrame]:
-    """Deduplicated records per source and their normalised identifiers (:func:`identifier_observations`)
+    """Deduplicated records per source and their normalised identifiers (:func:`identifier_rows`, normalised)
     -> the silver tables and the invalid-identifier quarantine."""
     tables: dict[str, DataFrame] = {}
     tables["silver_identifiers"] = (silver_identifiers(normalized) if normalized is not None
@@ -325,9 +322,14 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
         rejected.append(unmapped_rejected)
         result.sources.append(source.name)
     # Normalised once (the phone normaliser is Python) and read three times: silver, quarantine, suppression.
-    normalized = identifier_observations(records, normalizers)
-    if normalized is not None:
-        normalized = normalized.persist(StorageLevel.MEMORY_AND_DISK)
+    # The raw rows are cached first: fused into one generated method with every source's explode, the
+    # normalisers' expressions exceeded the JVM's 64 KB per method and the stage ran without whole-stage
+    # code generation ("Failed to compile the generated Java code", ten stages per run).
+    raw_ids = identifier_rows(records)
+    normalized = None
+    if raw_ids is not None:
+        raw_ids = raw_ids.persist(StorageLevel.MEMORY_AND_DISK)
+        normalized = normalize_identifiers(raw_ids, normalizers).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         tables, quarantine = build_silver(spark, records, normalized, normalizers, now)
         # channel responses name the send they answer: link them to its audience and publish version
@@ -365,6 +367,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None) -> Standardiz
             deduped.unpersist()
         if normalized is not None:
             normalized.unpersist()
+            raw_ids.unpersist()
         for frame in unmapped.values():
             frame.unpersist()
     for name, count in result.rows.items():

@@ -34,7 +34,15 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from cdp.lake.arrow import ArrowBatches, ArrowScan
-from cdp.lake.backend import ERASE_HIT, Backend, MergeResult, expire_log, flag_erased, replace_where_sql
+from cdp.lake.backend import (
+    ERASE_HIT,
+    Backend,
+    MergeResult,
+    expire_log,
+    flag_erased,
+    replace_where_sql,
+    vacuum_unreferenced,
+)
 from cdp.lake.commits import (
     ALWAYS_LATEST,
     BASELINE_STEP,
@@ -415,14 +423,19 @@ class Lake:
         Older commits can hold values the current version no longer has (a delete's predicate,
         per-file min/max statistics of removed files); after this neither old files nor old log
         entries remain, so time travel before now is gone. Both backends go through delta-rs for
-        the checkpoint and the log clean-up (``create_checkpoint``, ``cleanup_metadata`` with a log
+        the vacuum, the checkpoint and the log clean-up (``create_checkpoint``, ``cleanup_metadata`` with a log
         retention of zero for that one call; the table's retention setting is restored after).
         """
         uri = self._existing(name)
         # vacuum keeps the latest version's files only: a dead step's newer version is undone first, so
         # the committed version readers are pinned to keeps its files
         self._log.reconcile(name, replaces_all=False)
-        self._impl.vacuum(uri, 0)
+        if self.backend == "embedded":
+            self._impl.vacuum(uri, 0)  # its own: also removes the write folders left empty
+        else:
+            # delta-rs, as the log clean-up below: Spark's VACUUM took a minute or more per table, most
+            # of `cdp forget` on delta-spark
+            vacuum_unreferenced(uri, self.storage_options)
         expire_log(uri, self.storage_options)  # an object store's settings on either backend
         # The versions a step commit names before this are gone with their log entries: the caller's
         # step commit (`cdp forget` is one) must name the version readers can still read.
