@@ -318,10 +318,11 @@ class Evaluator:
         self.customers = customer_frame(inputs.profile, inputs.tags_wide, flags,
                                         only=only).persist(StorageLevel.MEMORY_AND_DISK)
         self._contacts: dict[tuple[str, str | None], DataFrame] = {}
+        self._suppressed: dict[tuple[str, ...], DataFrame] = {}
 
     def close(self) -> None:
         self.customers.unpersist()
-        for frame in self._contacts.values():
+        for frame in [*self._contacts.values(), *self._suppressed.values()]:
             frame.unpersist()
 
     def contacts(self, channel: str, appid: str | None) -> DataFrame:
@@ -331,9 +332,17 @@ class Evaluator:
                                                    wechat_appid=appid).persist(StorageLevel.MEMORY_AND_DISK)
         return self._contacts[key]
 
+    def suppressed(self, lists: Sequence[str]) -> DataFrame:
+        """customer_id of the customers on ``lists``, computed once per set of lists: the staged
+        members, the gate's ``forgotten`` input and the counts all read it."""
+        key = tuple(sorted(set(lists)))
+        if key not in self._suppressed:
+            self._suppressed[key] = suppressed_customers(self.inputs.identity_map, self.inputs.suppression,
+                                                         list(key)).persist(StorageLevel.MEMORY_AND_DISK)
+        return self._suppressed[key]
+
     def evaluate(self, audience: Audience) -> Evaluated:
-        lists = [ERASURE_LIST, *audience.suppression_lists]
-        suppressed = suppressed_customers(self.inputs.identity_map, self.inputs.suppression, lists)
+        suppressed = self.suppressed([ERASURE_LIST, *audience.suppression_lists])
         eligible = eligibility(self.contacts(audience.channel, audience.wechat_appid), self.inputs.consent,
                                audience.channel, suppressed=suppressed)
         members = select_members(self.customers, audience, eligible=eligible.filter(F.col("eligible")),
@@ -360,6 +369,7 @@ class AudiencesResult:
     counts: dict[str, AudienceCounts] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)              # name -> gate summary
     reports: dict[str, str] = field(default_factory=dict)
+    stats_rows: list[tuple] = field(default_factory=list)  # audience_stats rows not yet written (write_stats)
 
 
 def publish_evaluated(lake: Any, ctx: JobContext, evaluated: Evaluated, consent: DataFrame,
@@ -368,6 +378,8 @@ def publish_evaluated(lake: Any, ctx: JobContext, evaluated: Evaluated, consent:
 
     A failed gate is recorded in ``result.failed`` (nothing published); the caller decides to fail.
     ``suite``: the quality suite (``cdp journeys`` publishes its send batches with ``journey_send``).
+    The audience's ``audience_stats`` row is kept in ``result.stats_rows``: the caller appends every
+    audience's rows in one commit with :func:`write_stats`.
     """
     audience = evaluated.audience
     table = audience_table(audience.name)
@@ -399,17 +411,26 @@ def publish_evaluated(lake: Any, ctx: JobContext, evaluated: Evaluated, consent:
     lake.write(changes, CHANGES_TABLE, mode="append", app_id=f"audience_changes_{audience.name}",
                app_version=outcome.version, metadata={"run_id": ctx.run_id, "audience": audience.name})
     counts = result.counts[audience.name]
-    stats = lake.spark.createDataFrame(
-        [(ctx.run_id, audience.name, audience.channel, outcome.version, counts.matched, counts.no_consent,
-          counts.unreachable, counts.suppressed, counts.members, counts.in_control)],
-        "run_id string, audience string, channel string, publish_version long, matched long, "
-        "no_consent long, unreachable long, suppressed long, members long, in_control long",
-    ).withColumn("computed_at", F.current_timestamp())
-    lake.write(stats, STATS_TABLE, mode="append", metadata={"run_id": ctx.run_id})
+    result.stats_rows.append((ctx.run_id, audience.name, audience.channel, outcome.version, counts.matched,
+                              counts.no_consent, counts.unreachable, counts.suppressed, counts.members,
+                              counts.in_control))
     logger.info("audience %s (%s): matched %d, excluded no-consent %d, unreachable %d, suppressed %d; "
                 "published %d members (%d control) as version %s", audience.name, audience.channel,
                 counts.matched, counts.no_consent, counts.unreachable, counts.suppressed, members, in_control,
                 outcome.version)
+
+
+def write_stats(lake: Any, ctx: JobContext, result: AudiencesResult) -> None:
+    """Append the ``audience_stats`` rows :func:`publish_evaluated` kept, in one commit (none without rows)."""
+    if not result.stats_rows:
+        return
+    stats = lake.spark.createDataFrame(
+        result.stats_rows,
+        "run_id string, audience string, channel string, publish_version long, matched long, "
+        "no_consent long, unreachable long, suppressed long, members long, in_control long",
+    ).withColumn("computed_at", F.current_timestamp())
+    lake.write(stats, STATS_TABLE, mode="append", metadata={"run_id": ctx.run_id})
+    result.stats_rows.clear()
 
 
 def audience_changes(current: DataFrame, previous: DataFrame | None, name: str, version: int | None,
@@ -457,6 +478,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, as_of: date |
     try:
         for audience in audiences:
             publish_evaluated(lake, ctx, evaluator.evaluate(audience), consent, result, evaluator.as_of)
+        write_stats(lake, ctx, result)
     finally:
         evaluator.close()
     if result.failed:

@@ -62,6 +62,7 @@ from cdp.jobs.audiences import (
     load_engage_config,
     publish_evaluated,
     read_inputs,
+    write_stats,
 )
 from cdp.jobs.entry import JobFailed, parse_date
 from cdp.jobs.measure import goal_actions_in_lake
@@ -293,8 +294,11 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, as_of: date |
         frame = engine.apply_entries(frame, candidates, todo, as_of=t)
         keep = [c for c in engine.fact_columns(todo) if c in facts.columns]
         frame = engine.with_facts(frame, facts, todo)
-        frame = engine.advance(frame, todo, as_of=t, keep=keep).persist(StorageLevel.MEMORY_AND_DISK)
-        persisted.append(frame)
+        # computed once and cut from its lineage: each pass of advance stacks a projection whose step,
+        # path and _changed refer to the previous pass's. A persisted copy did not stop day 2's merge of
+        # state_rows from optimizing that whole stack again (pushing its _changed filter down through
+        # every pass), which never finished (issue 29); a checkpoint leaves no stack to push through
+        frame = engine.advance(frame, todo, as_of=t, keep=keep).localCheckpoint(eager=True)
 
         windows = [cap.days for caps in policy.caps.values() for cap in caps]
         history = send_history(lake, ctx.conf_dir, as_of=t, days=max(windows, default=1))
@@ -308,8 +312,7 @@ def run(spark: SparkSession, ctx: JobContext, *, lake: Any = None, as_of: date |
             raise JobFailed(f"{len(gates.failed)} journey send batch(es) failed their quality gate; no journey "
                             "was advanced: " + "; ".join(f"{k}: {v}" for k, v in gates.failed.items()))
         frame = engine.apply_sends(frame, outcomes, todo, as_of=t, keep=keep)
-        frame = engine.advance(frame, todo, as_of=t, keep=keep).persist(StorageLevel.MEMORY_AND_DISK)
-        persisted.append(frame)
+        frame = engine.advance(frame, todo, as_of=t, keep=keep).localCheckpoint(eager=True)
         _write(lake, ctx, todo, frame, t, result)
     finally:
         for cached in persisted:
@@ -355,6 +358,7 @@ def _publish_sends(lake: Any, ctx: JobContext, journeys: Sequence[Journey], rele
                 outcomes.append(mine.join(published, on="customer_id", how="left").select(
                     "journey", "customer_id", outcome.alias("outcome"), detail.alias("detail"), "channel",
                     "message"))
+            write_stats(lake, ctx, gates)
         finally:
             evaluator.close()
     union = outcomes[0]
