@@ -155,15 +155,11 @@ class Lake:
     def _log_head(self, name: str) -> int:
         """The newest commit number in table ``name``'s Delta log (-1: no log): one listing of its
         ``_delta_log`` folder, so readers notice commits that another process made."""
-        log = f"{self.root}/{name}/_delta_log"
-        if self.root.startswith("/"):
-            names = os.listdir(log) if os.path.isdir(log) else []
-        else:
-            from pyarrow import fs as pafs
+        from pyarrow import fs as pafs
 
-            store, base = filesystem(log, self.store)
-            names = [posixpath.basename(info.path)
-                     for info in store.get_file_info(pafs.FileSelector(base, allow_not_found=True))]
+        store, base = filesystem(f"{self.root}/{name}/_delta_log", self.store)
+        names = [posixpath.basename(info.path)
+                 for info in store.get_file_info(pafs.FileSelector(base, allow_not_found=True))]
         return max((int(entry[:-5]) for entry in names if _COMMIT_FILE.match(entry)), default=-1)
 
     def _physical_tables(self) -> list[str]:
@@ -431,7 +427,7 @@ class Lake:
         # the committed version readers are pinned to keeps its files
         self._log.reconcile(name, replaces_all=False)
         if self.backend == "embedded":
-            self._impl.vacuum(uri, 0)  # its own: also removes the write folders left empty
+            self._impl.vacuum(uri, 0)  # the same delta-rs vacuum, and the write folders it left empty
         else:
             # delta-rs, as the log clean-up below: Spark's VACUUM took a minute or more per table, most
             # of `cdp forget` on delta-spark

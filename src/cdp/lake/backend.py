@@ -167,17 +167,18 @@ def flag_erased(frame: DataFrame, keys: Sequence[DataFrame]) -> DataFrame:
     return frame.withColumn(ERASE_HIT, hit).drop(*markers)
 
 
-def vacuum_unreferenced(uri: str, storage_options: dict[str, str]) -> list[str]:
-    """Delete every data file the table's current version does not reference (delta-rs, on either
-    backend's tables). Spark's ``VACUUM ... RETAIN 0 HOURS`` does the same in Spark jobs: 135 s for a
-    4-version table of 1,000 rows on 2 busy cores, against 0.03 s here. ``full``: also files no log
-    entry names any more (delta-rs's default looks at the log's remove entries only, and left a file
-    of a delta-spark table that a delete had replaced), as Spark's VACUUM does; the lake lock keeps
-    other writers out meanwhile."""
+def vacuum_unreferenced(uri: str, storage_options: dict[str, str], retention_hours: int = 0) -> list[str]:
+    """Delete every data file the table's current version does not reference and older than
+    ``retention_hours`` (delta-rs, on either backend's tables). ``full``: also files no log entry names
+    any more (delta-rs's default looks at the log's remove entries only, and left a file of a
+    delta-spark table that a delete had replaced), as Spark's VACUUM does; the lake lock keeps other
+    writers out meanwhile. Spark's ``VACUUM ... RETAIN 0 HOURS`` took 135 s for a 4-version table of
+    1,000 rows on 2 busy cores, this 0.03 s."""
     from deltalake import DeltaTable
 
     table = DeltaTable(delta_rs_uri(uri), storage_options=storage_options or None)
-    return table.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True)
+    return table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False,
+                        full=True)
 
 
 def expire_log(uri: str, storage_options: dict[str, str]) -> None:

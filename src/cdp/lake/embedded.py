@@ -33,6 +33,7 @@ from cdp.lake.backend import (
     flag_erased,
     quoted,
     refuse_rows_outside,
+    vacuum_unreferenced,
 )
 from cdp.lake.commits import custom_metadata
 from cdp.lake.errors import LakeError, SchemaMismatch, UnsupportedTable
@@ -432,9 +433,8 @@ class EmbeddedBackend(Backend):
         return self.version(uri)
 
     def vacuum(self, uri, retention_hours):
-        table = self._table(uri)
-        removed = table.vacuum(retention_hours=retention_hours, dry_run=False,
-                               enforce_retention_duration=False)
+        self._table(uri)  # refuses a table this backend cannot write
+        removed = vacuum_unreferenced(uri, self.storage_options, retention_hours)
         self._remove_empty_write_folders(uri)
         return removed
 
